@@ -1,0 +1,350 @@
+r"""Train and evaluate torchvision detection models (Mask R-CNN by default) on COCO-format data.
+
+The command lines of torchvision's references/detection work unchanged. On 8 GPUs:
+
+    torchrun --nproc_per_node=8 train.py --data-path /data/coco --epochs 26 --lr-steps 16 22 \
+        --aspect-ratio-group-factor 3
+
+The ImageNet ResNet-50 backbone is read from a local file, <data-path>/resnet50.pth by default
+(`--weights-backbone PATH`, or `none` to train from scratch); nothing is ever downloaded.
+Read top to bottom: flags, then main(), which builds data, model and optimizer and runs the epochs.
+"""
+
+import argparse
+import ast
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from torchvision.models.detection import FasterRCNN, KeypointRCNN, MaskRCNN
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+import utils
+from coco_utils import get_coco
+from engine import evaluate, train_one_epoch
+from group_by_aspect_ratio import GroupedBatchSampler, create_aspect_ratio_groups
+from transforms import DATA_AUGMENTATIONS, get_transform
+
+# Models whose ResNet-50 backbone can be read from a torchvision ImageNet state dict.
+RESNET50_FPN_MODELS = {
+    "fasterrcnn_resnet50_fpn": FasterRCNN,
+    "maskrcnn_resnet50_fpn": MaskRCNN,
+    "keypointrcnn_resnet50_fpn": KeypointRCNN,
+}
+BACKBONE_DOWNLOAD_HINT = (
+    "download torchvision's ImageNet ResNet-50 (resnet50-0676ba61.pth) and save it there as resnet50.pth, "
+    "pass --weights-backbone PATH, or --weights-backbone none to train from scratch"
+)
+
+
+def _model_kwarg(text: str) -> tuple[str, object]:
+    """KEY=VALUE with VALUE a Python literal (number, string, tuple...)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="PyTorch detection training (Mask R-CNN on COCO)", add_help=add_help)
+    parser.add_argument("--data-path", default="data/synthetic", help="COCO root with train2017/, val2017/, annotations/")
+    parser.add_argument("--dataset", default="coco", choices=["coco"], help="dataset type")
+    parser.add_argument("--model", default="maskrcnn_resnet50_fpn", help="torchvision detection model name")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
+    parser.add_argument("-b", "--batch-size", default=2, type=int, help="images per process; total batch = this x processes")
+    parser.add_argument("--epochs", default=26, type=int, help="number of epochs to run")
+    parser.add_argument("-j", "--workers", default=4, type=int, help="data loading workers per process")
+    parser.add_argument("--opt", default="sgd", choices=["sgd", "sgd_nesterov", "adamw"], help="optimizer")
+    parser.add_argument("--lr", default=0.02, type=float, help="0.02 is for 8 GPUs x 2 images; scale it linearly with the total batch")
+    parser.add_argument("--momentum", default=0.9, type=float, help="SGD momentum")
+    parser.add_argument("--wd", "--weight-decay", default=1e-4, type=float, dest="weight_decay", help="weight decay")
+    parser.add_argument("--norm-weight-decay", default=None, type=float, help="weight decay for normalization layers (default: --wd)")
+    parser.add_argument("--lr-scheduler", default="multisteplr", choices=["multisteplr", "cosineannealinglr"], help="epoch scheduler")
+    parser.add_argument("--lr-step-size", default=8, type=int, help="kept for command-line compatibility; unused, as upstream")
+    parser.add_argument("--lr-steps", default=[16, 22], nargs="+", type=int, help="epochs at which multisteplr decays the lr")
+    parser.add_argument("--lr-gamma", default=0.1, type=float, help="lr decay factor of multisteplr")
+    parser.add_argument("--print-freq", default=20, type=int, help="iterations between log lines")
+    parser.add_argument("--output-dir", default=".", help="where checkpoints are saved")
+    parser.add_argument("--resume", default="", help="checkpoint to resume from (training continues at the next epoch)")
+    parser.add_argument("--start-epoch", "--start_epoch", default=0, type=int, dest="start_epoch", help="first epoch")
+    parser.add_argument("--aspect-ratio-group-factor", default=3, type=int, help="aspect-ratio bins per side of 1; < 0 disables grouping")
+    parser.add_argument("--rpn-score-thresh", default=None, type=float, help="RPN score threshold for faster/mask R-CNN")
+    parser.add_argument("--trainable-backbone-layers", default=None, type=int, help="ResNet stages to train (0-5)")
+    parser.add_argument("--data-augmentation", default="hflip", choices=DATA_AUGMENTATIONS, help="training augmentation")
+    parser.add_argument("--sync-bn", action="store_true", help="use SyncBatchNorm when distributed")
+    parser.add_argument("--test-only", action="store_true", help="only evaluate (the model from --resume or --weights)")
+    parser.add_argument("--use-deterministic-algorithms", action="store_true", help="force deterministic algorithms")
+    parser.add_argument("--world-size", default=1, type=int, help="number of distributed processes")
+    parser.add_argument("--dist-url", default="env://", help="url used to set up distributed training")
+    parser.add_argument("--weights", default=None, help="whole-model state dict or checkpoint (fine-tuning, --test-only)")
+    parser.add_argument(
+        "--weights-backbone", default=None, help="ResNet-50 state dict (default <data-path>/resnet50.pth); 'none' for random"
+    )
+    parser.add_argument("--amp", action="store_true", help="mixed precision (autocast + GradScaler)")
+    parser.add_argument("--min-size", default=800, type=int, help="the model resizes the shorter image side to this")
+    parser.add_argument("--max-size", default=1333, type=int, help="... and the longer side to at most this")
+    parser.add_argument(
+        "--model-kwargs",
+        default=[],
+        nargs="*",
+        metavar="KEY=VALUE",
+        type=_model_kwarg,
+        help="extra keyword arguments for the model builder, e.g. box_batch_size_per_image=128",
+    )
+    parser.add_argument("--seed", default=None, type=int, help="seed python, numpy and torch (each rank adds its rank)")
+    return parser
+
+
+def _validate_args(args: argparse.Namespace) -> None:
+    detection_models = torchvision.models.list_models(module=torchvision.models.detection)
+    if args.model not in detection_models:
+        raise utils.UsageError(f"--model: unknown model {args.model!r}; choose one of {', '.join(sorted(detection_models))}")
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def backbone_weights_path(args: argparse.Namespace) -> Path | None:
+    """The ResNet-50 file to read, or None to start from random weights."""
+    if args.weights_backbone is not None and args.weights_backbone.lower() == "none":
+        return None
+    if args.weights is not None or (args.test_only and args.resume):
+        return None  # the whole model's weights replace the backbone's anyway
+    return Path(args.weights_backbone) if args.weights_backbone else Path(args.data_path) / "resnet50.pth"
+
+
+def load_resnet50_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A torchvision ResNet-50 state dict without its classifier, checked key by key and shape by shape."""
+    if not path.is_file():
+        raise utils.UsageError(f"--weights-backbone: no ResNet-50 weights at {path}; {BACKBONE_DOWNLOAD_HINT}")
+    state = utils.load_file(path, "ResNet-50 state dict", "--weights-backbone")
+    expected = {k: v for k, v in torchvision.models.resnet50().state_dict().items() if not k.startswith("fc.")}
+    if not isinstance(state, dict):
+        raise utils.UsageError(
+            f"--weights-backbone: {path} holds a {type(state).__name__}, not a ResNet-50 state dict; {BACKBONE_DOWNLOAD_HINT}"
+        )
+    missing = [k for k in expected if k not in state]
+    misshapen = [k for k in expected if k in state and getattr(state[k], "shape", None) != expected[k].shape]
+    if missing or misshapen:
+        problems = [
+            f"{len(missing)} missing keys ({', '.join(missing[:3])}...)" if missing else "",
+            f"wrong shapes for {', '.join(misshapen[:3])}" if misshapen else "",
+        ]
+        raise utils.UsageError(
+            f"--weights-backbone: {path} is not a torchvision ResNet-50 state dict ({'; '.join(p for p in problems if p)}); {BACKBONE_DOWNLOAD_HINT}"
+        )
+    return {k: state[k] for k in expected}
+
+
+def build_model(args: argparse.Namespace, num_classes: int, backbone_state: dict[str, torch.Tensor] | None) -> torch.nn.Module:
+    """The detection model; with `backbone_state`, an ImageNet ResNet-50 with frozen BatchNorm, as torchvision builds it."""
+    kwargs = {"min_size": args.min_size, "max_size": args.max_size, **dict(args.model_kwargs)}
+    if args.rpn_score_thresh is not None:
+        kwargs["rpn_score_thresh"] = args.rpn_score_thresh
+    if backbone_state is None:
+        if args.trainable_backbone_layers is not None:
+            kwargs["trainable_backbone_layers"] = args.trainable_backbone_layers
+        return torchvision.models.get_model(args.model, weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
+    trainable = 3 if args.trainable_backbone_layers is None else args.trainable_backbone_layers
+    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d, trainable_layers=trainable)
+    backbone.body.load_state_dict(backbone_state)
+    return RESNET50_FPN_MODELS[args.model](backbone, num_classes=num_classes, **kwargs)
+
+
+def _build_model_or_explain(args: argparse.Namespace, num_classes: int, backbone_state) -> torch.nn.Module:
+    try:
+        return build_model(args, num_classes, backbone_state)
+    except TypeError as e:  # an unknown or mistyped --model-kwargs entry
+        raise utils.UsageError(f"--model-kwargs: {args.model} rejected {dict(args.model_kwargs)} ({e})") from None
+
+
+def _load_backbone(args: argparse.Namespace) -> dict[str, torch.Tensor] | None:
+    path = backbone_weights_path(args)
+    if path is None:
+        return None
+    if args.model not in RESNET50_FPN_MODELS:
+        raise utils.UsageError(
+            f"--weights-backbone: reading a ResNet-50 file is supported for {', '.join(RESNET50_FPN_MODELS)}; "
+            f"pass --weights-backbone none for {args.model}"
+        )
+    return load_resnet50_state_dict(path)
+
+
+def _load_model_weights(model: torch.nn.Module, path: str, flag: str) -> dict:
+    """Load a whole-model state dict (or a checkpoint's "model") into `model`; returns what the file held."""
+    loaded = utils.load_file(path, "model checkpoint", flag)
+    state = loaded["model"] if isinstance(loaded, dict) and "model" in loaded else loaded
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()
+        raise utils.UsageError(f"{flag}: {path} does not fit {type(model).__name__} ({' '.join(first[:2])[:300]})") from None
+    return loaded if isinstance(loaded, dict) else {}
+
+
+# ----------------------------------------------------------------------------- optimization
+
+
+def _parameter_groups(model: torch.nn.Module, weight_decay: float, norm_weight_decay: float | None) -> list[dict]:
+    """Trainable parameters, with normalization layers' ones in their own group when --norm-weight-decay is set."""
+    if norm_weight_decay is None:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+    norm_types = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.LocalResponseNorm)
+    norm, other = [], []
+    for module in model.modules():
+        params = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        (norm if isinstance(module, norm_types) else other).extend(params)
+    return [{"params": other, "weight_decay": weight_decay}, {"params": norm, "weight_decay": norm_weight_decay}]
+
+
+def build_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    groups = _parameter_groups(model, args.weight_decay, args.norm_weight_decay)
+    if args.opt == "adamw":
+        return torch.optim.AdamW(groups, lr=args.lr)
+    return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=args.opt == "sgd_nesterov")
+
+
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespace) -> torch.optim.lr_scheduler.LRScheduler:
+    if args.lr_scheduler == "cosineannealinglr":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.lr_steps, gamma=args.lr_gamma)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def build_data_loaders(args: argparse.Namespace, dataset_train, dataset_test, device: torch.device):
+    """Aspect-ratio grouped (and, when distributed, sharded) training batches; unpadded evaluation shards."""
+    pin = device.type == "cuda"
+    loader_test = torch.utils.data.DataLoader(
+        dataset_test,
+        batch_size=1,
+        sampler=utils.InferenceSampler(len(dataset_test)),
+        num_workers=args.workers,
+        collate_fn=utils.collate_fn,
+        pin_memory=pin,
+    )
+    if dataset_train is None:
+        return None, None, loader_test
+    if args.distributed:
+        train_sampler = torch.utils.data.DistributedSampler(dataset_train, seed=args.seed or 0)
+    else:
+        train_sampler = torch.utils.data.RandomSampler(dataset_train)
+    if args.aspect_ratio_group_factor >= 0:
+        group_ids = create_aspect_ratio_groups(dataset_train, k=args.aspect_ratio_group_factor)
+        batch_sampler = GroupedBatchSampler(train_sampler, group_ids, args.batch_size)
+    else:
+        batch_sampler = torch.utils.data.BatchSampler(train_sampler, args.batch_size, drop_last=True)
+    loader_train = torch.utils.data.DataLoader(
+        dataset_train, batch_sampler=batch_sampler, num_workers=args.workers, collate_fn=utils.collate_fn, pin_memory=pin
+    )
+    return train_sampler, loader_train, loader_test
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _save_checkpoint(args, epoch: int, model, optimizer, lr_scheduler, scaler) -> None:
+    """Plain data only (tensors, numbers, strings), so torch.load(weights_only=True) reads it."""
+    checkpoint = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "lr_scheduler": lr_scheduler.state_dict(),
+        "epoch": epoch,
+        "args": dict(vars(args)),
+    }
+    if scaler is not None:
+        checkpoint["scaler"] = scaler.state_dict()
+    utils.save_on_master(checkpoint, Path(args.output_dir) / f"model_{epoch}.pth")
+    utils.save_on_master(checkpoint, Path(args.output_dir) / "checkpoint.pth")
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(args: argparse.Namespace) -> None:
+    _validate_args(args)
+    backbone_state = _load_backbone(args)  # fail on a bad backbone file before any slow work
+    if args.output_dir:
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    utils.init_distributed_mode(args)
+    print(args)
+    device = torch.device(args.device)
+    if args.seed is not None:
+        _seed_everything(args.seed + utils.get_rank())
+    if args.use_deterministic_algorithms:
+        torch.use_deterministic_algorithms(True)
+
+    print("Loading data")
+    dataset_test = get_coco(args.data_path, "val", get_transform(train=False))
+    dataset_train = None if args.test_only else get_coco(args.data_path, "train", get_transform(True, args.data_augmentation))
+    train_sampler, data_loader, data_loader_test = build_data_loaders(args, dataset_train, dataset_test, device)
+    num_classes = (dataset_train or dataset_test).num_classes
+
+    print("Creating model")
+    model = _build_model_or_explain(args, num_classes, backbone_state)
+    model.to(device)
+    if args.distributed and args.sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model_without_ddp = model
+    if args.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[args.gpu] if device.type == "cuda" else None)
+        model_without_ddp = model.module
+
+    optimizer = build_optimizer(model_without_ddp, args)
+    scaler = torch.amp.GradScaler(device.type) if args.amp else None
+    lr_scheduler = build_lr_scheduler(optimizer, args)
+
+    if args.weights:
+        _load_model_weights(model_without_ddp, args.weights, "--weights")
+    if args.resume:
+        checkpoint = _load_model_weights(model_without_ddp, args.resume, "--resume")
+        if not args.test_only:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+            args.start_epoch = checkpoint["epoch"] + 1
+            if scaler is not None and "scaler" in checkpoint:
+                scaler.load_state_dict(checkpoint["scaler"])
+
+    if args.test_only:
+        torch.backends.cudnn.deterministic = True
+        evaluate(model_without_ddp, data_loader_test, device)
+        return
+
+    print("Start training")
+    start_time = time.time()
+    for epoch in range(args.start_epoch, args.epochs):
+        if args.distributed:
+            train_sampler.set_epoch(epoch)
+        train_one_epoch(model, optimizer, data_loader, device, epoch, args.print_freq, scaler)
+        lr_scheduler.step()
+        if args.output_dir:
+            _save_checkpoint(args, epoch, model_without_ddp, optimizer, lr_scheduler, scaler)
+        evaluate(model_without_ddp, data_loader_test, device)
+    print(f"Training time {time.strftime('%H:%M:%S', time.gmtime(time.time() - start_time))}")
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Run main(); a UsageError becomes one line on stderr and exit status 2."""
+    args = get_args_parser().parse_args(argv)
+    try:
+        main(args)
+    except utils.UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
