@@ -138,8 +138,9 @@ def load_resnet50_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"{len(missing)} missing keys ({', '.join(missing[:3])}...)" if missing else "",
             f"wrong shapes for {', '.join(misshapen[:3])}" if misshapen else "",
         ]
+        details = "; ".join(p for p in problems if p)
         raise utils.UsageError(
-            f"--weights-backbone: {path} is not a torchvision ResNet-50 state dict ({'; '.join(p for p in problems if p)}); {BACKBONE_DOWNLOAD_HINT}"
+            f"--weights-backbone: {path} is not a torchvision ResNet-50 state dict ({details}); {BACKBONE_DOWNLOAD_HINT}"
         )
     return {k: state[k] for k in expected}
 
