@@ -11,7 +11,7 @@ DEMO_MODEL_KWARGS := box_batch_size_per_image=32 rpn_batch_size_per_image=64 \
 	rpn_pre_nms_top_n_train=300 rpn_post_nms_top_n_train=300 rpn_pre_nms_top_n_test=300 rpn_post_nms_top_n_test=300
 DEMO_FLAGS := --data-path $(DATA) --output-dir $(OUT) --device cpu --weights-backbone none \
 	--min-size 128 --max-size 128 -b 4 -j 1 --epochs 3 --lr-steps 2 --opt adamw --lr 0.0005 \
-	--print-freq 24 --seed 0 --model-kwargs $(DEMO_MODEL_KWARGS)
+	--print-freq 16 --seed 0 --model-kwargs $(DEMO_MODEL_KWARGS)
 
 .PHONY: setup data demo test lint clean
 
@@ -24,7 +24,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 setup: $(VENV)/.installed
 
 $(DATA)/annotations/instances_val2017.json: synthetic_coco.py | setup
-	$(PY) synthetic_coco.py --output $(DATA) --num-train 384 --num-val 64 --seed 0
+	$(PY) synthetic_coco.py --output $(DATA) --num-train 256 --num-val 64 --seed 0
 
 data: $(DATA)/annotations/instances_val2017.json
 

@@ -87,7 +87,8 @@ class CocoEvaluator:
                 self.results[iou_type].update(per_image)
 
     def _load_detections(self, iou_type: str) -> COCO:
-        detections = [d for image_id in self.img_ids for d in self.results[iou_type][image_id]]
+        # Copies: loadRes adds keys (segm results get a bbox) to the dicts it is given.
+        detections = [dict(d) for image_id in self.img_ids for d in self.results[iou_type][image_id]]
         if detections:
             with contextlib.redirect_stdout(io.StringIO()):
                 return self.coco_gt.loadRes(detections)

@@ -116,6 +116,7 @@ def evaluate(model: torch.nn.Module, data_loader: Iterable, device: torch.device
         evaluator.update({target["image_id"]: output for target, output in zip(targets, outputs)})
 
     evaluator.synchronize_between_processes()
+    print(f"Evaluated {len(evaluator.img_ids)} images")
     evaluator.accumulate()
     evaluator.summarize()
     return evaluator

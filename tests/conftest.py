@@ -1,0 +1,179 @@
+"""Shared fixtures: the generator's synthetic dataset, and a hand-written COCO dataset with other quirks."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import synthetic_coco  # noqa: E402
+
+QUIRKY_CATEGORIES = [
+    {"id": 1, "name": "person", "supercategory": "thing"},
+    {"id": 3, "name": "car", "supercategory": "thing"},
+    {"id": 44, "name": "bottle", "supercategory": "thing"},
+]
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    return synthetic_coco.generate(tmp_path_factory.mktemp("synthetic"), num_train=24, num_val=8, seed=0)
+
+
+def _ellipse_mask(width: int, height: int, box: tuple[int, int, int, int]) -> np.ndarray:
+    mask = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(mask).ellipse(box, fill=1)
+    return np.asarray(mask, dtype=np.uint8)
+
+
+def _compressed_rle(binary: np.ndarray) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(binary))
+    return {"size": [int(binary.shape[0]), int(binary.shape[1])], "counts": rle["counts"].decode("ascii")}
+
+
+def _uncompressed_rle(binary: np.ndarray) -> dict:
+    """COCO's crowd format, written independently of synthetic_coco: column-major runs, zeros first."""
+    counts, current, run = [], 0, 0
+    for value in binary.flatten(order="F").tolist():
+        if value == current:
+            run += 1
+        else:
+            counts.append(run)
+            current, run = value, 1
+    counts.append(run)
+    return {"size": [int(binary.shape[0]), int(binary.shape[1])], "counts": counts}
+
+
+def _bbox_of_mask(binary: np.ndarray) -> list[float]:
+    return [float(v) for v in mask_utils.toBbox(mask_utils.encode(np.asfortranarray(binary)))]
+
+
+def _poly_bbox(polygons: list[list[float]]) -> list[float]:
+    xs = [v for p in polygons for v in p[0::2]]
+    ys = [v for p in polygons for v in p[1::2]]
+    return [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+
+
+def _polygon_ann(polygons: list[list[float]], category_id: int, bbox: list[float] | None = None) -> dict:
+    return {"segmentation": polygons, "bbox": bbox or _poly_bbox(polygons), "area": 100.0, "iscrowd": 0, "category_id": category_id}
+
+
+def _mask_ann(segmentation: dict, binary: np.ndarray, category_id: int, iscrowd: int) -> dict:
+    return {
+        "segmentation": segmentation,
+        "bbox": _bbox_of_mask(binary),
+        "area": float(binary.sum()),
+        "iscrowd": iscrowd,
+        "category_id": category_id,
+    }
+
+
+def _draw_image(path: Path, size: tuple[int, int], mode: str, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", size, tuple(int(c) for c in rng.integers(0, 80, 3)))
+    draw = ImageDraw.Draw(image)
+    w, h = size
+    draw.rectangle([w // 8, h // 8, w // 2, h // 2], fill=(220, 40, 40))
+    draw.ellipse([w // 2, h // 2, w - 4, h - 4], fill=(40, 200, 90))
+    image.convert(mode).save(path, quality=90)
+
+
+def _quirky_split(root: Path, split: str) -> None:
+    """Write the images of `split` and its annotation file (which has no "info" key)."""
+    folder = root / f"{split}2017"
+    folder.mkdir(parents=True)
+    images, annotations = [], []
+
+    def add_image(image_id: int, size: tuple[int, int], mode: str, anns: list[dict]) -> None:
+        file_name = f"img_{image_id}.jpg"
+        _draw_image(folder / file_name, size, mode, seed=image_id % 1000)
+        images.append({"id": image_id, "file_name": file_name, "width": size[0], "height": size[1]})
+        for ann in anns:
+            ann.update(id=(7000 if split == "train" else 907000) + 13 * len(annotations), image_id=image_id)
+            annotations.append(ann)
+
+    two_parts = [[10.0, 10.0, 30.0, 10.0, 30.0, 40.0, 10.0, 40.0], [50.0, 20.0, 70.0, 20.0, 60.0, 50.0]]
+    rle_72x120 = _ellipse_mask(72, 120, (8, 30, 60, 100))
+    crowd_90 = _ellipse_mask(90, 90, (40, 40, 85, 80))
+    if split == "train":
+        # Kept for training: a two-part polygon and a box running off the image (clamped).
+        add_image(
+            987654,
+            (100, 80),
+            "RGB",
+            [_polygon_ann(two_parts, 1), _polygon_ann([[80.0, 60.0, 110.0, 60.0, 110.0, 90.0, 80.0, 90.0]], 44)],
+        )
+        # Grayscale, compressed RLE only.
+        add_image(12, (72, 120), "L", [_mask_ann(_compressed_rle(rle_72x120), rle_72x120, 3, 0)])
+        # CMYK, a crowd region (uncompressed RLE) next to a polygon.
+        add_image(
+            500001,
+            (90, 90),
+            "CMYK",
+            [_mask_ann(_uncompressed_rle(crowd_90), crowd_90, 44, 1), _polygon_ann([[5.0, 5.0, 35.0, 5.0, 20.0, 30.0]], 3)],
+        )
+        # Dropped for training: only a degenerate box (width 0) and a one-pixel-wide box.
+        add_image(
+            77,
+            (100, 80),
+            "RGB",
+            [
+                _polygon_ann([[40.0, 10.0, 40.0, 20.0, 40.0, 30.0]], 1, bbox=[40.0, 10.0, 0.0, 20.0]),
+                _polygon_ann([[5.0, 5.0, 6.0, 5.0, 6.0, 30.0, 5.0, 30.0]], 3),
+            ],
+        )
+        add_image(300000, (72, 120), "RGB", [])  # no annotations at all
+        add_image(4242, (90, 90), "RGB", [_mask_ann(_uncompressed_rle(crowd_90), crowd_90, 1, 1)])  # only a crowd region
+    else:
+        # A two-part polygon and a degenerate box (width 0) with a mask of its own.
+        add_image(
+            2000003,
+            (100, 80),
+            "RGB",
+            [
+                _polygon_ann(two_parts, 1),
+                _polygon_ann([[85.0, 10.0, 85.0, 40.0, 85.0, 70.0]], 3, bbox=[85.0, 10.0, 0.0, 60.0]),
+                _polygon_ann([[60.0, 50.0, 95.0, 50.0, 95.0, 75.0, 60.0, 75.0]], 44),
+            ],
+        )
+        # Grayscale: compressed RLE and a polygon.
+        add_image(
+            1500000,
+            (72, 120),
+            "L",
+            [_mask_ann(_compressed_rle(rle_72x120), rle_72x120, 3, 0), _polygon_ann([[4.0, 4.0, 40.0, 4.0, 40.0, 24.0, 4.0, 24.0]], 1)],
+        )
+        # CMYK: a crowd region (uncompressed RLE) and a polygon.
+        add_image(
+            999,
+            (90, 90),
+            "CMYK",
+            [_mask_ann(_uncompressed_rle(crowd_90), crowd_90, 44, 1), _polygon_ann([[5.0, 5.0, 35.0, 5.0, 20.0, 30.0]], 44)],
+        )
+        add_image(1750000, (100, 80), "RGB", [])  # no annotations
+
+    (root / "annotations").mkdir(exist_ok=True)
+    data = {"images": images, "annotations": annotations, "categories": QUIRKY_CATEGORIES}
+    with open(root / "annotations" / f"instances_{split}2017.json", "w") as f:
+        json.dump(data, f)
+
+
+@pytest.fixture(scope="session")
+def quirky_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("quirky")
+    _quirky_split(root, "train")
+    _quirky_split(root, "val")
+    return root
+
+
+@pytest.fixture(params=["synthetic", "quirky"])
+def any_root(request) -> Path:
+    """Each test that takes this runs on both datasets."""
+    return request.getfixturevalue(f"{request.param}_root")

@@ -1,0 +1,395 @@
+"""CocoEvaluator against pycocotools run by hand on the same detections."""
+
+import contextlib
+import copy
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torch.utils.data import Subset
+
+import coco_eval
+import coco_utils
+from coco_eval import CocoEvaluator
+
+
+def ann_file(root: Path, split: str = "val") -> Path:
+    return root / "annotations" / f"instances_{split}2017.json"
+
+
+def load_coco(path: Path) -> COCO:
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(path))
+
+
+def quarter(rng: np.random.Generator, low: float, high: float) -> float:
+    """A multiple of 0.25: exact in float32, so xyxy -> xywh is exact in any precision."""
+    return float(rng.integers(int(low * 4), int(high * 4) + 1)) / 4
+
+
+class Detections:
+    """Predictions for some images, both as model outputs and as a COCO results list written independently."""
+
+    def __init__(self, dataset: coco_utils.CocoDetection, indices: list[int], seed: int = 0, false_positives: int = 2):
+        rng = np.random.default_rng(seed)
+        category_ids = sorted(dataset.categories)
+        self.outputs: dict[int, dict[str, torch.Tensor]] = {}
+        self.bbox: list[dict] = []
+        self.segm: list[dict] = []
+        drafts = []
+        for index in indices:
+            _, target = dataset[index]
+            height, width = target["masks"].shape[-2:]
+            boxes, labels, masks = [], [], []
+            for box, label, mask in zip(target["boxes"].tolist(), target["labels"].tolist(), target["masks"].numpy()):
+                x0, y0, x1, y1 = (round(v * 4) / 4 + quarter(rng, -1.5, 1.5) for v in box)
+                boxes.append([min(x0, x1 - 1), min(y0, y1 - 1), max(x1, x0 + 1), max(y1, y0 + 1)])
+                labels.append(label if rng.random() < 0.85 else int(rng.choice(category_ids)))
+                masks.append(np.roll(mask, shift=(int(rng.integers(-1, 2)), int(rng.integers(-1, 2))), axis=(0, 1)))
+            for _ in range(false_positives):
+                x0, y0 = quarter(rng, 0, width - 12), quarter(rng, 0, height - 12)
+                x1, y1 = x0 + quarter(rng, 4, 11), y0 + quarter(rng, 4, 11)
+                boxes.append([x0, y0, x1, y1])
+                labels.append(int(rng.choice(category_ids)))
+                fp_mask = np.zeros((height, width), dtype=np.uint8)
+                fp_mask[int(y0) : int(y1), int(x0) : int(x1)] = 1
+                masks.append(fp_mask)
+            drafts.append((dataset.ids[index], boxes, labels, masks, height, width))
+        total = sum(len(d[1]) for d in drafts)
+        score_pool = rng.permutation(np.arange(1, total + 1)) / (total + 1)  # distinct scores, no ties to break
+        used = 0
+        for image_id, boxes, labels, masks, height, width in drafts:
+            n = len(boxes)
+            scores = torch.tensor(score_pool[used : used + n], dtype=torch.float32)
+            used += n
+            binary = np.stack(masks).astype(bool) if n else np.zeros((0, height, width), dtype=bool)
+            # probabilities on either side of the 0.5 threshold, never on it
+            probs = np.where(binary, rng.choice([0.55, 0.7, 0.95], size=binary.shape), rng.choice([0.0, 0.2, 0.45], size=binary.shape))
+            self.outputs[image_id] = {
+                "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                "scores": scores,
+                "labels": torch.tensor(labels, dtype=torch.int64),
+                "masks": torch.from_numpy(probs.astype(np.float32))[:, None],
+            }
+            for box, label, score, mask in zip(boxes, labels, scores.tolist(), binary):
+                x0, y0, x1, y1 = box
+                self.bbox.append({"image_id": image_id, "category_id": label, "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score})
+                rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+                segmentation = {"size": [int(height), int(width)], "counts": rle["counts"].decode("ascii")}
+                self.segm.append({"image_id": image_id, "category_id": label, "segmentation": segmentation, "score": score})
+
+    def chunks(self, size: int) -> list[dict]:
+        items = list(self.outputs.items())
+        return [dict(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def pycocotools_stats(gt: COCO, results: list[dict], iou_type: str, tmp_path: Path, **params) -> np.ndarray:
+    """pycocotools by hand: a JSON results file, COCO.loadRes, COCOeval evaluate/accumulate/summarize."""
+    results_file = tmp_path / f"{iou_type}_results.json"
+    results_file.write_text(json.dumps(results))
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt = gt.loadRes(str(results_file))
+        evaluation = COCOeval(gt, dt, iouType=iou_type)
+        for name, value in params.items():
+            setattr(evaluation.params, name, value)
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return evaluation.stats
+
+
+def run_evaluator(evaluator: CocoEvaluator, updates: list[dict]) -> CocoEvaluator:
+    for update in updates:
+        evaluator.update(update)
+    evaluator.synchronize_between_processes()
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator
+
+
+def assert_stats_equal(actual: np.ndarray, expected: np.ndarray) -> None:
+    assert len(actual) == len(expected)
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_matches_pycocotools(any_root, tmp_path, seed):
+    ds = coco_utils.get_coco(any_root, "val", transforms=None)
+    detections = Detections(ds, list(range(len(ds))), seed=seed)
+    evaluator = run_evaluator(CocoEvaluator(coco_utils.get_coco_api_from_dataset(ds), ["bbox", "segm"]), detections.chunks(3))
+    gt = load_coco(ann_file(any_root))
+    for iou_type, results in (("bbox", detections.bbox), ("segm", detections.segm)):
+        expected = pycocotools_stats(gt, results, iou_type, tmp_path)
+        actual = evaluator.coco_eval[iou_type].stats
+        assert_stats_equal(actual, expected)
+        assert len(actual) == 12
+        assert 0 < actual[0] < 1  # a real score, neither empty nor perfect
+    assert evaluator.img_ids == sorted(ds.ids)
+
+
+def test_perfect_detections_score_one(synthetic_root):
+    ds = coco_utils.get_coco(synthetic_root, "val", transforms=None)
+    outputs = {}
+    for index in range(len(ds)):
+        _, target = ds[index]
+        n = len(target["labels"])
+        outputs[target["image_id"]] = {
+            "boxes": target["boxes"].as_subclass(torch.Tensor),
+            "scores": torch.linspace(0.9, 0.5, n),
+            "labels": target["labels"],
+            "masks": target["masks"][:, None].float(),
+        }
+    evaluator = run_evaluator(CocoEvaluator(ds.coco, ["bbox", "segm"]), [outputs])
+    for iou_type in ("bbox", "segm"):
+        assert evaluator.coco_eval[iou_type].stats[0] == pytest.approx(1.0)
+
+
+def test_subset_ground_truth_matches_pycocotools_on_those_images(quirky_root, tmp_path):
+    ds = coco_utils.get_coco(quirky_root, "val", transforms=None)
+    subset = Subset(ds, [2, 0])
+    detections = Detections(ds, [2, 0], seed=3)
+    evaluator = run_evaluator(CocoEvaluator(coco_utils.get_coco_api_from_dataset(subset), ["bbox", "segm"]), detections.chunks(1))
+    gt = load_coco(ann_file(quirky_root))
+    image_ids = sorted([ds.ids[2], ds.ids[0]])
+    for iou_type, results in (("bbox", detections.bbox), ("segm", detections.segm)):
+        expected = pycocotools_stats(gt, results, iou_type, tmp_path, imgIds=image_ids)
+        assert_stats_equal(evaluator.coco_eval[iou_type].stats, expected)
+
+
+def test_only_updated_images_are_scored(any_root, tmp_path):
+    """As with the reference: images never passed to update() (another rank's, say) are not counted as misses."""
+    ds = coco_utils.get_coco(any_root, "val", transforms=None)
+    detections = Detections(ds, [0, 1], seed=6)
+    evaluator = run_evaluator(CocoEvaluator(ds.coco, ["bbox", "segm"]), detections.chunks(1))
+    assert evaluator.img_ids == sorted(ds.ids[:2])
+    gt = load_coco(ann_file(any_root))
+    for iou_type, results in (("bbox", detections.bbox), ("segm", detections.segm)):
+        expected = pycocotools_stats(gt, results, iou_type, tmp_path, imgIds=sorted(ds.ids[:2]))
+        assert_stats_equal(evaluator.coco_eval[iou_type].stats, expected)
+        assert not np.allclose(expected, pycocotools_stats(gt, results, iou_type, tmp_path))  # all images would score lower
+
+
+def test_plain_pycocotools_ground_truth(any_root, tmp_path):
+    ds = coco_utils.get_coco(any_root, "val", transforms=None)
+    detections = Detections(ds, list(range(len(ds))), seed=5)
+    from_dataset = run_evaluator(CocoEvaluator(coco_utils.get_coco_api_from_dataset(ds), ["bbox", "segm"]), detections.chunks(4))
+    plain_gt = load_coco(ann_file(any_root))
+    from_file = run_evaluator(CocoEvaluator(plain_gt, ["bbox", "segm"]), detections.chunks(4))
+    for iou_type, results in (("bbox", detections.bbox), ("segm", detections.segm)):
+        assert_stats_equal(from_file.coco_eval[iou_type].stats, from_dataset.coco_eval[iou_type].stats)
+        assert_stats_equal(from_file.coco_eval[iou_type].stats, pycocotools_stats(plain_gt, results, iou_type, tmp_path))
+
+
+def empty_output(height: int, width: int) -> dict:
+    return {
+        "boxes": torch.zeros(0, 4),
+        "scores": torch.zeros(0),
+        "labels": torch.zeros(0, dtype=torch.int64),
+        "masks": torch.zeros(0, 1, height, width),
+    }
+
+
+def test_no_detections_at_all(any_root):
+    ds = coco_utils.get_coco(any_root, "val", transforms=None)
+    updates = [{img["id"]: empty_output(img["height"], img["width"])} for img in ds.images]
+    evaluator = run_evaluator(CocoEvaluator(ds.coco, ["bbox", "segm"]), updates)
+    for iou_type in ("bbox", "segm"):
+        stats = evaluator.coco_eval[iou_type].stats
+        assert len(stats) == 12
+        assert set(stats.tolist()) <= {0.0, -1.0}
+        assert 0.0 in stats.tolist()  # there is ground truth, so AP is 0 rather than undefined
+        assert stats[0] == 0.0
+
+
+def test_no_update_at_all(quirky_root):
+    ds = coco_utils.get_coco(quirky_root, "val", transforms=None)
+    evaluator = run_evaluator(CocoEvaluator(ds.coco, ["bbox", "segm"]), [])
+    for iou_type in ("bbox", "segm"):
+        stats = evaluator.coco_eval[iou_type].stats
+        assert len(stats) == 12
+        assert set(stats.tolist()) <= {0.0, -1.0}
+
+
+def test_image_updated_twice_counts_once(any_root, tmp_path):
+    ds = coco_utils.get_coco(any_root, "val", transforms=None)
+    detections = Detections(ds, list(range(len(ds))), seed=7)
+    chunks = detections.chunks(3)
+    first_id = next(iter(detections.outputs))
+    padded = chunks + [{first_id: detections.outputs[first_id]}]  # the padded sampler's repeat, in a later batch
+    evaluator = run_evaluator(CocoEvaluator(ds.coco, ["bbox", "segm"]), padded)
+    assert evaluator.img_ids == sorted(ds.ids)
+    gt = load_coco(ann_file(any_root))
+    for iou_type, results in (("bbox", detections.bbox), ("segm", detections.segm)):
+        assert_stats_equal(evaluator.coco_eval[iou_type].stats, pycocotools_stats(gt, results, iou_type, tmp_path))
+
+
+def test_two_ranks_with_a_padded_image_count_it_once(quirky_root, tmp_path, monkeypatch):
+    ds = coco_utils.get_coco(quirky_root, "val", transforms=None)
+    detections = Detections(ds, list(range(len(ds))), seed=11)
+    ids = list(detections.outputs)
+    # a DistributedSampler over 4 images and 3 ranks pads to 6: the first image is seen twice
+    shards = [[ids[0], ids[3]], [ids[1], ids[0]], [ids[2]]]
+    evaluators = []
+    for shard in shards:
+        evaluator = CocoEvaluator(ds.coco, ["bbox", "segm"])
+        for image_id in shard:
+            evaluator.update({image_id: detections.outputs[image_id]})
+        evaluators.append(evaluator)
+    monkeypatch.setattr(coco_eval.utils, "all_gather", lambda data: [copy.deepcopy(e.results) for e in evaluators])
+    merged = run_evaluator(evaluators[0], [])
+    assert merged.img_ids == sorted(ids)
+    gt = load_coco(ann_file(quirky_root))
+    for iou_type, results in (("bbox", detections.bbox), ("segm", detections.segm)):
+        assert_stats_equal(merged.coco_eval[iou_type].stats, pycocotools_stats(gt, results, iou_type, tmp_path))
+
+
+def test_params_edited_before_accumulate_are_respected(any_root, tmp_path):
+    ds = coco_utils.get_coco(any_root, "val", transforms=None)
+    detections = Detections(ds, list(range(len(ds))), seed=2)
+    category = sorted(ds.categories)[-1]
+    evaluator = CocoEvaluator(ds.coco, ["bbox", "segm"])
+    for iou_type in ("bbox", "segm"):
+        evaluator.coco_eval[iou_type].params.catIds = [category]
+    run_evaluator(evaluator, detections.chunks(2))
+    gt = load_coco(ann_file(any_root))
+    for iou_type, results in (("bbox", detections.bbox), ("segm", detections.segm)):
+        restricted = pycocotools_stats(gt, results, iou_type, tmp_path, catIds=[category])
+        everything = pycocotools_stats(gt, results, iou_type, tmp_path)
+        assert_stats_equal(evaluator.coco_eval[iou_type].stats, restricted)
+        assert not np.allclose(restricted, everything)  # the edit makes a difference
+        assert evaluator.coco_eval[iou_type].eval["precision"].shape[2] == 1  # one category
+
+
+def test_accumulate_can_run_again_after_editing_params(quirky_root, tmp_path):
+    """Re-scoring with other params (or after more updates) must not depend on an earlier accumulate()."""
+    ds = coco_utils.get_coco(quirky_root, "val", transforms=None)
+    detections = Detections(ds, list(range(len(ds))), seed=4)
+    evaluator = run_evaluator(CocoEvaluator(ds.coco, ["bbox", "segm"]), detections.chunks(2))
+    gt = load_coco(ann_file(quirky_root))
+    for iou_type, results in (("bbox", detections.bbox), ("segm", detections.segm)):
+        assert_stats_equal(evaluator.coco_eval[iou_type].stats, pycocotools_stats(gt, results, iou_type, tmp_path))
+        evaluator.coco_eval[iou_type].params.catIds = [44]
+    run_evaluator(evaluator, [])
+    for iou_type, results in (("bbox", detections.bbox), ("segm", detections.segm)):
+        expected = pycocotools_stats(gt, results, iou_type, tmp_path, catIds=[44])
+        assert_stats_equal(evaluator.coco_eval[iou_type].stats, expected)
+
+
+# ----------------------------------------------------------------------------- keypoints and errors
+
+KEYPOINT_NAMES = [f"kp{i}" for i in range(17)]
+
+
+def keypoint_ground_truth() -> COCO:
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    for image_id in (10, 30):
+        images.append({"id": image_id, "file_name": f"{image_id}.jpg", "width": 64, "height": 64})
+        for person in range(2):
+            x0, y0 = 4 + 30 * person, 6
+            xs = rng.uniform(x0, x0 + 24, 17)
+            ys = rng.uniform(y0, y0 + 50, 17)
+            keypoints = [v for x, y in zip(xs, ys) for v in (round(float(x), 2), round(float(y), 2), 2)]
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "keypoints": keypoints,
+                    "num_keypoints": 17,
+                    "bbox": [x0, y0, 24.0, 50.0],
+                    "area": 24.0 * 50.0,
+                    "iscrowd": 0,
+                }
+            )
+    categories = [{"id": 1, "name": "person", "keypoints": KEYPOINT_NAMES, "skeleton": []}]
+    return coco_utils.coco_from_dict({"images": images, "annotations": annotations, "categories": categories})
+
+
+def test_keypoints(tmp_path):
+    gt = keypoint_ground_truth()
+    rng = np.random.default_rng(1)
+    outputs, results = {}, []
+    for image_id in (10, 30):
+        anns = gt.imgToAnns[image_id]
+        keypoints = torch.tensor([a["keypoints"] for a in anns], dtype=torch.float64).reshape(-1, 17, 3)
+        keypoints[..., :2] += torch.from_numpy(rng.normal(0, 1.0, size=(len(anns), 17, 2)))
+        keypoints[..., 2] = 1
+        scores = torch.tensor([0.9, 0.6] if image_id == 10 else [0.8, 0.7])
+        outputs[image_id] = {"keypoints": keypoints, "scores": scores, "labels": torch.ones(len(anns), dtype=torch.int64)}
+        for kps, score in zip(keypoints.tolist(), scores.tolist()):
+            results.append({"image_id": image_id, "category_id": 1, "keypoints": [v for point in kps for v in point], "score": score})
+    evaluator = run_evaluator(CocoEvaluator(gt, ["keypoints"]), [{10: outputs[10]}, {30: outputs[30]}])
+    stats = evaluator.coco_eval["keypoints"].stats
+    assert len(stats) == 10
+    assert 0.3 < stats[0] <= 1.0
+    assert_stats_equal(stats, pycocotools_stats(gt, results, "keypoints", tmp_path))
+
+
+def test_unknown_iou_type_raises(quirky_root):
+    gt = load_coco(ann_file(quirky_root))
+    with pytest.raises(ValueError, match="masks"):
+        CocoEvaluator(gt, ["bbox", "masks"])
+    with pytest.raises(ValueError, match="proposal"):
+        coco_eval.prepare_results(1, {"scores": torch.ones(1), "labels": torch.ones(1, dtype=torch.int64)}, "proposal")
+
+
+def test_encode_masks_thresholds_probabilities():
+    probs = torch.tensor([[[[0.2, 0.51], [0.5, 0.9]]], [[[0.0, 0.0], [0.0, 0.0]]]])
+    rles = coco_eval.encode_masks(probs)
+    assert len(rles) == 2
+    np.testing.assert_array_equal(mask_utils.decode(rles[0]), np.array([[0, 1], [0, 1]], dtype=np.uint8))
+    assert mask_utils.decode(rles[1]).sum() == 0
+    assert coco_eval.encode_masks(torch.zeros(0, 1, 2, 2)) == []
+
+
+def test_prepare_results_converts_boxes_to_xywh():
+    prediction = {"boxes": torch.tensor([[1.0, 2.0, 4.5, 8.0]]), "scores": torch.tensor([0.75]), "labels": torch.tensor([44])}
+    assert coco_eval.prepare_results(9, prediction, "bbox") == [
+        {"image_id": 9, "category_id": 44, "score": 0.75, "bbox": [1.0, 2.0, 3.5, 6.0]}
+    ]
+
+
+def _evaluate_shard(rank: int, world_size: int, init_file: str, root: str, out_dir: str) -> None:
+    """One rank of a real gloo process group: its InferenceSampler shard, then the merge."""
+    import torch.distributed as dist
+
+    import utils
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        ds = coco_utils.get_coco(root, "val", transforms=None)
+        detections = Detections(ds, list(range(len(ds))), seed=5)
+        evaluator = CocoEvaluator(ds.coco, ["bbox", "segm"])
+        for index in utils.InferenceSampler(len(ds)):
+            image_id = ds.ids[index]
+            evaluator.update({image_id: detections.outputs[image_id]})
+        run_evaluator(evaluator, [])
+        stats = {t: e.stats.tolist() for t, e in evaluator.coco_eval.items()}
+        torch.save({"stats": stats, "img_ids": evaluator.img_ids}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_sharded_evaluation_over_gloo_equals_one_process(synthetic_root, tmp_path, world_size):
+    torch.multiprocessing.spawn(
+        _evaluate_shard, args=(world_size, str(tmp_path / "init"), str(synthetic_root), str(tmp_path)), nprocs=world_size
+    )
+    ds = coco_utils.get_coco(synthetic_root, "val", transforms=None)
+    detections = Detections(ds, list(range(len(ds))), seed=5)
+    single = run_evaluator(CocoEvaluator(ds.coco, ["bbox", "segm"]), detections.chunks(3))
+    for rank in range(world_size):
+        result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert result["img_ids"] == sorted(ds.ids)
+        for iou_type in ("bbox", "segm"):
+            assert 0 < result["stats"][iou_type][0] < 1
+            assert_stats_equal(np.array(result["stats"][iou_type]), single.coco_eval[iou_type].stats)

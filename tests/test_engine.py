@@ -1,0 +1,113 @@
+"""engine.py: the loss falls under train_one_epoch, warm-up follows the reference, a NaN stops the run,
+evaluate() scores every image."""
+
+import math
+
+import pytest
+import torch
+import torchvision
+
+import utils
+from coco_utils import get_coco
+from engine import evaluate, images_to_device, iou_types_of, train_one_epoch, warmup_scheduler
+from transforms import get_transform
+
+SMALL_RCNN = dict(
+    min_size=64,
+    max_size=96,
+    box_batch_size_per_image=32,
+    rpn_pre_nms_top_n_train=100,
+    rpn_post_nms_top_n_train=100,
+    rpn_pre_nms_top_n_test=100,
+    rpn_post_nms_top_n_test=100,
+)
+
+
+def _model(num_classes: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.get_model("maskrcnn_resnet50_fpn", weights=None, weights_backbone=None, num_classes=num_classes, **SMALL_RCNN)
+
+
+class _Repeat(torch.utils.data.Dataset):
+    """The same few samples over and over: a loss that can only fall if training works."""
+
+    def __init__(self, dataset, indices, times):
+        self.items = [dataset[i] for i in indices] * times
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+
+def test_images_to_device_scales_uint8_to_unit_range():
+    image = torch.tensor([[[0, 255], [128, 64]]], dtype=torch.uint8)
+    (moved,) = images_to_device([image], torch.device("cpu"))
+    assert moved.dtype == torch.float32
+    assert moved.min() == 0 and moved.max() == 1
+    assert torch.allclose(moved * 255, image.float())
+
+
+def test_warmup_is_linear_from_a_thousandth_over_min_1000_and_iters_minus_1():
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=0.02)
+    warmup = warmup_scheduler(optimizer, iters_per_epoch=11)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02 / 1000)
+    for _ in range(10):
+        optimizer.step()
+        warmup.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02)
+    assert warmup_scheduler(optimizer, iters_per_epoch=1) is None
+    assert warmup_scheduler(torch.optim.SGD([param], lr=0.02), iters_per_epoch=5000).total_iters == 1000
+
+
+@pytest.mark.slow
+def test_loss_falls_over_a_few_iterations(synthetic_root):
+    dataset = get_coco(synthetic_root, "train", get_transform(train=False))
+    loader = torch.utils.data.DataLoader(_Repeat(dataset, [0, 1], 8), batch_size=2, collate_fn=utils.collate_fn)
+    model = _model(dataset.num_classes)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    logger = train_one_epoch(model, optimizer, loader, torch.device("cpu"), epoch=1, print_freq=100)
+    losses = list(logger.meters["loss"].deque)
+    assert len(losses) == 8
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-2:]) / 2 < 0.6 * losses[0], losses
+    assert set(logger.meters) >= {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg", "lr"}
+
+
+@pytest.mark.slow
+def test_non_finite_loss_exits_with_status_1_and_prints_the_losses(synthetic_root, capsys):
+    dataset = get_coco(synthetic_root, "train", get_transform(train=False))
+    loader = torch.utils.data.DataLoader(_Repeat(dataset, [0], 2), batch_size=1, collate_fn=utils.collate_fn)
+    model = _model(dataset.num_classes)
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.weight.fill_(float("nan"))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    with pytest.raises(SystemExit) as exit_info:
+        train_one_epoch(model, optimizer, loader, torch.device("cpu"), epoch=1, print_freq=100)
+    assert exit_info.value.code == 1
+    out = capsys.readouterr().out
+    assert "Loss is nan" in out and "loss_classifier=nan" in out and "iteration 0" in out
+    # The check runs before the optimizer step: no parameter was touched (BatchNorm statistics move in any forward).
+    after = dict(model.named_parameters())
+    assert all(torch.equal(before[k], after[k]) or torch.isnan(before[k]).any() for k in before)
+
+
+@pytest.mark.slow
+def test_evaluate_scores_every_image_with_bbox_and_segm(synthetic_root):
+    dataset = get_coco(synthetic_root, "val", get_transform(train=False))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=utils.collate_fn)
+    model = _model(dataset.num_classes)
+    evaluator = evaluate(model, loader, torch.device("cpu"))
+    assert evaluator.img_ids == sorted(dataset.ids)
+    assert set(evaluator.coco_eval) == {"bbox", "segm"}
+    for coco_eval in evaluator.coco_eval.values():
+        assert len(coco_eval.stats) == 12
+
+
+def test_iou_types_follow_the_model_class():
+    assert iou_types_of(_model(3)) == ["bbox", "segm"]
+    faster = torchvision.models.get_model("fasterrcnn_resnet50_fpn", weights=None, weights_backbone=None, num_classes=3)
+    assert iou_types_of(faster) == ["bbox"]

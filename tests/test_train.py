@@ -1,0 +1,207 @@
+"""train.py: flags, the local ResNet-50 backbone, checkpoints, and end-to-end runs (train, --resume,
+--test-only, torchrun with 2 processes) on a COCO-format dataset the generator did not write."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+import train
+import utils
+
+ROOT = Path(__file__).resolve().parents[1]
+# Small images and a lighter R-CNN sampling keep each run to seconds on 2 CPU cores.
+SMALL_RUN = [
+    "--device", "cpu", "--min-size", "96", "--max-size", "128", "-j", "0", "--print-freq", "1", "--seed", "0",
+    "--model-kwargs", "box_batch_size_per_image=32", "rpn_pre_nms_top_n_train=100", "rpn_post_nms_top_n_train=100",
+    "rpn_pre_nms_top_n_test=100", "rpn_post_nms_top_n_test=100",
+]  # fmt: skip
+AP_LINE = re.compile(r"Average (Precision|Recall) +\((AP|AR)\) @\[ IoU=([\d.:]+) +\| area= *(\w+) \| maxDets= *(\d+) \] = (-?[\d.]+)")
+
+
+def _run(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
+
+
+def _ap_table(output: str) -> list[str]:
+    return [m.group(0) for m in AP_LINE.finditer(output)]
+
+
+def _args(*extra: str):
+    return train.get_args_parser().parse_args(list(extra))
+
+
+def _write_random_resnet50(path: Path) -> dict:
+    torch.manual_seed(1)
+    state = torchvision.models.resnet50().state_dict()
+    torch.save(state, path)
+    return state
+
+
+# ----------------------------------------------------------------------------- flags
+
+
+def test_flags_have_the_reference_names_and_defaults():
+    args = _args()
+    assert (args.model, args.batch_size, args.epochs, args.workers, args.opt) == ("maskrcnn_resnet50_fpn", 2, 26, 4, "sgd")
+    assert (args.lr, args.momentum, args.weight_decay, args.lr_steps, args.lr_gamma) == (0.02, 0.9, 1e-4, [16, 22], 0.1)
+    assert (args.aspect_ratio_group_factor, args.min_size, args.max_size, args.dist_url) == (3, 800, 1333, "env://")
+    assert args.device in ("cuda", "cpu")
+    assert _args("--start_epoch", "3").start_epoch == 3 == _args("--start-epoch", "3").start_epoch
+    assert _args("--wd", "0.5").weight_decay == 0.5 == _args("--weight-decay", "0.5").weight_decay
+    assert _args("--model-kwargs", "box_batch_size_per_image=64", "image_mean=(0.5,0.5,0.5)").model_kwargs == [
+        ("box_batch_size_per_image", 64),
+        ("image_mean", (0.5, 0.5, 0.5)),
+    ]
+
+
+def test_unknown_model_is_a_usage_error():
+    with pytest.raises(utils.UsageError, match="--model: unknown model 'maskrcnn_resnet51'"):
+        train.main(_args("--model", "maskrcnn_resnet51", "--weights-backbone", "none"))
+
+
+def test_norm_weight_decay_puts_norm_layers_in_their_own_group():
+    model = torchvision.models.get_model("maskrcnn_resnet50_fpn", weights=None, weights_backbone=None, num_classes=3)
+    optimizer = train.build_optimizer(model, _args("--norm-weight-decay", "0", "--opt", "sgd_nesterov"))
+    other, norm = optimizer.param_groups
+    assert norm["weight_decay"] == 0 and other["weight_decay"] == 1e-4 and other["nesterov"]
+    bn_params = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+    assert {id(p) for p in norm["params"]} == bn_params
+    assert len(other["params"]) + len(norm["params"]) == len(list(model.parameters()))
+
+
+# ----------------------------------------------------------------------------- backbone weights
+
+
+def test_backbone_path_defaults_to_data_path_and_none_means_random(tmp_path):
+    assert train.backbone_weights_path(_args("--data-path", str(tmp_path))) == tmp_path / "resnet50.pth"
+    assert train.backbone_weights_path(_args("--weights-backbone", "none")) is None
+    assert train.backbone_weights_path(_args("--weights-backbone", "x/r.pth")) == Path("x/r.pth")
+
+
+def test_local_resnet50_is_loaded_into_a_frozen_bn_backbone(tmp_path):
+    path = tmp_path / "resnet50.pth"
+    state = _write_random_resnet50(path)
+    args = _args("--data-path", str(tmp_path), "--min-size", "64", "--max-size", "64")
+    model = train.build_model(args, num_classes=5, backbone_state=train.load_resnet50_state_dict(path))
+    body = model.backbone.body
+    assert torch.equal(body.conv1.weight, state["conv1.weight"])
+    assert torch.equal(body.layer4[2].bn3.running_var, state["layer4.2.bn3.running_var"])
+    assert isinstance(body.bn1, FrozenBatchNorm2d)
+    # Three trainable stages by default, as torchvision does with a pretrained backbone.
+    assert not body.layer1[0].conv1.weight.requires_grad and body.layer2[0].conv1.weight.requires_grad
+    assert model.roi_heads.box_predictor.cls_score.out_features == 5
+
+
+def test_missing_resnet50_stops_with_one_line_and_status_2(tmp_path, synthetic_root):
+    output = tmp_path / "out"
+    result = _run("--data-path", str(synthetic_root), "--output-dir", str(output), "--device", "cpu")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(synthetic_root / "resnet50.pth") in lines[0] and "--weights-backbone none" in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not output.exists()
+
+
+@pytest.mark.parametrize("content", ["text", "wrong_keys", "wrong_shapes"])
+def test_a_file_that_is_not_a_resnet50_is_refused(tmp_path, content):
+    path = tmp_path / "resnet50.pth"
+    if content == "text":
+        path.write_text("not a checkpoint")
+    elif content == "wrong_keys":
+        torch.save(torchvision.models.resnet18().state_dict(), path)
+    else:
+        state = torchvision.models.resnet50().state_dict()
+        state["conv1.weight"] = torch.zeros(1)
+        torch.save(state, path)
+    with pytest.raises(utils.UsageError, match=re.escape(str(path))):
+        train.load_resnet50_state_dict(path)
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def trained(quirky_root, tmp_path_factory):
+    """One epoch on the hand-written quirky dataset, with a local random resnet50.pth."""
+    output = tmp_path_factory.mktemp("run")
+    backbone = output / "resnet50.pth"
+    _write_random_resnet50(backbone)
+    flags = ["--data-path", str(quirky_root), "--weights-backbone", str(backbone), "-b", "2", "--lr", "0.001", *SMALL_RUN]
+    result = _run(*flags, "--epochs", "1", "--output-dir", str(output))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return output, flags, result
+
+
+@pytest.mark.slow
+def test_training_writes_plain_checkpoints_and_evaluates(trained):
+    output, _, result = trained
+    assert "Epoch: [0]" in result.stdout
+    assert len(_ap_table(result.stdout)) == 24  # 12 bbox + 12 segm
+    for name in ("model_0.pth", "checkpoint.pth"):
+        checkpoint = torch.load(output / name, weights_only=True)
+        assert set(checkpoint) == {"model", "optimizer", "lr_scheduler", "epoch", "args"}
+        assert checkpoint["epoch"] == 0
+        assert isinstance(checkpoint["args"], dict) and checkpoint["args"]["min_size"] == 96
+    assert not list(output.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_resume_continues_at_the_next_epoch(trained, tmp_path):
+    output, flags, _ = trained
+    before = torch.load(output / "checkpoint.pth", weights_only=True)
+    result = _run(*flags, "--epochs", "2", "--resume", str(output / "checkpoint.pth"), "--output-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Epoch: [1]" in result.stdout and "Epoch: [0]" not in result.stdout
+    after = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert after["epoch"] == 1 and (tmp_path / "model_1.pth").exists() and not (tmp_path / "model_0.pth").exists()
+    assert after["lr_scheduler"]["last_epoch"] == before["lr_scheduler"]["last_epoch"] + 1
+    name = "roi_heads.box_predictor.cls_score.weight"
+    assert not torch.equal(before["model"][name], after["model"][name])
+
+
+@pytest.mark.slow
+def test_test_only_and_torchrun_give_the_same_ap_table(trained):
+    output, flags, _ = trained
+    checkpoint = str(output / "checkpoint.pth")
+    single = _run(*flags, "--test-only", "--resume", checkpoint, "--output-dir", str(output))
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert "Epoch" not in single.stdout
+    table = _ap_table(single.stdout)
+    assert len(table) == 24
+    assert "Evaluated 4 images" in single.stdout
+
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    dist = subprocess.run(
+        [*torchrun, *flags, "--test-only", "--weights", checkpoint, "--output-dir", str(output)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert dist.returncode == 0, dist.stdout[-3000:] + dist.stderr[-3000:]
+    assert "world size 2, gloo" in dist.stdout
+    assert "Evaluated 4 images" in dist.stdout  # both shards merged, none twice
+    assert _ap_table(dist.stdout) == table  # one table, identical to the single-process one
+
+
+@pytest.mark.slow
+def test_torchrun_trains_with_two_processes(quirky_root, trained, tmp_path):
+    _, flags, _ = trained
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [*torchrun, *flags, "--epochs", "1", "-j", "1", "--output-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert len(_ap_table(result.stdout)) == 24
+    assert result.stdout.count("Epoch: [0] Total time") == 1  # only rank 0 prints
+    assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["epoch"] == 0

@@ -1,0 +1,169 @@
+"""InferenceSampler, collate_fn, SmoothedValue / MetricLogger, save_on_master, load_file."""
+
+import statistics
+
+import pytest
+import torch
+
+import utils
+
+
+@pytest.mark.parametrize("size", [0, 1, 5, 9, 10, 17])
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+def test_inference_sampler_shards_cover_each_index_once(size, world_size):
+    shards = [list(utils.InferenceSampler(size, rank=rank, world_size=world_size)) for rank in range(world_size)]
+    flat = [i for shard in shards for i in shard]
+    assert sorted(flat) == list(range(size))  # every index exactly once: no padding, no repeats
+    for rank, shard in enumerate(shards):
+        assert shard == sorted(shard)
+        assert len(utils.InferenceSampler(size, rank=rank, world_size=world_size)) == len(shard)
+        assert all(i % world_size == rank for i in shard)
+    assert max(len(s) for s in shards) - min(len(s) for s in shards) <= 1
+
+
+def test_inference_sampler_defaults_to_a_single_process():
+    assert list(utils.InferenceSampler(4)) == [0, 1, 2, 3]
+
+
+def test_collate_fn_keeps_images_and_targets_as_tuples():
+    images = [torch.zeros(3, 4, 5), torch.ones(3, 6, 2)]
+    targets = [{"image_id": 1}, {"image_id": 2}]
+    batched_images, batched_targets = utils.collate_fn(list(zip(images, targets)))
+    assert isinstance(batched_images, tuple) and isinstance(batched_targets, tuple)
+    assert batched_images[0] is images[0] and batched_images[1] is images[1]
+    assert batched_targets == (targets[0], targets[1])
+
+
+def test_collate_fn_in_a_dataloader():
+    data = [(torch.full((1, i + 1, 2), float(i)), {"n": i}) for i in range(5)]
+    loader = torch.utils.data.DataLoader(data, batch_size=2, collate_fn=utils.collate_fn)
+    batches = list(loader)
+    assert len(batches) == 3
+    assert [t["n"] for t in batches[2][1]] == [4]
+    assert [img.shape[1] for img in batches[0][0]] == [1, 2]
+
+
+def test_smoothed_value_statistics():
+    meter = utils.SmoothedValue(window_size=3)
+    assert (meter.median, meter.avg, meter.global_avg, meter.max, meter.value) == (0.0, 0.0, 0.0, 0.0, 0.0)
+    for v in [10.0, 1.0, 4.0, 7.0]:
+        meter.update(v)
+    # the window holds the last three values: 1, 4, 7
+    assert meter.median == 4.0
+    assert meter.avg == pytest.approx(4.0)
+    assert meter.max == 7.0
+    assert meter.value == 7.0
+    assert meter.global_avg == pytest.approx(22.0 / 4)
+    assert meter.count == 4
+
+
+def test_smoothed_value_weighted_updates():
+    meter = utils.SmoothedValue(window_size=10)
+    meter.update(2.0, n=3)
+    meter.update(6.0, n=1)
+    assert meter.global_avg == pytest.approx((2.0 * 3 + 6.0) / 4)
+    assert meter.avg == pytest.approx(4.0)  # the window averages values, not weights
+
+
+def test_smoothed_value_median_of_an_even_window_is_a_middle_value():
+    meter = utils.SmoothedValue(window_size=4)
+    for v in [3.0, 1.0, 9.0, 5.0]:
+        meter.update(v)
+    assert meter.median in (3.0, 5.0)
+    assert statistics.median_low([3.0, 1.0, 9.0, 5.0]) == meter.median  # torch's median is the lower middle value
+
+
+def test_smoothed_value_str():
+    meter = utils.SmoothedValue(window_size=5, fmt="{value:.1f} {max:.1f} {avg:.2f}")
+    meter.update(1.0)
+    meter.update(2.0)
+    assert str(meter) == "2.0 2.0 1.50"
+    assert str(utils.SmoothedValue()) == "0.0000 (0.0000)"
+
+
+def test_smoothed_value_synchronize_is_a_no_op_without_distributed():
+    meter = utils.SmoothedValue()
+    meter.update(3.0, n=2)
+    meter.synchronize_between_processes()
+    assert (meter.count, meter.total) == (2, 6.0)
+
+
+def test_metric_logger(capsys):
+    logger = utils.MetricLogger(delimiter=" | ")
+    logger.update(loss=torch.tensor(2.0), lr=0.1)
+    logger.update(loss=4.0)
+    assert logger.loss.global_avg == pytest.approx(3.0)
+    assert logger.lr.value == pytest.approx(0.1)
+    with pytest.raises(AttributeError, match="nope"):
+        logger.nope  # noqa: B018
+    logger.add_meter("custom", utils.SmoothedValue(fmt="{value:.0f}"))
+    logger.update(custom=7)
+    text = str(logger)
+    assert text.startswith("loss: ")
+    assert " | custom: 7" in text
+    items = list(logger.log_every(list("abcde"), print_freq=2, header="Test:"))
+    assert items == list("abcde")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(" | ")[1] for line in lines[:-1]] == ["[0/5]", "[2/5]", "[4/5]"]
+    assert lines[-1].startswith("Test: Total time:")
+
+
+def test_save_on_master_is_atomic(tmp_path):
+    path = tmp_path / "checkpoint.pth"
+    obj = {"model": {"w": torch.arange(6.0).reshape(2, 3)}, "epoch": 3, "args": {"lr": 0.02}}
+    utils.save_on_master(obj, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth"]  # no temporary file left behind
+    loaded = torch.load(path, weights_only=True)
+    assert loaded["epoch"] == 3
+    assert torch.equal(loaded["model"]["w"], obj["model"]["w"])
+    # overwriting an existing file works the same way
+    utils.save_on_master({"epoch": 4}, str(path))
+    assert torch.load(path, weights_only=True) == {"epoch": 4}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth"]
+
+
+def test_save_on_master_leaves_the_old_file_when_saving_fails(tmp_path):
+    path = tmp_path / "checkpoint.pth"
+    utils.save_on_master({"epoch": 1}, path)
+    with pytest.raises(Exception):  # noqa: B017 - whatever torch.save raises for an unpicklable object
+        utils.save_on_master({"epoch": 2, "bad": lambda: None}, path)
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+
+
+def test_save_on_master_only_saves_on_rank_zero(tmp_path, monkeypatch):
+    monkeypatch.setattr(utils, "get_rank", lambda: 1)
+    path = tmp_path / "checkpoint.pth"
+    utils.save_on_master({"epoch": 1}, path)
+    assert not path.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_file_roundtrip(tmp_path):
+    path = tmp_path / "weights.pth"
+    torch.save({"w": torch.ones(2)}, path)
+    assert torch.equal(utils.load_file(path, "checkpoint", "--resume")["w"], torch.ones(2))
+
+
+def test_load_file_missing(tmp_path):
+    path = tmp_path / "missing.pth"
+    with pytest.raises(utils.UsageError) as info:
+        utils.load_file(path, "checkpoint", "--resume")
+    assert str(path) in str(info.value)
+    assert "--resume" in str(info.value)
+
+
+def test_load_file_not_a_torch_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("these are not weights\n")
+    with pytest.raises(utils.UsageError) as info:
+        utils.load_file(path, "checkpoint", "--resume")
+    message = str(info.value)
+    assert str(path) in message
+    assert "--resume" in message
+    assert "\n" not in message
+    assert info.value.__cause__ is None
+
+
+def test_load_file_directory(tmp_path):
+    with pytest.raises(utils.UsageError, match="does not exist"):
+        utils.load_file(tmp_path, "checkpoint", "--resume")
