@@ -17,7 +17,6 @@ DEMO_FLAGS := --data-path $(DATA) --output-dir $(OUT) --device cpu --weights-bac
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	touch $@
 

@@ -146,17 +146,21 @@ def load_resnet50_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def build_model(args: argparse.Namespace, num_classes: int, backbone_state: dict[str, torch.Tensor] | None) -> torch.nn.Module:
-    """The detection model; with `backbone_state`, an ImageNet ResNet-50 with frozen BatchNorm, as torchvision builds it."""
+    """The detection model, built as torchvision builds it: with trained weights (an ImageNet backbone in
+    `backbone_state`, or whole-model `--weights` to come), frozen BatchNorm and 3 trainable ResNet stages;
+    from scratch, trainable BatchNorm everywhere."""
     kwargs = {"min_size": args.min_size, "max_size": args.max_size, **dict(args.model_kwargs)}
     if args.rpn_score_thresh is not None:
         kwargs["rpn_score_thresh"] = args.rpn_score_thresh
-    if backbone_state is None:
+    trained = backbone_state is not None or args.weights is not None
+    if not trained or args.model not in RESNET50_FPN_MODELS:
         if args.trainable_backbone_layers is not None:
             kwargs["trainable_backbone_layers"] = args.trainable_backbone_layers
         return torchvision.models.get_model(args.model, weights=None, weights_backbone=None, num_classes=num_classes, **kwargs)
     trainable = 3 if args.trainable_backbone_layers is None else args.trainable_backbone_layers
     backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, norm_layer=FrozenBatchNorm2d, trainable_layers=trainable)
-    backbone.body.load_state_dict(backbone_state)
+    if backbone_state is not None:
+        backbone.body.load_state_dict(backbone_state)
     return RESNET50_FPN_MODELS[args.model](backbone, num_classes=num_classes, **kwargs)
 
 
@@ -312,6 +316,11 @@ def main(args: argparse.Namespace) -> None:
     if args.resume:
         checkpoint = _load_model_weights(model_without_ddp, args.resume, "--resume")
         if not args.test_only:
+            missing = [k for k in ("optimizer", "lr_scheduler", "epoch") if k not in checkpoint]
+            if missing:
+                raise utils.UsageError(
+                    f"--resume: {args.resume} has no {', '.join(missing)}; it is not a training checkpoint (use --weights)"
+                )
             optimizer.load_state_dict(checkpoint["optimizer"])
             lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
             args.start_epoch = checkpoint["epoch"] + 1

@@ -205,3 +205,26 @@ def test_torchrun_trains_with_two_processes(quirky_root, trained, tmp_path):
     assert len(_ap_table(result.stdout)) == 24
     assert result.stdout.count("Epoch: [0] Total time") == 1  # only rank 0 prints
     assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["epoch"] == 0
+
+
+def test_whole_model_weights_get_the_pretrained_architecture(tmp_path):
+    """--weights fine-tunes as torchvision does with weights=: frozen BatchNorm, 3 trainable stages."""
+    args = _args("--weights", str(tmp_path / "model.pth"), "--min-size", "64", "--max-size", "64")
+    model = train.build_model(args, num_classes=3, backbone_state=None)
+    assert isinstance(model.backbone.body.bn1, FrozenBatchNorm2d)
+    assert not model.backbone.body.layer1[0].conv1.weight.requires_grad
+    scratch = train.build_model(_args("--weights-backbone", "none"), num_classes=3, backbone_state=None)
+    assert isinstance(scratch.backbone.body.bn1, torch.nn.BatchNorm2d)
+    assert all(p.requires_grad for p in scratch.parameters())
+    # A from-scratch model's state dict (with BatchNorm's num_batches_tracked) loads into the frozen one.
+    model.load_state_dict(scratch.state_dict())
+
+
+def test_resume_from_a_plain_state_dict_is_a_usage_error(tmp_path, synthetic_root):
+    path = tmp_path / "weights_only.pth"
+    model = torchvision.models.get_model("maskrcnn_resnet50_fpn", weights=None, weights_backbone=None, num_classes=18)
+    torch.save(model.state_dict(), path)
+    args = _args("--data-path", str(synthetic_root), "--weights-backbone", "none", "--resume", str(path), "--device", "cpu")
+    args.output_dir = str(tmp_path / "out")
+    with pytest.raises(utils.UsageError, match="not a training checkpoint"):
+        train.main(args)
