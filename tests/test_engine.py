@@ -111,3 +111,17 @@ def test_iou_types_follow_the_model_class():
     assert iou_types_of(_model(3)) == ["bbox", "segm"]
     faster = torchvision.models.get_model("fasterrcnn_resnet50_fpn", weights=None, weights_backbone=None, num_classes=3)
     assert iou_types_of(faster) == ["bbox"]
+
+
+@pytest.mark.slow
+def test_amp_trains_under_autocast_with_a_grad_scaler(synthetic_root):
+    dataset = get_coco(synthetic_root, "train", get_transform(train=False))
+    loader = torch.utils.data.DataLoader(_Repeat(dataset, [0, 1], 2), batch_size=2, collate_fn=utils.collate_fn)
+    model = _model(dataset.num_classes)
+    before = model.roi_heads.box_predictor.cls_score.weight.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu")
+    logger = train_one_epoch(model, optimizer, loader, torch.device("cpu"), epoch=1, print_freq=100, scaler=scaler)
+    assert all(math.isfinite(v) for v in logger.meters["loss"].deque)
+    assert not torch.equal(before, model.roi_heads.box_predictor.cls_score.weight)
+    assert scaler.state_dict()["scale"] > 0

@@ -167,3 +167,51 @@ def test_load_file_not_a_torch_file(tmp_path):
 def test_load_file_directory(tmp_path):
     with pytest.raises(utils.UsageError, match="does not exist"):
         utils.load_file(tmp_path, "checkpoint", "--resume")
+
+
+_RANK_SCRIPT = """
+import argparse, sys
+sys.path.insert(0, {root!r})
+import torch, utils
+args = argparse.Namespace(device="cpu", dist_url="env://")
+utils.init_distributed_mode(args)
+losses = utils.reduce_dict({{"loss": torch.tensor(float(args.rank + 1))}})
+gathered = utils.all_gather({{"rank": args.rank}})
+print("rank", args.rank, "of", args.world_size, args.dist_backend, losses["loss"].item(), gathered, flush=True)
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "slurm"])
+def test_init_distributed_mode_from_torchrun_or_slurm_environment(tmp_path, launcher):
+    """Two real processes join a gloo group from the environment; collectives give every rank the same answer."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "rank.py"
+    script.write_text(_RANK_SCRIPT.format(root=str(Path(utils.__file__).parent)))
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_"))}
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        if launcher == "torchrun":
+            env.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
+        else:
+            env.update(SLURM_PROCID=str(rank), SLURM_NTASKS="2", SLURM_LOCALID=str(rank))
+        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    # Only rank 0 prints; it saw the average loss of both ranks and both ranks' objects.
+    assert "rank 0 of 2 gloo 1.5 [{'rank': 0}, {'rank': 1}]" in outputs[0][0]
+    assert "rank 1 of" not in outputs[1][0]
