@@ -275,6 +275,21 @@ def _save_checkpoint(args, epoch: int, model, optimizer, lr_scheduler, scaler) -
     utils.save_on_master(checkpoint, Path(args.output_dir) / "checkpoint.pth")
 
 
+def _resume(args: argparse.Namespace, model, optimizer, lr_scheduler, scaler) -> None:
+    """Restore a checkpoint; when training, also the optimizer, scheduler and scaler, and move on to the next epoch."""
+    checkpoint = _load_model_weights(model, args.resume, "--resume")
+    if args.test_only:
+        return
+    missing = [k for k in ("optimizer", "lr_scheduler", "epoch") if k not in checkpoint]
+    if missing:
+        raise utils.UsageError(f"--resume: {args.resume} has no {', '.join(missing)}; it is not a training checkpoint (use --weights)")
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+    args.start_epoch = checkpoint["epoch"] + 1
+    if scaler is not None and "scaler" in checkpoint:
+        scaler.load_state_dict(checkpoint["scaler"])
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -301,6 +316,8 @@ def main(args: argparse.Namespace) -> None:
     model = _build_model_or_explain(args, num_classes, backbone_state)
     model.to(device)
     if args.distributed and args.sync_bn:
+        if device.type == "cpu":
+            raise utils.UsageError("--sync-bn: SyncBatchNorm runs on GPUs only; leave it out of CPU runs")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model_without_ddp = model
     if args.distributed:
@@ -314,18 +331,7 @@ def main(args: argparse.Namespace) -> None:
     if args.weights:
         _load_model_weights(model_without_ddp, args.weights, "--weights")
     if args.resume:
-        checkpoint = _load_model_weights(model_without_ddp, args.resume, "--resume")
-        if not args.test_only:
-            missing = [k for k in ("optimizer", "lr_scheduler", "epoch") if k not in checkpoint]
-            if missing:
-                raise utils.UsageError(
-                    f"--resume: {args.resume} has no {', '.join(missing)}; it is not a training checkpoint (use --weights)"
-                )
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
-            args.start_epoch = checkpoint["epoch"] + 1
-            if scaler is not None and "scaler" in checkpoint:
-                scaler.load_state_dict(checkpoint["scaler"])
+        _resume(args, model_without_ddp, optimizer, lr_scheduler, scaler)
 
     if args.test_only:
         torch.backends.cudnn.deterministic = True

@@ -228,3 +228,15 @@ def test_resume_from_a_plain_state_dict_is_a_usage_error(tmp_path, synthetic_roo
     args.output_dir = str(tmp_path / "out")
     with pytest.raises(utils.UsageError, match="not a training checkpoint"):
         train.main(args)
+
+
+@pytest.mark.slow
+def test_sync_bn_on_cpu_under_torchrun_is_a_usage_error(synthetic_root, tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
+    result = subprocess.run(
+        [*torchrun, "--data-path", str(synthetic_root), "--weights-backbone", "none", "--sync-bn", *SMALL_RUN, "--output-dir", tmp_path],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert result.stderr.count("error: --sync-bn: SyncBatchNorm runs on GPUs only") == 1  # rank 0 only
+    assert 'train.py", line' not in result.stderr  # torchrun reports the failed children; train.py itself shows no traceback
