@@ -359,6 +359,8 @@ def cli(argv: list[str] | None = None) -> int:
     except utils.UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        utils.cleanup_distributed()
     return 0
 
 

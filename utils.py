@@ -234,6 +234,12 @@ def init_distributed_mode(args) -> None:
     _setup_for_distributed(args.rank == 0)
 
 
+def cleanup_distributed() -> None:
+    """Leave the process group; skipping this can abort the process at exit ("terminate called ...")."""
+    if is_dist_avail_and_initialized():
+        dist.destroy_process_group()
+
+
 # ----------------------------------------------------------------------------- files
 
 

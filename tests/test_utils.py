@@ -178,6 +178,7 @@ utils.init_distributed_mode(args)
 losses = utils.reduce_dict({{"loss": torch.tensor(float(args.rank + 1))}})
 gathered = utils.all_gather({{"rank": args.rank}})
 print("rank", args.rank, "of", args.world_size, args.dist_backend, losses["loss"].item(), gathered, flush=True)
+utils.cleanup_distributed()
 """
 
 
