@@ -307,8 +307,10 @@ def main(args: argparse.Namespace) -> None:
         torch.use_deterministic_algorithms(True)
 
     print("Loading data")
-    dataset_test = get_coco(args.data_path, "val", get_transform(train=False))
-    dataset_train = None if args.test_only else get_coco(args.data_path, "train", get_transform(True, args.data_augmentation))
+    # Evaluation reads its ground truth from the annotation file: its targets need no masks. Nor do box-only models' (vision #7489).
+    dataset_test = get_coco(args.data_path, "val", get_transform(train=False), with_masks=False)
+    train_transform = get_transform(True, args.data_augmentation)
+    dataset_train = None if args.test_only else get_coco(args.data_path, "train", train_transform, with_masks="maskrcnn" in args.model)
     train_sampler, data_loader, data_loader_test = build_data_loaders(args, dataset_train, dataset_test, device)
     num_classes = (dataset_train or dataset_test).num_classes
 

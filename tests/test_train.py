@@ -240,3 +240,13 @@ def test_sync_bn_on_cpu_under_torchrun_is_a_usage_error(synthetic_root, tmp_path
     assert result.returncode != 0
     assert result.stderr.count("error: --sync-bn: SyncBatchNorm runs on GPUs only") == 1  # rank 0 only
     assert 'train.py", line' not in result.stderr  # torchrun reports the failed children; train.py itself shows no traceback
+
+
+@pytest.mark.slow
+def test_a_box_only_model_trains_and_evaluates_boxes(trained, tmp_path):
+    _, flags, _ = trained
+    result = _run(*flags, "--model", "fasterrcnn_resnet50_fpn", "--epochs", "1", "--output-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "IoU metric: bbox" in result.stdout and "IoU metric: segm" not in result.stdout
+    assert len(_ap_table(result.stdout)) == 12
+    assert "roi_heads.mask_head.mask_fcn1.0.weight" not in torch.load(tmp_path / "checkpoint.pth", weights_only=True)["model"]
