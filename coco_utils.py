@@ -21,6 +21,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
 
+from utils import UsageError
+
 SPLITS = {"train": "train2017", "val": "val2017"}
 
 
@@ -157,9 +159,16 @@ def get_coco(root: str | Path, image_set: str, transforms: Callable | None, with
     """The `image_set` ("train" or "val") split of a COCO 2017 layout under `root`."""
     root = Path(root)
     folder = SPLITS[image_set]
+    ann_file = root / "annotations" / f"instances_{folder}.json"
+    for path in (ann_file, root / folder):
+        if not path.exists():
+            raise UsageError(
+                f"--data-path: {path} is missing; {root} should hold train2017/, val2017/ and annotations/instances_*2017.json "
+                "(make data writes a synthetic one)"
+            )
     return CocoDetection(
         root / folder,
-        root / "annotations" / f"instances_{folder}.json",
+        ann_file,
         transforms=transforms,
         remove_images_without_annotations=image_set == "train",
         with_masks=with_masks,

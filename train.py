@@ -1,6 +1,6 @@
 r"""Train and evaluate torchvision detection models (Mask R-CNN by default) on COCO-format data.
 
-The command lines of torchvision's references/detection work unchanged. On 8 GPUs:
+Flags have the names and meanings of torchvision's references/detection (README: the differences). On 8 GPUs:
 
     torchrun --nproc_per_node=8 train.py --data-path /data/coco --epochs 26 --lr-steps 16 22 \
         --aspect-ratio-group-factor 3
@@ -12,6 +12,7 @@ Read top to bottom: flags, then main(), which builds data, model and optimizer a
 
 import argparse
 import ast
+import inspect
 import random
 import sys
 import time
@@ -89,8 +90,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--weights-backbone", default=None, help="ResNet-50 state dict (default <data-path>/resnet50.pth); 'none' for random"
     )
     parser.add_argument("--amp", action="store_true", help="mixed precision (autocast + GradScaler)")
-    parser.add_argument("--min-size", default=800, type=int, help="the model resizes the shorter image side to this")
-    parser.add_argument("--max-size", default=1333, type=int, help="... and the longer side to at most this")
+    parser.add_argument("--min-size", default=None, type=int, help="resize the shorter image side to this (R-CNN default 800)")
+    parser.add_argument("--max-size", default=None, type=int, help="... and the longer side to at most this (R-CNN default 1333)")
     parser.add_argument(
         "--model-kwargs",
         default=[],
@@ -104,9 +105,27 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def _validate_args(args: argparse.Namespace) -> None:
+    """Catch flag values that would otherwise fail deep inside a run, with a traceback."""
     detection_models = torchvision.models.list_models(module=torchvision.models.detection)
     if args.model not in detection_models:
         raise utils.UsageError(f"--model: unknown model {args.model!r}; choose one of {', '.join(sorted(detection_models))}")
+    if args.model.startswith("keypointrcnn"):
+        raise utils.UsageError(
+            f"--model: {args.model} needs keypoint annotations (--dataset coco_kp), which this version does not read yet"
+        )
+    for flag, value, low in (("-b/--batch-size", args.batch_size, 1), ("--epochs", args.epochs, 1), ("--print-freq", args.print_freq, 1)):
+        if value < low:
+            raise utils.UsageError(f"{flag}: must be at least {low}, got {value}")
+    if args.workers < 0:
+        raise utils.UsageError(f"-j/--workers: must be 0 or more, got {args.workers}")
+    if args.lr <= 0:
+        raise utils.UsageError(f"--lr: must be positive, got {args.lr}")
+    if any(b <= a for a, b in zip(args.lr_steps, args.lr_steps[1:])):
+        raise utils.UsageError(f"--lr-steps: epochs must increase, got {' '.join(map(str, args.lr_steps))}")
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise utils.UsageError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
+    if args.output_dir and Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+        raise utils.UsageError(f"--output-dir: {args.output_dir} is a file, not a folder; choose another path")
 
 
 # ----------------------------------------------------------------------------- model
@@ -149,9 +168,8 @@ def build_model(args: argparse.Namespace, num_classes: int, backbone_state: dict
     """The detection model, built as torchvision builds it: with trained weights (an ImageNet backbone in
     `backbone_state`, or whole-model `--weights` to come), frozen BatchNorm and 3 trainable ResNet stages;
     from scratch, trainable BatchNorm everywhere."""
-    kwargs = {"min_size": args.min_size, "max_size": args.max_size, **dict(args.model_kwargs)}
-    if args.rpn_score_thresh is not None:
-        kwargs["rpn_score_thresh"] = args.rpn_score_thresh
+    kwargs = {"min_size": args.min_size, "max_size": args.max_size, "rpn_score_thresh": args.rpn_score_thresh}
+    kwargs = {k: v for k, v in kwargs.items() if v is not None} | dict(args.model_kwargs)
     trained = backbone_state is not None or args.weights is not None
     if not trained or args.model not in RESNET50_FPN_MODELS:
         if args.trainable_backbone_layers is not None:
@@ -164,11 +182,27 @@ def build_model(args: argparse.Namespace, num_classes: int, backbone_state: dict
     return RESNET50_FPN_MODELS[args.model](backbone, num_classes=num_classes, **kwargs)
 
 
+def _accepted_model_kwargs(model: torch.nn.Module, builder_name: str) -> set[str]:
+    """Every keyword the builder, the model class (and its bases) and its input transform take by name.
+    torchvision forwards unknown keywords to the transform, which swallows them silently."""
+    functions = [torchvision.models.get_model_builder(builder_name)]
+    functions += [vars(cls)["__init__"] for cls in type(model).__mro__ if "__init__" in vars(cls)]
+    if hasattr(model, "transform"):
+        functions.append(type(model.transform).__init__)
+    names = {name for f in functions for name, p in inspect.signature(f).parameters.items() if p.kind is not p.VAR_KEYWORD}
+    return names - {"self"}
+
+
 def _build_model_or_explain(args: argparse.Namespace, num_classes: int, backbone_state) -> torch.nn.Module:
     try:
-        return build_model(args, num_classes, backbone_state)
-    except TypeError as e:  # an unknown or mistyped --model-kwargs entry
-        raise utils.UsageError(f"--model-kwargs: {args.model} rejected {dict(args.model_kwargs)} ({e})") from None
+        model = build_model(args, num_classes, backbone_state)
+    except TypeError as e:
+        given = {k: v for k, v in [("min_size", args.min_size), ("max_size", args.max_size)] if v is not None} | dict(args.model_kwargs)
+        raise utils.UsageError(f"{args.model} does not take {given or 'its arguments'} ({e}); drop or fix these flags") from None
+    unknown = sorted(set(dict(args.model_kwargs)) - _accepted_model_kwargs(model, args.model))
+    if unknown:
+        raise utils.UsageError(f"--model-kwargs: {args.model} has no argument {', '.join(unknown)}; check the spelling")
+    return model
 
 
 def _load_backbone(args: argparse.Namespace) -> dict[str, torch.Tensor] | None:
@@ -183,16 +217,24 @@ def _load_backbone(args: argparse.Namespace) -> dict[str, torch.Tensor] | None:
     return load_resnet50_state_dict(path)
 
 
-def _load_model_weights(model: torch.nn.Module, path: str, flag: str) -> dict:
-    """Load a whole-model state dict (or a checkpoint's "model") into `model`; returns what the file held."""
+def read_model_file(path: str, flag: str, training_checkpoint: bool = False) -> dict:
+    """Read --weights or --resume up front, so that a wrong file stops the run before any slow work."""
     loaded = utils.load_file(path, "model checkpoint", flag)
-    state = loaded["model"] if isinstance(loaded, dict) and "model" in loaded else loaded
+    if not isinstance(loaded, dict):
+        raise utils.UsageError(f"{flag}: {path} holds a {type(loaded).__name__}, not a state dict or checkpoint")
+    missing = [k for k in ("model", "optimizer", "lr_scheduler", "epoch") if k not in loaded]
+    if training_checkpoint and missing:
+        raise utils.UsageError(f"{flag}: {path} has no {', '.join(missing)}; it is not a training checkpoint (use --weights)")
+    return loaded
+
+
+def load_model_weights(model: torch.nn.Module, loaded: dict, path: str, flag: str) -> None:
+    """Load a whole-model state dict, or a checkpoint's "model", into `model`."""
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(loaded.get("model", loaded))
     except (RuntimeError, TypeError, AttributeError) as e:
         first = str(e).strip().splitlines()
         raise utils.UsageError(f"{flag}: {path} does not fit {type(model).__name__} ({' '.join(first[:2])[:300]})") from None
-    return loaded if isinstance(loaded, dict) else {}
 
 
 # ----------------------------------------------------------------------------- optimization
@@ -254,6 +296,15 @@ def build_data_loaders(args: argparse.Namespace, dataset_train, dataset_test, de
     return train_sampler, loader_train, loader_test
 
 
+def _make_output_dir(output_dir: str) -> None:
+    if not output_dir:
+        return
+    try:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise utils.UsageError(f"--output-dir: cannot create {output_dir} ({e.strerror}); choose a writable folder") from None
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -275,19 +326,29 @@ def _save_checkpoint(args, epoch: int, model, optimizer, lr_scheduler, scaler) -
     utils.save_on_master(checkpoint, Path(args.output_dir) / "checkpoint.pth")
 
 
-def _resume(args: argparse.Namespace, model, optimizer, lr_scheduler, scaler) -> None:
+def _resume(args: argparse.Namespace, checkpoint: dict, model, optimizer, lr_scheduler, scaler) -> None:
     """Restore a checkpoint; when training, also the optimizer, scheduler and scaler, and move on to the next epoch."""
-    checkpoint = _load_model_weights(model, args.resume, "--resume")
+    load_model_weights(model, checkpoint, args.resume, "--resume")
     if args.test_only:
         return
-    missing = [k for k in ("optimizer", "lr_scheduler", "epoch") if k not in checkpoint]
-    if missing:
-        raise utils.UsageError(f"--resume: {args.resume} has no {', '.join(missing)}; it is not a training checkpoint (use --weights)")
+    saved_groups = checkpoint["optimizer"].get("param_groups", [])
+    fits = len(saved_groups) == len(optimizer.param_groups) and all(
+        set(saved) == set(current) and len(saved["params"]) == len(current["params"])
+        for saved, current in zip(saved_groups, optimizer.param_groups)
+    )
+    if not fits:
+        saved = checkpoint.get("args", {})
+        raise utils.UsageError(
+            f"--resume: the optimizer state in {args.resume} does not fit this run (it was saved with --opt {saved.get('opt', '?')}, "
+            f"--model {saved.get('model', '?')}, --norm-weight-decay {saved.get('norm_weight_decay')}); resume with that run's flags"
+        )
     optimizer.load_state_dict(checkpoint["optimizer"])
     lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
     args.start_epoch = checkpoint["epoch"] + 1
     if scaler is not None and "scaler" in checkpoint:
         scaler.load_state_dict(checkpoint["scaler"])
+    if args.start_epoch >= args.epochs:
+        print(f"Nothing to train: {args.resume} holds epoch {checkpoint['epoch']} and --epochs is {args.epochs}; raise --epochs to go on")
 
 
 # ----------------------------------------------------------------------------- main
@@ -295,9 +356,11 @@ def _resume(args: argparse.Namespace, model, optimizer, lr_scheduler, scaler) ->
 
 def main(args: argparse.Namespace) -> None:
     _validate_args(args)
-    backbone_state = _load_backbone(args)  # fail on a bad backbone file before any slow work
-    if args.output_dir:
-        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    # Read every input file first, so that a wrong one stops the run before any slow work.
+    backbone_state = _load_backbone(args)
+    weights = read_model_file(args.weights, "--weights") if args.weights else None
+    checkpoint = read_model_file(args.resume, "--resume", training_checkpoint=not args.test_only) if args.resume else None
+    _make_output_dir(args.output_dir)
     utils.init_distributed_mode(args)
     print(args)
     device = torch.device(args.device)
@@ -330,12 +393,14 @@ def main(args: argparse.Namespace) -> None:
     scaler = torch.amp.GradScaler(device.type) if args.amp else None
     lr_scheduler = build_lr_scheduler(optimizer, args)
 
-    if args.weights:
-        _load_model_weights(model_without_ddp, args.weights, "--weights")
-    if args.resume:
-        _resume(args, model_without_ddp, optimizer, lr_scheduler, scaler)
+    if weights is not None:
+        load_model_weights(model_without_ddp, weights, args.weights, "--weights")
+    if checkpoint is not None:
+        _resume(args, checkpoint, model_without_ddp, optimizer, lr_scheduler, scaler)
 
     if args.test_only:
+        if weights is None and checkpoint is None:
+            print("Warning: --test-only without --resume or --weights evaluates an untrained model")
         torch.backends.cudnn.deterministic = True
         evaluate(model_without_ddp, data_loader_test, device)
         return

@@ -53,7 +53,8 @@ def test_flags_have_the_reference_names_and_defaults():
     args = _args()
     assert (args.model, args.batch_size, args.epochs, args.workers, args.opt) == ("maskrcnn_resnet50_fpn", 2, 26, 4, "sgd")
     assert (args.lr, args.momentum, args.weight_decay, args.lr_steps, args.lr_gamma) == (0.02, 0.9, 1e-4, [16, 22], 0.1)
-    assert (args.aspect_ratio_group_factor, args.min_size, args.max_size, args.dist_url) == (3, 800, 1333, "env://")
+    assert (args.aspect_ratio_group_factor, args.dist_url) == (3, "env://")
+    assert (args.min_size, args.max_size) == (None, None)  # the model's own defaults (800, 1333 for R-CNNs)
     assert args.device in ("cuda", "cpu")
     assert _args("--start_epoch", "3").start_epoch == 3 == _args("--start-epoch", "3").start_epoch
     assert _args("--wd", "0.5").weight_decay == 0.5 == _args("--weight-decay", "0.5").weight_decay
@@ -250,3 +251,53 @@ def test_a_box_only_model_trains_and_evaluates_boxes(trained, tmp_path):
     assert "IoU metric: bbox" in result.stdout and "IoU metric: segm" not in result.stdout
     assert len(_ap_table(result.stdout)) == 12
     assert "roi_heads.mask_head.mask_fcn1.0.weight" not in torch.load(tmp_path / "checkpoint.pth", weights_only=True)["model"]
+
+
+BAD_INPUTS = {
+    "missing data path": (lambda d, t: ["--data-path", str(t / "nowhere")], "--data-path: "),
+    "data path without COCO layout": (lambda d, t: ["--data-path", str(t)], "should hold train2017/, val2017/"),
+    "batch size 0": (lambda d, t: ["-b", "0"], "-b/--batch-size: must be at least 1, got 0"),
+    "print freq 0": (lambda d, t: ["--print-freq", "0"], "--print-freq: must be at least 1"),
+    "epochs 0": (lambda d, t: ["--epochs", "0"], "--epochs: must be at least 1"),
+    "lr steps decreasing": (lambda d, t: ["--lr-steps", "5", "3"], "--lr-steps: epochs must increase, got 5 3"),
+    "keypoint model": (lambda d, t: ["--model", "keypointrcnn_resnet50_fpn"], "needs keypoint annotations"),
+    "misspelt model kwarg": (lambda d, t: ["--model-kwargs", "box_batch_size_per_imag=3"], "has no argument box_batch_size_per_imag"),
+    "output dir is a file": (lambda d, t: ["--output-dir", str(t / "file.txt")], "is a file, not a folder"),
+    "output dir under a file": (lambda d, t: ["--output-dir", str(t / "file.txt" / "sub")], "--output-dir: cannot create"),
+    "weights not a checkpoint": (lambda d, t: ["--weights", str(t / "file.txt")], "--weights: cannot read"),
+    "resume missing": (lambda d, t: ["--resume", str(t / "gone.pth")], "--resume: model checkpoint file"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_gets_one_line_and_status_2(case, synthetic_root, tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("not a checkpoint")
+    make_flags, expected = BAD_INPUTS[case]
+    flags = ["--data-path", str(synthetic_root), "--weights-backbone", "none", "--output-dir", str(tmp_path / "out"), *SMALL_RUN]
+    assert train.cli([*flags, *make_flags(synthetic_root, tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+    assert (tmp_path / "file.txt").read_text() == "not a checkpoint"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_without_a_gpu_is_a_usage_error():
+    with pytest.raises(utils.UsageError, match="--device cuda: no CUDA device"):
+        train.main(_args("--device", "cuda", "--weights-backbone", "none"))
+
+
+@pytest.mark.slow
+def test_resume_with_another_optimizer_names_the_saved_flags(trained, capsys):
+    output, flags, _ = trained
+    code = train.cli([*flags, "--opt", "adamw", "--epochs", "2", "--resume", str(output / "checkpoint.pth"), "--output-dir", str(output)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "does not fit this run (it was saved with --opt sgd" in err
+
+
+@pytest.mark.slow
+def test_resume_past_the_last_epoch_says_so(trained, tmp_path):
+    output, flags, _ = trained
+    result = _run(*flags, "--epochs", "1", "--resume", str(output / "checkpoint.pth"), "--output-dir", str(tmp_path))
+    assert result.returncode == 0
+    assert "Nothing to train:" in result.stdout and "raise --epochs" in result.stdout
