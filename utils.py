@@ -5,6 +5,7 @@ Nothing here knows about detection; engine.py and train.py build on these pieces
 
 import datetime
 import os
+import pickle
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
@@ -263,9 +264,18 @@ def load_file(path: str | Path, what: str, flag: str) -> Any:
     """torch.load with weights_only=True; any failure becomes a UsageError naming the file and flag."""
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"{flag}: {what} file {path} does not exist; check the path")
+        hint = " (a file path: nothing is downloaded)" if "Weights." in str(path) else ""
+        raise UsageError(f"{flag}: {what} file {path} does not exist{hint}; check the path")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"{flag}: cannot read {path} as a {what} ({reason[:200]}); pass a file saved by torch.save") from None
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise UsageError(f"{flag}: {path} is not a file written by torch.save ({e}); pass a {what}") from None
+        # Pickled objects (such as the torchvision reference's argparse.Namespace) could run code: never unpickled here.
+        raise UsageError(
+            f"{flag}: {path} holds pickled Python objects, which weights_only loading refuses to run; if you trust it, keep only "
+            f"its weights: python -c \"import torch; c = torch.load('{path}', weights_only=False); "
+            f"torch.save({{'model': c['model']}}, 'weights.pth')\" and pass weights.pth to --weights"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - a torn or foreign file: the same advice whatever the library raised
+        raise UsageError(f"{flag}: {path} is not a file written by torch.save ({type(e).__name__}: {e}); pass a {what}") from None

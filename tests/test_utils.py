@@ -216,3 +216,26 @@ def test_init_distributed_mode_from_torchrun_or_slurm_environment(tmp_path, laun
     # Only rank 0 prints; it saw the average loss of both ranks and both ranks' objects.
     assert "rank 0 of 2 gloo 1.5 [{'rank': 0}, {'rank': 1}]" in outputs[0][0]
     assert "rank 1 of" not in outputs[1][0]
+
+
+class _Payload:
+    """Unpickling this would create a file: the proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_load_file_refuses_pickled_objects_and_runs_nothing(tmp_path):
+    import argparse
+
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "args": argparse.Namespace(lr=0.02), "payload": _Payload(marker)}, path)
+    with pytest.raises(utils.UsageError) as info:
+        utils.load_file(path, "model checkpoint", "--resume")
+    assert not marker.exists()
+    message = str(info.value)
+    assert message.startswith(f"--resume: {path} holds pickled Python objects") and "\n" not in message
