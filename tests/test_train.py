@@ -264,7 +264,7 @@ BAD_INPUTS = {
     "misspelt model kwarg": (lambda d, t: ["--model-kwargs", "box_batch_size_per_imag=3"], "has no argument box_batch_size_per_imag"),
     "output dir is a file": (lambda d, t: ["--output-dir", str(t / "file.txt")], "is a file, not a folder"),
     "output dir under a file": (lambda d, t: ["--output-dir", str(t / "file.txt" / "sub")], "--output-dir: cannot create"),
-    "weights not a checkpoint": (lambda d, t: ["--weights", str(t / "file.txt")], "--weights: cannot read"),
+    "weights not a checkpoint": (lambda d, t: ["--weights", str(t / "file.txt")], "is not a file written by torch.save"),
     "resume missing": (lambda d, t: ["--resume", str(t / "gone.pth")], "--resume: model checkpoint file"),
 }
 
