@@ -269,8 +269,8 @@ def load_file(path: str | Path, what: str, flag: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
-            raise UsageError(f"{flag}: {path} is not a file written by torch.save ({e}); pass a {what}") from None
+        if "Unsupported global" not in str(e):
+            raise UsageError(f"{flag}: {path} is not a file written by torch.save ({_short_reason(e)}); pass a {what}") from None
         # Pickled objects (such as the torchvision reference's argparse.Namespace) could run code: never unpickled here.
         raise UsageError(
             f"{flag}: {path} holds pickled Python objects, which weights_only loading refuses to run; if you trust it, keep only "
@@ -278,4 +278,13 @@ def load_file(path: str | Path, what: str, flag: str) -> Any:
             f"torch.save({{'model': c['model']}}, 'weights.pth')\" and pass weights.pth to --weights"
         ) from None
     except Exception as e:  # noqa: BLE001 - a torn or foreign file: the same advice whatever the library raised
-        raise UsageError(f"{flag}: {path} is not a file written by torch.save ({type(e).__name__}: {e}); pass a {what}") from None
+        raise UsageError(
+            f"{flag}: {path} is not a file written by torch.save ({type(e).__name__}: {_short_reason(e)}); pass a {what}"
+        ) from None
+
+
+def _short_reason(error: Exception) -> str:
+    """The telling line of a library's error message (torch.load's run to a dozen lines)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    telling = [line for line in lines if "Unsupported" in line] or lines
+    return telling[0][:200] if telling else type(error).__name__
