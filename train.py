@@ -164,12 +164,17 @@ def load_resnet50_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k: state[k] for k in expected}
 
 
+def _model_kwargs(args: argparse.Namespace) -> dict:
+    """What the flags ask of the model builder; unset flags leave the model's own defaults."""
+    flags = {"min_size": args.min_size, "max_size": args.max_size, "rpn_score_thresh": args.rpn_score_thresh}
+    return {k: v for k, v in flags.items() if v is not None} | dict(args.model_kwargs)
+
+
 def build_model(args: argparse.Namespace, num_classes: int, backbone_state: dict[str, torch.Tensor] | None) -> torch.nn.Module:
     """The detection model, built as torchvision builds it: with trained weights (an ImageNet backbone in
     `backbone_state`, or whole-model `--weights` to come), frozen BatchNorm and 3 trainable ResNet stages;
     from scratch, trainable BatchNorm everywhere."""
-    kwargs = {"min_size": args.min_size, "max_size": args.max_size, "rpn_score_thresh": args.rpn_score_thresh}
-    kwargs = {k: v for k, v in kwargs.items() if v is not None} | dict(args.model_kwargs)
+    kwargs = _model_kwargs(args)
     trained = backbone_state is not None or args.weights is not None
     if not trained or args.model not in RESNET50_FPN_MODELS:
         if args.trainable_backbone_layers is not None:
@@ -197,8 +202,9 @@ def _build_model_or_explain(args: argparse.Namespace, num_classes: int, backbone
     try:
         model = build_model(args, num_classes, backbone_state)
     except TypeError as e:
-        given = {k: v for k, v in [("min_size", args.min_size), ("max_size", args.max_size)] if v is not None} | dict(args.model_kwargs)
-        raise utils.UsageError(f"{args.model} does not take {given or 'its arguments'} ({e}); drop or fix these flags") from None
+        raise utils.UsageError(
+            f"{args.model} does not take {_model_kwargs(args) or 'its arguments'} ({e}); drop or fix these flags"
+        ) from None
     unknown = sorted(set(dict(args.model_kwargs)) - _accepted_model_kwargs(model, args.model))
     if unknown:
         raise utils.UsageError(f"--model-kwargs: {args.model} has no argument {', '.join(unknown)}; check the spelling")

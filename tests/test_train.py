@@ -301,3 +301,11 @@ def test_resume_past_the_last_epoch_says_so(trained, tmp_path):
     result = _run(*flags, "--epochs", "1", "--resume", str(output / "checkpoint.pth"), "--output-dir", str(tmp_path))
     assert result.returncode == 0
     assert "Nothing to train:" in result.stdout and "raise --epochs" in result.stdout
+
+
+def test_models_without_a_resize_get_no_resize_arguments():
+    args = _args("--model", "ssdlite320_mobilenet_v3_large", "--weights-backbone", "none")
+    model = train._build_model_or_explain(args, num_classes=4, backbone_state=None)
+    assert type(model).__name__ == "SSD"
+    with pytest.raises(utils.UsageError, match="ssdlite320_mobilenet_v3_large does not take {'min_size': 96}"):
+        train._build_model_or_explain(_args("--model", "ssdlite320_mobilenet_v3_large", "--min-size", "96"), 4, None)
