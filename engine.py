@@ -19,7 +19,7 @@ def images_to_device(images: Iterable[torch.Tensor], device: torch.device) -> li
     moved = []
     for image in images:
         image = image.to(device, non_blocking=True)
-        moved.append(image.float() / 255 if image.dtype == torch.uint8 else image.float())
+        moved.append(image.float().div_(255) if image.dtype == torch.uint8 else image.float())
     return moved
 
 
