@@ -124,8 +124,6 @@ def _validate_args(args: argparse.Namespace) -> None:
         raise utils.UsageError(f"--lr-steps: epochs must increase, got {' '.join(map(str, args.lr_steps))}")
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise utils.UsageError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
-    if args.output_dir and Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
-        raise utils.UsageError(f"--output-dir: {args.output_dir} is a file, not a folder; choose another path")
 
 
 # ----------------------------------------------------------------------------- model
@@ -305,6 +303,8 @@ def build_data_loaders(args: argparse.Namespace, dataset_train, dataset_test, de
 def _make_output_dir(output_dir: str) -> None:
     if not output_dir:
         return
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise utils.UsageError(f"--output-dir: {output_dir} is a file, not a folder; choose another path")
     try:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
     except OSError as e:

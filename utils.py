@@ -268,16 +268,14 @@ def load_file(path: str | Path, what: str, flag: str) -> Any:
         raise UsageError(f"{flag}: {what} file {path} does not exist{hint}; check the path")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Unsupported global" not in str(e):
-            raise UsageError(f"{flag}: {path} is not a file written by torch.save ({_short_reason(e)}); pass a {what}") from None
-        # Pickled objects (such as the torchvision reference's argparse.Namespace) could run code: never unpickled here.
-        raise UsageError(
-            f"{flag}: {path} holds pickled Python objects, which weights_only loading refuses to run; if you trust it, keep only "
-            f"its weights: python -c \"import torch; c = torch.load('{path}', weights_only=False); "
-            f"torch.save({{'model': c['model']}}, 'weights.pth')\" and pass weights.pth to --weights"
-        ) from None
     except Exception as e:  # noqa: BLE001 - a torn or foreign file: the same advice whatever the library raised
+        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):
+            # Pickled objects (such as the torchvision reference's argparse.Namespace) could run code: never unpickled here.
+            raise UsageError(
+                f"{flag}: {path} holds pickled Python objects, which weights_only loading refuses to run; if you trust it, keep only "
+                f"its weights: python -c \"import torch; c = torch.load('{path}', weights_only=False); "
+                f"torch.save({{'model': c['model']}}, 'weights.pth')\" and pass weights.pth to --weights"
+            ) from None
         raise UsageError(
             f"{flag}: {path} is not a file written by torch.save ({type(e).__name__}: {_short_reason(e)}); pass a {what}"
         ) from None
