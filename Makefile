@@ -28,6 +28,7 @@ $(DATA)/annotations/instances_val2017.json: synthetic_coco.py | setup
 data: $(DATA)/annotations/instances_val2017.json
 
 demo: setup data
+	rm -rf $(OUT)  # a fresh run each time (train.py refuses to overwrite an earlier run's checkpoint)
 	$(PY) train.py $(DEMO_FLAGS)
 
 test: setup

@@ -1,8 +1,8 @@
 """The training and evaluation loops: one epoch of training, one pass of COCO evaluation."""
 
 import math
-import sys
-from collections.abc import Iterable
+import signal
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -12,6 +12,7 @@ from coco_utils import get_coco_api_from_dataset
 
 WARMUP_FACTOR = 1.0 / 1000
 WARMUP_MAX_ITERS = 1000
+STOP_KEY = "_stop_signal"  # rides along with the losses in their all-reduce
 
 
 def images_to_device(images: Iterable[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -27,20 +28,94 @@ def targets_to_device(targets: Iterable[dict], device: torch.device) -> list[dic
     return [{k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
 
 
-def warmup_scheduler(optimizer: torch.optim.Optimizer, iters_per_epoch: int) -> torch.optim.lr_scheduler.LinearLR | None:
-    """The reference's warm-up: linear from lr/1000 over min(1000, iterations - 1) iterations of epoch 0."""
-    warmup_iters = min(WARMUP_MAX_ITERS, iters_per_epoch - 1)
-    if warmup_iters < 1:
-        return None
-    return torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=WARMUP_FACTOR, total_iters=warmup_iters)
+class LinearWarmup:
+    """The reference's warm-up: the lr rises linearly from lr/1000 to lr over the first
+    min(1000, iterations - 1) iterations of epoch 0.
+
+    Computed from the iteration alone (the reference steps a LinearLR), so a run resumed in the
+    middle of the warm-up sets exactly the lr the uninterrupted run had.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, iters_per_epoch: int):
+        self.optimizer = optimizer
+        self.iters = min(WARMUP_MAX_ITERS, iters_per_epoch - 1)
+        # The lr the epoch scheduler started from; a resumed optimizer's "lr" holds a warmed-up value.
+        self.base_lrs = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+
+    def factor(self, iteration: int) -> float:
+        if iteration >= self.iters:
+            return 1.0
+        progress = iteration / self.iters
+        return WARMUP_FACTOR * (1 - progress) + progress
+
+    def set_lr(self, iteration: int) -> None:
+        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base_lr * self.factor(iteration)
 
 
-def _stop_on_non_finite(loss_value: float, loss_dict: dict[str, torch.Tensor], epoch: int, iteration: int) -> None:
+class NonFiniteLossError(Exception):
+    """A loss became NaN or infinite; raised before the optimizer step, so no weight is spoiled."""
+
+
+class TrainingStopped(Exception):
+    """Every rank agreed to stop (a stop signal arrived) after `iteration` iterations of `epoch`."""
+
+    def __init__(self, epoch: int, iteration: int, signum: int):
+        super().__init__(f"stopped at epoch {epoch}, iteration {iteration}")
+        self.epoch, self.iteration, self.signum = epoch, iteration, signum
+
+
+def _reduce_losses_and_stop(loss_dict: dict[str, torch.Tensor], stop: utils.StopSignal | None) -> tuple[dict[str, torch.Tensor], int]:
+    """Average the losses over ranks and learn whether any rank received a stop signal, in one collective.
+    Returns the averaged losses and the signal to stop for (this rank's own, or SIGTERM for another's), or 0."""
+    signum = stop.signum if stop is not None and stop.received else 0
+    if utils.get_world_size() < 2:
+        return loss_dict, signum
+    flag = next(iter(loss_dict.values())).detach().new_tensor(float(signum > 0))
+    reduced = utils.reduce_dict(loss_dict | {STOP_KEY: flag})
+    if reduced.pop(STOP_KEY).item() > 0:
+        return reduced, signum or signal.SIGTERM
+    return reduced, 0
+
+
+def _to_floats(loss_dict: dict[str, torch.Tensor]) -> dict[str, float]:
+    """All losses to the host in one copy (one .item() each would be one device sync each)."""
+    values = torch.stack([v.detach().float() for v in loss_dict.values()]).tolist()
+    return dict(zip(loss_dict, values))
+
+
+def _check_finite(loss_value: float, losses: dict[str, float], epoch: int, iteration: int) -> None:
     if math.isfinite(loss_value):
         return
-    losses = ", ".join(f"{name}={value.item():.4g}" for name, value in loss_dict.items())
-    print(f"Loss is {loss_value} at epoch {epoch}, iteration {iteration}; stopping training. Losses: {losses}")
-    sys.exit(1)
+    losses = ", ".join(f"{name}={value:.4g}" for name, value in losses.items())
+    raise NonFiniteLossError(
+        f"loss is {loss_value} at epoch {epoch}, iteration {iteration} ({losses}); stopped before the optimizer step, "
+        "the last checkpoint is untouched: lower --lr, or try --clip-grad-norm"
+    )
+
+
+def _backward_and_step(loss, optimizer, scaler, clip_grad_norm: float | None) -> torch.Tensor | None:
+    """One optimizer step, under a GradScaler when mixed precision; returns the gradient norm when clipping."""
+    optimizer.zero_grad(set_to_none=True)
+    grad_norm = None
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        if clip_grad_norm is not None:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            grad_norm = _clip(optimizer, clip_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        if clip_grad_norm is not None:
+            grad_norm = _clip(optimizer, clip_grad_norm)
+        optimizer.step()
+    return grad_norm
+
+
+def _clip(optimizer: torch.optim.Optimizer, max_norm: float) -> torch.Tensor:
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
 def train_one_epoch(
@@ -51,39 +126,49 @@ def train_one_epoch(
     epoch: int,
     print_freq: int,
     scaler: torch.amp.GradScaler | None = None,
+    *,
+    first_iteration: int = 0,
+    clip_grad_norm: float | None = None,
+    stop: utils.StopSignal | None = None,
+    after_step: Callable[[int], None] | None = None,
 ) -> utils.MetricLogger:
-    """Train for one pass over `data_loader`; with a `scaler`, under autocast (mixed precision)."""
+    """Train for one pass over `data_loader`; with a `scaler`, under autocast (mixed precision).
+
+    A resumed epoch passes the iterations already done as `first_iteration` (the loader yields
+    only the rest). `after_step(iterations_done)` runs after every step (periodic checkpoints).
+    When any rank has received a stop signal, every rank finishes the same iteration and raises
+    TrainingStopped; a non-finite loss raises NonFiniteLossError before the optimizer step.
+    """
     model.train()
     metric_logger = utils.MetricLogger(delimiter="  ")
     metric_logger.add_meter("lr", utils.SmoothedValue(window_size=1, fmt="{value:.6f}"))
-    warmup = warmup_scheduler(optimizer, len(data_loader)) if epoch == 0 else None
+    warmup = LinearWarmup(optimizer, first_iteration + len(data_loader)) if epoch == 0 else None
 
-    for iteration, (images, targets) in enumerate(metric_logger.log_every(data_loader, print_freq, f"Epoch: [{epoch}]")):
+    batches = metric_logger.log_every(data_loader, print_freq, f"Epoch: [{epoch}]", start=first_iteration)
+    for iteration, (images, targets) in enumerate(batches, start=first_iteration):
+        if warmup is not None:
+            warmup.set_lr(iteration)
         images = images_to_device(images, device)
         targets = targets_to_device(targets, device)
         with torch.autocast(device_type=device.type, enabled=scaler is not None):
             loss_dict = model(images, targets)
             loss = sum(loss_dict.values())
 
-        # Every rank logs (and checks) the same, averaged, losses, so every rank stops together.
-        loss_dict_reduced = utils.reduce_dict(loss_dict)
-        loss_reduced = sum(loss_dict_reduced.values())
-        loss_value = loss_reduced.item()
-        _stop_on_non_finite(loss_value, loss_dict_reduced, epoch, iteration)
+        # Every rank checks the same averaged losses, and learns of any rank's stop signal, so all act together.
+        loss_dict_reduced, signum = _reduce_losses_and_stop(loss_dict, stop)
+        losses = _to_floats(loss_dict_reduced)  # the one host-device sync of an iteration
+        loss_value = sum(losses.values())
+        _check_finite(loss_value, losses, epoch, iteration)
+        grad_norm = _backward_and_step(loss, optimizer, scaler, clip_grad_norm)
 
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        if warmup is not None:
-            warmup.step()
-
-        metric_logger.update(loss=loss_value, **loss_dict_reduced)
+        metric_logger.update(loss=loss_value, **losses)
+        if grad_norm is not None:
+            metric_logger.update(grad_norm=grad_norm)
         metric_logger.update(lr=optimizer.param_groups[0]["lr"])
+        if signum:
+            raise TrainingStopped(epoch, iteration + 1, signum)
+        if after_step is not None:
+            after_step(iteration + 1)
     return metric_logger
 
 

@@ -14,7 +14,9 @@ import argparse
 import ast
 import inspect
 import random
+import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +29,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 import utils
 from coco_utils import get_coco
-from engine import evaluate, train_one_epoch
+from engine import NonFiniteLossError, TrainingStopped, evaluate, train_one_epoch
 from group_by_aspect_ratio import GroupedBatchSampler, create_aspect_ratio_groups
 from transforms import DATA_AUGMENTATIONS, get_transform
 
@@ -101,6 +103,20 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="extra keyword arguments for the model builder, e.g. box_batch_size_per_image=128",
     )
     parser.add_argument("--seed", default=None, type=int, help="seed python, numpy and torch (each rank adds its rank)")
+    # Never losing work: checkpoints, resuming, stopping cleanly.
+    parser.add_argument("--checkpoint-every", default=0, type=int, metavar="N", help="also save checkpoint.pth every N iterations")
+    parser.add_argument("--keep-checkpoints", default=None, type=int, metavar="K", help="keep only the newest K model_{epoch}.pth")
+    parser.add_argument(
+        "--auto-resume", action="store_true", help="resume from <output-dir>/checkpoint.pth if it exists (for requeued jobs)"
+    )
+    parser.add_argument("--clip-grad-norm", default=None, type=float, metavar="MAX", help="clip the gradient norm to MAX")
+    parser.add_argument(
+        "--dist-timeout",
+        default=utils.DEFAULT_DIST_TIMEOUT,
+        type=float,
+        metavar="SECONDS",
+        help="how long ranks wait for each other in a collective before giving up (a rank died or hangs)",
+    )
     return parser
 
 
@@ -113,13 +129,23 @@ def _validate_args(args: argparse.Namespace) -> None:
         raise utils.UsageError(
             f"--model: {args.model} needs keypoint annotations (--dataset coco_kp), which this version does not read yet"
         )
-    for flag, value, low in (("-b/--batch-size", args.batch_size, 1), ("--epochs", args.epochs, 1), ("--print-freq", args.print_freq, 1)):
-        if value < low:
+    lowest = {
+        "-b/--batch-size": (args.batch_size, 1),
+        "--epochs": (args.epochs, 1),
+        "--print-freq": (args.print_freq, 1),
+        "-j/--workers": (args.workers, 0),
+        "--checkpoint-every": (args.checkpoint_every, 0),
+        "--keep-checkpoints": (args.keep_checkpoints, 1),
+        "--start-epoch": (args.start_epoch, 0),
+    }
+    for flag, (value, low) in lowest.items():
+        if value is not None and value < low:
             raise utils.UsageError(f"{flag}: must be at least {low}, got {value}")
-    if args.workers < 0:
-        raise utils.UsageError(f"-j/--workers: must be 0 or more, got {args.workers}")
-    if args.lr <= 0:
-        raise utils.UsageError(f"--lr: must be positive, got {args.lr}")
+    for flag, value in {"--lr": args.lr, "--clip-grad-norm": args.clip_grad_norm, "--dist-timeout": args.dist_timeout}.items():
+        if value is not None and not value > 0:
+            raise utils.UsageError(f"{flag}: must be positive, got {value}")
+    if args.auto_resume and not args.output_dir:
+        raise utils.UsageError("--auto-resume: needs --output-dir, where it looks for checkpoint.pth")
     if any(b <= a for a, b in zip(args.lr_steps, args.lr_steps[1:])):
         raise utils.UsageError(f"--lr-steps: epochs must increase, got {' '.join(map(str, args.lr_steps))}")
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
@@ -232,13 +258,41 @@ def read_model_file(path: str, flag: str, training_checkpoint: bool = False) -> 
     return loaded
 
 
+CLASSIFIER_KEY = "roi_heads.box_predictor.cls_score.weight"
+CLASS_DEPENDENT_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
+
+
+def _mismatch(model: torch.nn.Module, state: dict) -> str:
+    """What keeps `state` from loading into `model`, in words: a num_classes mismatch, then missing,
+    unexpected and misshapen keys."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    # FrozenBatchNorm2d drops the num_batches_tracked of trainable BatchNorm when loading: not a mismatch.
+    unexpected = [k for k in state if k not in expected and not k.endswith("num_batches_tracked")]
+    misshapen = [k for k in expected if k in state and getattr(state[k], "shape", None) != expected[k].shape]
+    problems = []
+    if CLASSIFIER_KEY in misshapen:
+        saved, needed = state[CLASSIFIER_KEY].shape[0], expected[CLASSIFIER_KEY].shape[0]
+        problems.append(f"it was trained for num_classes={saved} and this dataset needs {needed} (its largest category id + 1)")
+        misshapen = [k for k in misshapen if not k.startswith(CLASS_DEPENDENT_PREFIXES)]
+    problems += [
+        f"{len(keys)} {what} keys ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("misshapen", misshapen))
+        if keys
+    ]
+    advice = "was it saved from another --model?" if missing or unexpected or misshapen else "use one trained on the same categories"
+    return "; ".join(problems + [advice])
+
+
 def load_model_weights(model: torch.nn.Module, loaded: dict, path: str, flag: str) -> None:
-    """Load a whole-model state dict, or a checkpoint's "model", into `model`."""
+    """Load a whole-model state dict, or a checkpoint's "model", into `model`; a file that does not fit is named with its keys."""
+    state = loaded.get("model", loaded)
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from a DistributedDataParallel wrapper
     try:
-        model.load_state_dict(loaded.get("model", loaded))
-    except (RuntimeError, TypeError, AttributeError) as e:
-        first = str(e).strip().splitlines()
-        raise utils.UsageError(f"{flag}: {path} does not fit {type(model).__name__} ({' '.join(first[:2])[:300]})") from None
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError):
+        raise utils.UsageError(f"{flag}: {path} does not fit {type(model).__name__}: {_mismatch(model, state)}") from None
 
 
 # ----------------------------------------------------------------------------- optimization
@@ -272,8 +326,13 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespac
 # ----------------------------------------------------------------------------- data
 
 
-def build_data_loaders(args: argparse.Namespace, dataset_train, dataset_test, device: torch.device):
-    """Aspect-ratio grouped (and, when distributed, sharded) training batches; unpadded evaluation shards."""
+def build_data_loaders(args: argparse.Namespace, dataset_train, dataset_test, device: torch.device, seed: int):
+    """Aspect-ratio grouped, sharded and resumable training batches; unpadded evaluation shards.
+
+    Returns the training sampler (whose order a checkpoint records), the batch sampler (which
+    starts a resumed epoch at its next batch) and both loaders. The loaders get their own random
+    generators: drawing worker seeds must not move training's random stream.
+    """
     pin = device.type == "cuda"
     loader_test = torch.utils.data.DataLoader(
         dataset_test,
@@ -282,33 +341,68 @@ def build_data_loaders(args: argparse.Namespace, dataset_train, dataset_test, de
         num_workers=args.workers,
         collate_fn=utils.collate_fn,
         pin_memory=pin,
+        generator=torch.Generator().manual_seed(seed),
     )
     if dataset_train is None:
-        return None, None, loader_test
-    if args.distributed:
-        train_sampler = torch.utils.data.DistributedSampler(dataset_train, seed=args.seed or 0)
-    else:
-        train_sampler = torch.utils.data.RandomSampler(dataset_train)
+        return None, None, None, loader_test
+    train_sampler = utils.TrainSampler(len(dataset_train), seed)
     if args.aspect_ratio_group_factor >= 0:
         group_ids = create_aspect_ratio_groups(dataset_train, k=args.aspect_ratio_group_factor)
-        batch_sampler = GroupedBatchSampler(train_sampler, group_ids, args.batch_size)
+        grouped = GroupedBatchSampler(train_sampler, group_ids, args.batch_size)
     else:
-        batch_sampler = torch.utils.data.BatchSampler(train_sampler, args.batch_size, drop_last=True)
+        grouped = torch.utils.data.BatchSampler(train_sampler, args.batch_size, drop_last=True)
+    batch_sampler = utils.ResumableBatchSampler(grouped, seed)
     loader_train = torch.utils.data.DataLoader(
-        dataset_train, batch_sampler=batch_sampler, num_workers=args.workers, collate_fn=utils.collate_fn, pin_memory=pin
+        utils.SeededDataset(dataset_train),
+        batch_sampler=batch_sampler,
+        num_workers=args.workers,
+        collate_fn=utils.collate_fn,
+        pin_memory=pin,
+        generator=torch.Generator().manual_seed(seed),
     )
-    return train_sampler, loader_train, loader_test
+    return train_sampler, batch_sampler, loader_train, loader_test
 
 
-def _make_output_dir(output_dir: str) -> None:
-    if not output_dir:
+def _apply_auto_resume(args: argparse.Namespace) -> None:
+    """--auto-resume: take <output-dir>/checkpoint.pth as --resume when it exists, so a requeued command line continues."""
+    if not args.auto_resume:
         return
-    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+    latest = Path(args.output_dir) / "checkpoint.pth"
+    if latest.is_file():
+        print(f"Auto-resuming from {latest}")
+        args.resume = str(latest)
+    else:
+        print(f"No {latest} yet: starting from the beginning")
+
+
+def _make_output_dir(args: argparse.Namespace) -> None:
+    """Create --output-dir, refusing one that cannot be written or whose checkpoint this run would overwrite."""
+    if not args.output_dir:
+        return
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
         raise utils.UsageError(f"--output-dir: {output_dir} is a file, not a folder; choose another path")
     try:
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=output_dir).close()
     except OSError as e:
-        raise utils.UsageError(f"--output-dir: cannot create {output_dir} ({e.strerror}); choose a writable folder") from None
+        raise utils.UsageError(f"--output-dir: cannot write to {output_dir} ({e.strerror}); choose a writable folder") from None
+    latest = output_dir / "checkpoint.pth"
+    continuing = args.resume and Path(args.resume).resolve().parent == output_dir.resolve()
+    if latest.exists() and not args.test_only and not continuing:
+        raise utils.UsageError(
+            f"--output-dir: {output_dir} already holds checkpoint.pth from an earlier run, which this run would overwrite; "
+            "add --auto-resume to continue that run, or choose another --output-dir"
+        )
+
+
+def _data_seed(args: argparse.Namespace, checkpoint: dict | None) -> int:
+    """The seed of the training order and augmentations: the resumed run's, --seed, or a fresh one shared by all ranks."""
+    if checkpoint is not None and "train_state" in checkpoint and not args.test_only:
+        return int(checkpoint["train_state"]["seed"])
+    if args.seed is not None:
+        return args.seed
+    return utils.all_gather(random.randrange(2**31))[0]
 
 
 def _seed_everything(seed: int) -> None:
@@ -317,26 +411,32 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _save_checkpoint(args, epoch: int, model, optimizer, lr_scheduler, scaler) -> None:
-    """Plain data only (tensors, numbers, strings), so torch.load(weights_only=True) reads it."""
+def _save_checkpoint(args, model, optimizer, lr_scheduler, scaler, train_sampler, epoch: int, iteration: int | None = None) -> Path:
+    """Save the run; call it on every rank (it gathers each rank's random state), rank 0 writes.
+
+    Plain data only (tensors, numbers, strings), so torch.load(weights_only=True) reads it.
+    `iteration` is None at the end of an epoch, else the iterations done in `epoch` so far.
+    """
     checkpoint = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "lr_scheduler": lr_scheduler.state_dict(),
         "epoch": epoch,
         "args": dict(vars(args)),
+        "train_state": {**train_sampler.state_dict(), "iteration": iteration, "rng": utils.all_gather(utils.rng_state())},
     }
     if scaler is not None:
         checkpoint["scaler"] = scaler.state_dict()
-    utils.save_on_master(checkpoint, Path(args.output_dir) / f"model_{epoch}.pth")
-    utils.save_on_master(checkpoint, Path(args.output_dir) / "checkpoint.pth")
+    complete = iteration is None
+    return utils.save_checkpoint(checkpoint, args.output_dir, epoch=epoch if complete else None, keep=args.keep_checkpoints)
 
 
-def _resume(args: argparse.Namespace, checkpoint: dict, model, optimizer, lr_scheduler, scaler) -> None:
-    """Restore a checkpoint; when training, also the optimizer, scheduler and scaler, and move on to the next epoch."""
+def _resume(args: argparse.Namespace, checkpoint: dict, model, optimizer, lr_scheduler, scaler, train_sampler) -> int:
+    """Restore a checkpoint; when training, also the optimizer, scheduler, scaler and the position in the
+    training order. Sets args.start_epoch and returns the iterations already done in that epoch."""
     load_model_weights(model, checkpoint, args.resume, "--resume")
     if args.test_only:
-        return
+        return 0
     saved_groups = checkpoint["optimizer"].get("param_groups", [])
     fits = len(saved_groups) == len(optimizer.param_groups) and all(
         set(saved) == set(current) and len(saved["params"]) == len(current["params"])
@@ -350,23 +450,62 @@ def _resume(args: argparse.Namespace, checkpoint: dict, model, optimizer, lr_sch
         )
     optimizer.load_state_dict(checkpoint["optimizer"])
     lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
-    args.start_epoch = checkpoint["epoch"] + 1
     if scaler is not None and "scaler" in checkpoint:
         scaler.load_state_dict(checkpoint["scaler"])
+    state = checkpoint.get("train_state", {"iteration": None})
+    args.start_epoch = checkpoint["epoch"] + (1 if state["iteration"] is None else 0)
+    if "order" in state and not train_sampler.load_state_dict(state):
+        print(f"Warning: {args.resume} was saved with a training set of {len(state['order'])} images; this one differs")
     if args.start_epoch >= args.epochs:
         print(f"Nothing to train: {args.resume} holds epoch {checkpoint['epoch']} and --epochs is {args.epochs}; raise --epochs to go on")
+    return state["iteration"] or 0
+
+
+def _restore_random_state(checkpoint: dict | None) -> None:
+    """Continue each rank's random stream where the checkpoint left it (last, just before training)."""
+    states = (checkpoint or {}).get("train_state", {}).get("rng")
+    if not states:
+        return
+    if len(states) != utils.get_world_size():
+        print(f"Warning: the checkpoint holds random states for {len(states)} processes, this run has {utils.get_world_size()}")
+        return
+    utils.set_rng_state(states[utils.get_rank()])
+
+
+def _periodic_saver(args: argparse.Namespace, save, epoch: int, iters_per_epoch: int):
+    """after_step for train_one_epoch: a mid-epoch checkpoint every --checkpoint-every iterations."""
+    if not args.checkpoint_every or not args.output_dir:
+        return None
+
+    def after_step(done: int) -> None:
+        if done % args.checkpoint_every == 0 and done < iters_per_epoch:
+            save(epoch, done)
+
+    return after_step
+
+
+def _report_stop(path: Path | None, own_signum: int | None, where: str) -> int:
+    """Say where training stopped and how to go on; the exit status is 128 + the signal (SIGTERM's when another rank got it)."""
+    name = signal.Signals(own_signum).name if own_signum else "a signal to another rank"
+    if path is None:
+        print(f"Stopped by {name} {where}; nothing saved (no --output-dir)")
+    else:
+        print(f"Stopped by {name} {where}; saved {path}. To go on, run the same command with --auto-resume (or --resume {path})")
+    return 128 + (own_signum or signal.SIGTERM)
 
 
 # ----------------------------------------------------------------------------- main
 
 
-def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace) -> int:
+    """Train (or only evaluate); returns the exit status: 0, or 128 + the signal that stopped training."""
     _validate_args(args)
+    _apply_auto_resume(args)
     # Read every input file first, so that a wrong one stops the run before any slow work.
     backbone_state = _load_backbone(args)
     weights = read_model_file(args.weights, "--weights") if args.weights else None
     checkpoint = read_model_file(args.resume, "--resume", training_checkpoint=not args.test_only) if args.resume else None
-    _make_output_dir(args.output_dir)
+    _make_output_dir(args)
     utils.init_distributed_mode(args)
     print(args)
     device = torch.device(args.device)
@@ -380,7 +519,8 @@ def main(args: argparse.Namespace) -> None:
     dataset_test = get_coco(args.data_path, "val", get_transform(train=False), with_masks=False)
     train_transform = get_transform(True, args.data_augmentation)
     dataset_train = None if args.test_only else get_coco(args.data_path, "train", train_transform, with_masks="maskrcnn" in args.model)
-    train_sampler, data_loader, data_loader_test = build_data_loaders(args, dataset_train, dataset_test, device)
+    seed = _data_seed(args, checkpoint)
+    train_sampler, batch_sampler, data_loader, data_loader_test = build_data_loaders(args, dataset_train, dataset_test, device, seed)
     num_classes = (dataset_train or dataset_test).num_classes
 
     print("Creating model")
@@ -401,40 +541,71 @@ def main(args: argparse.Namespace) -> None:
 
     if weights is not None:
         load_model_weights(model_without_ddp, weights, args.weights, "--weights")
+    first_iteration = 0
     if checkpoint is not None:
-        _resume(args, checkpoint, model_without_ddp, optimizer, lr_scheduler, scaler)
+        first_iteration = _resume(args, checkpoint, model_without_ddp, optimizer, lr_scheduler, scaler, train_sampler)
 
     if args.test_only:
         if weights is None and checkpoint is None:
             print("Warning: --test-only without --resume or --weights evaluates an untrained model")
         torch.backends.cudnn.deterministic = True
         evaluate(model_without_ddp, data_loader_test, device)
-        return
+        return 0
+
+    def save(epoch: int, iteration: int | None = None) -> Path | None:
+        if not args.output_dir:
+            return None
+        return _save_checkpoint(args, model_without_ddp, optimizer, lr_scheduler, scaler, train_sampler, epoch, iteration)
 
     print("Start training")
     start_time = time.time()
-    for epoch in range(args.start_epoch, args.epochs):
-        if args.distributed:
+    iters_per_epoch = len(batch_sampler.batch_sampler)
+    _restore_random_state(checkpoint)
+    with utils.catching_stop_signals() as stop:
+        for epoch in range(args.start_epoch, args.epochs):
+            first = first_iteration if epoch == args.start_epoch else 0
             train_sampler.set_epoch(epoch)
-        train_one_epoch(model, optimizer, data_loader, device, epoch, args.print_freq, scaler)
-        lr_scheduler.step()
-        if args.output_dir:
-            _save_checkpoint(args, epoch, model_without_ddp, optimizer, lr_scheduler, scaler)
-        evaluate(model_without_ddp, data_loader_test, device)
+            batch_sampler.set_position(epoch, first)
+            after_step = _periodic_saver(args, save, epoch, iters_per_epoch)
+            try:
+                train_one_epoch(
+                    model, optimizer, data_loader, device, epoch, args.print_freq, scaler,
+                    first_iteration=first, clip_grad_norm=args.clip_grad_norm, stop=stop, after_step=after_step,
+                )  # fmt: skip
+            except TrainingStopped as stopped:
+                path = save(epoch, stopped.iteration)
+                return _report_stop(path, stop.signum, f"at epoch {epoch}, iteration {stopped.iteration}/{iters_per_epoch}")
+            lr_scheduler.step()
+            path = save(epoch)
+            evaluate(model_without_ddp, data_loader_test, device)
+            if utils.any_rank(stop.received):
+                return _report_stop(path, stop.signum, f"after epoch {epoch}")
     print(f"Training time {time.strftime('%H:%M:%S', time.gmtime(time.time() - start_time))}")
+    return 0
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """Run main(); a UsageError becomes one line on stderr and exit status 2."""
+    """Run main(); a UsageError becomes one line on stderr and exit status 2, a failed run one line and status 1."""
     args = get_args_parser().parse_args(argv)
     try:
-        main(args)
+        return main(args)
     except utils.UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        if not utils.is_collective_failure(e):
+            raise
+        # Every surviving rank says so (print is silenced beyond rank 0, which may be the one that died).
+        sys.stderr.write(
+            f"error: rank {utils.get_rank()}: distributed training failed ({utils.short_reason(e)}); another process probably "
+            f"died or hangs, see its output (ranks wait --dist-timeout {args.dist_timeout:g} s for each other)\n"
+        )
+        return 1
     finally:
         utils.cleanup_distributed()
-    return 0
 
 
 if __name__ == "__main__":

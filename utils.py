@@ -1,17 +1,25 @@
-"""Shared helpers: console logging, batching, distributed set-up and collectives, safe file I/O.
+"""Shared helpers: console logging, batching and resumable sampling, distributed set-up and
+collectives, stop signals, RNG state, and safe file I/O (atomic checkpoints).
 
 Nothing here knows about detection; engine.py and train.py build on these pieces.
 """
 
+import contextlib
 import datetime
 import os
 import pickle
+import random
+import re
+import shutil
+import signal
+import sys
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -98,13 +106,15 @@ class MetricLogger:
         for meter in self.meters.values():
             meter.synchronize_between_processes()
 
-    def log_every(self, iterable: Iterable, print_freq: int, header: str = "") -> Iterator:
-        """Yield from `iterable`, printing ETA, losses, iteration/data time and CUDA memory as it goes."""
-        total = len(iterable)
+    def log_every(self, iterable: Iterable, print_freq: int, header: str = "", start: int = 0) -> Iterator:
+        """Yield from `iterable`, printing ETA, losses, iteration/data time and CUDA memory as it goes.
+        `start` numbers the lines of an epoch resumed after that many iterations."""
+        remaining = len(iterable)
+        total = start + remaining
         width = len(str(total))
         iter_time, data_time = SmoothedValue(fmt="{avg:.4f}"), SmoothedValue(fmt="{avg:.4f}")
-        start = end = time.time()
-        for i, obj in enumerate(iterable):
+        started = end = time.time()
+        for i, obj in enumerate(iterable, start=start):
             data_time.update(time.time() - end)
             yield obj
             iter_time.update(time.time() - end)
@@ -115,8 +125,8 @@ class MetricLogger:
                     parts.append(f"max mem: {torch.cuda.max_memory_allocated() / 2**20:.0f} MB")
                 print(self.delimiter.join(p for p in parts if p))
             end = time.time()
-        elapsed = datetime.timedelta(seconds=int(time.time() - start))
-        print(f"{header} Total time: {elapsed} ({(time.time() - start) / max(total, 1):.4f} s / it)")
+        elapsed = datetime.timedelta(seconds=int(time.time() - started))
+        print(f"{header} Total time: {elapsed} ({(time.time() - started) / max(remaining, 1):.4f} s / it)")
 
 
 # ----------------------------------------------------------------------------- batching
@@ -143,7 +153,171 @@ class InferenceSampler(torch.utils.data.Sampler[int]):
         return len(self.indices)
 
 
+# ----------------------------------------------------------------------------- resumable training order
+
+_MIX = 0x9E3779B97F4A7C15  # an odd 64-bit constant: spreads (seed, epoch, index) over distinct generator seeds
+
+
+def _mixed_seed(*parts: int) -> int:
+    value = 0
+    for part in parts:
+        value = (value * _MIX + part + 1) % 2**63
+    return value
+
+
+class TrainSampler(torch.utils.data.Sampler[int]):
+    """A new shuffle every epoch, drawn from (seed, epoch) alone, and this rank's share of it.
+
+    Like DistributedSampler, the order is padded (by repeating its start) to a multiple of the
+    world size and dealt out rank, rank + world_size, ...; unlike RandomSampler, a resumed run
+    sees exactly the order the interrupted one saw. `state_dict()` records the epoch's order.
+    """
+
+    def __init__(self, dataset_size: int, seed: int, rank: int | None = None, world_size: int | None = None):
+        self.dataset_size = dataset_size
+        self.seed = seed
+        self.rank = get_rank() if rank is None else rank
+        self.world_size = get_world_size() if world_size is None else world_size
+        self.epoch = 0
+        self._saved_order: torch.Tensor | None = None  # an order read from a checkpoint, for its epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self._saved_order = None
+        self.epoch = epoch
+
+    def epoch_order(self) -> torch.Tensor:
+        """Every rank's indices for this epoch, before sharding."""
+        if self._saved_order is not None:
+            return self._saved_order
+        generator = torch.Generator().manual_seed(_mixed_seed(self.seed, self.epoch))
+        return torch.randperm(self.dataset_size, generator=generator)
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.epoch_order()
+        padded = order.repeat(-(-len(self) * self.world_size // max(len(order), 1)))[: len(self) * self.world_size]
+        return iter(padded[self.rank :: self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return -(-self.dataset_size // self.world_size)
+
+    def state_dict(self) -> dict:
+        return {"seed": self.seed, "epoch": self.epoch, "order": self.epoch_order()}
+
+    def load_state_dict(self, state: dict) -> bool:
+        """Take the seed and the saved epoch's order; an order for another dataset size is dropped (returns False)."""
+        self.seed = int(state["seed"])
+        self.epoch = int(state["epoch"])
+        order = state["order"]
+        fits = len(order) == self.dataset_size
+        self._saved_order = order.long() if fits else None
+        return fits
+
+
+class ResumableBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
+    """Wraps a batch sampler for training: starts an epoch after its first `start` batches (a
+    resumed epoch) and pairs each index with a seed drawn from (seed, epoch, index).
+
+    SeededDataset seeds each sample's random augmentation with that seed, so a sample is
+    augmented the same way whichever DataLoader worker loads it and wherever the epoch resumed.
+    """
+
+    def __init__(self, batch_sampler: Iterable[list[int]], seed: int):
+        self.batch_sampler = batch_sampler
+        self.seed = seed
+        self.epoch = 0
+        self.start = 0
+
+    def set_position(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for i, batch in enumerate(self.batch_sampler):
+            if i >= self.start:
+                yield [(index, _mixed_seed(self.seed, self.epoch, index)) for index in batch]
+
+    def __len__(self) -> int:
+        return max(len(self.batch_sampler) - self.start, 0)
+
+
+class SeededDataset(torch.utils.data.Dataset):
+    """dataset[(index, seed)] = the wrapped dataset[index], with torch's CPU generator seeded by `seed`
+    while the sample is made (and restored afterwards: in the main process, training's own
+    random stream is left untouched)."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(seed)
+            return self.dataset[index]
+
+
+def rng_state() -> dict:
+    """This process's random generators (python, numpy, torch CPU and CUDA) as plain data."""
+    version, mt_state, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(mt_state), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    version, mt_state, gauss = state["python"]
+    random.setstate((version, tuple(mt_state), gauss))
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ----------------------------------------------------------------------------- stop signals
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class StopSignal:
+    """Remembers that SIGTERM or SIGUSR1 (SLURM's --signal warning) arrived, so that training can
+    finish its iteration, save and exit instead of dying mid-step."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    @property
+    def received(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is None:
+            sys.stderr.write(f"Received {signal.Signals(signum).name}: stopping after this iteration\n")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def catching_stop_signals() -> Iterator[StopSignal]:
+    """Install StopSignal's handler for SIGTERM and SIGUSR1 (main thread only); restore the old ones on exit."""
+    stop = StopSignal()
+    previous = {s: signal.signal(s, stop._handle) for s in STOP_SIGNALS}
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 # ----------------------------------------------------------------------------- distributed
+
+
+DEFAULT_DIST_TIMEOUT = 300  # seconds
 
 
 def is_dist_avail_and_initialized() -> bool:
@@ -177,6 +351,26 @@ def all_gather(data: Any) -> list[Any]:
     gathered: list[Any] = [None] * world_size
     dist.all_gather_object(gathered, data)
     return gathered
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is true on any."""
+    if get_world_size() < 2:
+        return flag
+    value = torch.tensor([float(flag)], device=_collective_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+COLLECTIVE_FAILURE_WORDS = ("gloo", "NCCL", "Connection", "connection", "timed out", "Timeout", "timeout")
+
+
+def is_collective_failure(error: BaseException) -> bool:
+    """Whether `error` is a collective giving up on a dead or hung peer (gloo raises plain RuntimeErrors)."""
+    if isinstance(error, dist.DistError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and is_dist_avail_and_initialized() and any(w in text for w in COLLECTIVE_FAILURE_WORDS)
 
 
 def reduce_dict(input_dict: dict[str, torch.Tensor], average: bool = True) -> dict[str, torch.Tensor]:
@@ -230,7 +424,11 @@ def init_distributed_mode(args) -> None:
         args.device = f"cuda:{args.gpu}"
     args.dist_backend = "nccl" if use_cuda else "gloo"
     print(f"| distributed init (rank {args.rank}, world size {args.world_size}, {args.dist_backend}): {args.dist_url}", flush=True)
-    dist.init_process_group(backend=args.dist_backend, init_method=args.dist_url, world_size=args.world_size, rank=args.rank)
+    # A rank that dies leaves the others blocked in a collective; the timeout bounds that wait.
+    timeout = datetime.timedelta(seconds=getattr(args, "dist_timeout", DEFAULT_DIST_TIMEOUT))
+    dist.init_process_group(
+        backend=args.dist_backend, init_method=args.dist_url, world_size=args.world_size, rank=args.rank, timeout=timeout
+    )
     dist.barrier()
     _setup_for_distributed(args.rank == 0)
 
@@ -244,20 +442,82 @@ def cleanup_distributed() -> None:
 # ----------------------------------------------------------------------------- files
 
 
-def save_on_master(obj: Any, path: str | Path) -> None:
-    """Save from rank 0 only, atomically: a crash mid-write never leaves a torn file at `path`."""
-    if not is_main_process():
-        return
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (a crash right after it cannot bring back the old name)."""
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # not supported here (Windows); the rename itself is still atomic
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace_atomically(path: Path, write) -> None:
+    """Run write(tmp) on a temporary file beside `path`, then rename it over `path`: at every moment
+    `path` is either the old complete file or the new complete one."""
+    tmp = path.with_name(f".{path.name}.tmp")  # one fixed name: a write cut off by kill -9 is overwritten next time
+    try:
+        write(tmp)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _write_torch_file(obj: Any, tmp: Path) -> None:
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _link_or_copy(source: Path, tmp: Path) -> None:
+    """A second name for a file just written: a hard link costs nothing; copy where links are not supported."""
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+
+
+def save_on_master(obj: Any, path: str | Path) -> None:
+    """Save from rank 0 only, atomically: a crash mid-write never leaves a torn file at `path`."""
+    if is_main_process():
+        _replace_atomically(Path(path), lambda tmp: _write_torch_file(obj, tmp))
+
+
+EPOCH_FILE = re.compile(r"model_(\d+)\.pth")
+
+
+def save_checkpoint(checkpoint: dict, output_dir: str | Path, epoch: int | None = None, keep: int | None = None) -> Path:
+    """Write `checkpoint` to <output_dir>/checkpoint.pth, atomically, from rank 0.
+
+    With an `epoch` (the end of one), it is written as model_{epoch}.pth first and checkpoint.pth
+    becomes a second name for it; then only the newest `keep` model_*.pth files are kept.
+    Mid-epoch checkpoints (no epoch) replace checkpoint.pth alone. Returns checkpoint.pth's path.
+    """
+    output_dir = Path(output_dir)
+    latest = output_dir / "checkpoint.pth"
+    if not is_main_process():
+        return latest
+    if epoch is None:
+        save_on_master(checkpoint, latest)
+        return latest
+    epoch_file = output_dir / f"model_{epoch}.pth"
+    save_on_master(checkpoint, epoch_file)
+    _replace_atomically(latest, lambda tmp: _link_or_copy(epoch_file, tmp))
+    if keep is not None:
+        _remove_old_epoch_files(output_dir, keep)
+    return latest
+
+
+def _remove_old_epoch_files(output_dir: Path, keep: int) -> None:
+    epochs = sorted(int(m.group(1)) for p in output_dir.iterdir() if (m := EPOCH_FILE.fullmatch(p.name)))
+    for old in epochs[: max(len(epochs) - keep, 0)]:
+        (output_dir / f"model_{old}.pth").unlink(missing_ok=True)
 
 
 def load_file(path: str | Path, what: str, flag: str) -> Any:
@@ -277,11 +537,11 @@ def load_file(path: str | Path, what: str, flag: str) -> Any:
                 f"torch.save({{'model': c['model']}}, 'weights.pth')\" and pass weights.pth to --weights"
             ) from None
         raise UsageError(
-            f"{flag}: {path} is not a file written by torch.save ({type(e).__name__}: {_short_reason(e)}); pass a {what}"
+            f"{flag}: {path} is not a file written by torch.save ({type(e).__name__}: {short_reason(e)}); pass a {what}"
         ) from None
 
 
-def _short_reason(error: Exception) -> str:
+def short_reason(error: Exception) -> str:
     """The telling line of a library's error message (torch.load's run to a dozen lines)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     telling = [line for line in lines if "Unsupported" in line] or lines

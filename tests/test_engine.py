@@ -1,5 +1,5 @@
 """engine.py: the loss falls under train_one_epoch, warm-up follows the reference, a NaN stops the run,
-evaluate() scores every image."""
+a stop signal ends the epoch after a whole step, gradients clip, evaluate() scores every image."""
 
 import math
 
@@ -9,7 +9,7 @@ import torchvision
 
 import utils
 from coco_utils import get_coco
-from engine import evaluate, images_to_device, iou_types_of, train_one_epoch, warmup_scheduler
+from engine import LinearWarmup, NonFiniteLossError, TrainingStopped, evaluate, images_to_device, iou_types_of, train_one_epoch
 from transforms import get_transform
 
 SMALL_RCNN = dict(
@@ -49,17 +49,26 @@ def test_images_to_device_scales_uint8_to_unit_range():
     assert torch.allclose(moved * 255, image.float())
 
 
-def test_warmup_is_linear_from_a_thousandth_over_min_1000_and_iters_minus_1():
+def test_warmup_matches_the_reference_linear_lr_and_needs_only_the_iteration():
     param = torch.nn.Parameter(torch.zeros(1))
+    reference_optimizer = torch.optim.SGD([param], lr=0.02)
+    reference = torch.optim.lr_scheduler.LinearLR(reference_optimizer, start_factor=1 / 1000, total_iters=10)
     optimizer = torch.optim.SGD([param], lr=0.02)
-    warmup = warmup_scheduler(optimizer, iters_per_epoch=11)
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02 / 1000)
-    for _ in range(10):
-        optimizer.step()
-        warmup.step()
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02)
-    assert warmup_scheduler(optimizer, iters_per_epoch=1) is None
-    assert warmup_scheduler(torch.optim.SGD([param], lr=0.02), iters_per_epoch=5000).total_iters == 1000
+    warmup = LinearWarmup(optimizer, iters_per_epoch=11)
+    assert warmup.iters == 10
+    for iteration in range(11):
+        warmup.set_lr(iteration)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(reference_optimizer.param_groups[0]["lr"], rel=1e-9)
+        reference_optimizer.step()
+        reference.step()
+    assert optimizer.param_groups[0]["lr"] == 0.02  # exactly the base lr once warm-up is over
+    # A resumed run's optimizer holds a warmed-up lr; the warm-up starts from the scheduler's initial_lr.
+    optimizer.param_groups[0].update(lr=0.001, initial_lr=0.02)
+    resumed = LinearWarmup(optimizer, iters_per_epoch=11)
+    resumed.set_lr(5)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02 * (1 / 1000 * 0.5 + 0.5))
+    assert LinearWarmup(optimizer, iters_per_epoch=5000).iters == 1000
+    assert LinearWarmup(optimizer, iters_per_epoch=1).factor(0) == 1.0
 
 
 @pytest.mark.slow
@@ -77,7 +86,7 @@ def test_loss_falls_over_a_few_iterations(synthetic_root):
 
 
 @pytest.mark.slow
-def test_non_finite_loss_exits_with_status_1_and_prints_the_losses(synthetic_root, capsys):
+def test_non_finite_loss_stops_before_the_optimizer_step_and_names_the_losses(synthetic_root):
     dataset = get_coco(synthetic_root, "train", get_transform(train=False))
     loader = torch.utils.data.DataLoader(_Repeat(dataset, [0], 2), batch_size=1, collate_fn=utils.collate_fn)
     model = _model(dataset.num_classes)
@@ -85,14 +94,65 @@ def test_non_finite_loss_exits_with_status_1_and_prints_the_losses(synthetic_roo
         model.roi_heads.box_predictor.cls_score.weight.fill_(float("nan"))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 1, iteration 0 \(.*loss_classifier=nan"):
         train_one_epoch(model, optimizer, loader, torch.device("cpu"), epoch=1, print_freq=100)
-    assert exit_info.value.code == 1
-    out = capsys.readouterr().out
-    assert "Loss is nan" in out and "loss_classifier=nan" in out and "iteration 0" in out
     # The check runs before the optimizer step: no parameter was touched (BatchNorm statistics move in any forward).
     after = dict(model.named_parameters())
     assert all(torch.equal(before[k], after[k]) or torch.isnan(before[k]).any() for k in before)
+
+
+class _TinyDetector(torch.nn.Module):
+    """A one-parameter stand-in for a detection model: loss = (w - 3)^2 per image, so steps are cheap and known."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, images, targets):
+        return {"loss_a": sum((self.w - 3) ** 2 * image.mean() for image in images) / len(images)}
+
+
+def _tiny_loader(batches: int):
+    images = [torch.full((1, 4, 4), 255, dtype=torch.uint8)] * batches
+    return [((image,), ({"image_id": i},)) for i, image in enumerate(images)]
+
+
+def test_a_stop_signal_ends_the_epoch_after_a_whole_step():
+    model = _TinyDetector()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    stop = utils.StopSignal()
+    steps = []
+
+    def after_step(done):
+        steps.append(done)
+        if done == 3:
+            stop.signum = 15  # what the SIGTERM handler records
+
+    with pytest.raises(TrainingStopped) as stopped:
+        train_one_epoch(model, optimizer, _tiny_loader(10), torch.device("cpu"), 2, 100, stop=stop, after_step=after_step)
+    assert (stopped.value.epoch, stopped.value.iteration, stopped.value.signum) == (2, 4, 15)
+    assert steps == [1, 2, 3]  # the fourth step ran, then training stopped before asking for more
+    w = 0.0
+    for _ in range(4):
+        w -= 0.1 * 2 * (w - 3)
+    assert model.w.item() == pytest.approx(w)
+
+
+def test_first_iteration_numbers_a_resumed_epoch_and_sets_its_warmup_lr():
+    model = _TinyDetector()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    done = []
+    train_one_epoch(model, optimizer, _tiny_loader(3), torch.device("cpu"), 0, 100, first_iteration=7, after_step=done.append)
+    assert done == [8, 9, 10]
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * LinearWarmup(optimizer, 10).factor(9))
+
+
+def test_clip_grad_norm_bounds_each_step():
+    model = _TinyDetector()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    logger = train_one_epoch(model, optimizer, _tiny_loader(1), torch.device("cpu"), 1, 100, clip_grad_norm=0.5)
+    assert model.w.item() == pytest.approx(0.5)  # the gradient -6 was clipped to norm 0.5
+    assert logger.meters["grad_norm"].value == pytest.approx(6.0)
 
 
 @pytest.mark.slow

@@ -150,10 +150,14 @@ def test_training_writes_plain_checkpoints_and_evaluates(trained):
     assert len(_ap_table(result.stdout)) == 24  # 12 bbox + 12 segm
     for name in ("model_0.pth", "checkpoint.pth"):
         checkpoint = torch.load(output / name, weights_only=True)
-        assert set(checkpoint) == {"model", "optimizer", "lr_scheduler", "epoch", "args"}
+        assert set(checkpoint) == {"model", "optimizer", "lr_scheduler", "epoch", "args", "train_state"}
         assert checkpoint["epoch"] == 0
+        state = checkpoint["train_state"]
+        assert state["iteration"] is None and state["seed"] == 0 and len(state["rng"]) == 1
+        assert sorted(state["order"].tolist()) == list(range(len(state["order"])))
         assert isinstance(checkpoint["args"], dict) and checkpoint["args"]["min_size"] == 96
     assert not list(output.glob(".*.tmp"))
+    assert os.path.samefile(output / "model_0.pth", output / "checkpoint.pth")  # one write, two names
 
 
 @pytest.mark.slow
@@ -253,34 +257,60 @@ def test_a_box_only_model_trains_and_evaluates_boxes(trained, tmp_path):
     assert "roi_heads.mask_head.mask_fcn1.0.weight" not in torch.load(tmp_path / "checkpoint.pth", weights_only=True)["model"]
 
 
+def _earlier_run(d: Path, t: Path) -> list[str]:
+    (t / "out" / "checkpoint.pth").write_text("an earlier run's checkpoint")
+    return []
+
+
 BAD_INPUTS = {
     "missing data path": (lambda d, t: ["--data-path", str(t / "nowhere")], "--data-path: "),
     "data path without COCO layout": (lambda d, t: ["--data-path", str(t)], "should hold train2017/, val2017/"),
     "batch size 0": (lambda d, t: ["-b", "0"], "-b/--batch-size: must be at least 1, got 0"),
     "print freq 0": (lambda d, t: ["--print-freq", "0"], "--print-freq: must be at least 1"),
     "epochs 0": (lambda d, t: ["--epochs", "0"], "--epochs: must be at least 1"),
+    "negative workers": (lambda d, t: ["-j", "-1"], "-j/--workers: must be at least 0"),
+    "lr 0": (lambda d, t: ["--lr", "0"], "--lr: must be positive"),
     "lr steps decreasing": (lambda d, t: ["--lr-steps", "5", "3"], "--lr-steps: epochs must increase, got 5 3"),
+    "unknown model": (lambda d, t: ["--model", "maskrcnn_resnet51_fpn"], "--model: unknown model 'maskrcnn_resnet51_fpn'"),
     "keypoint model": (lambda d, t: ["--model", "keypointrcnn_resnet50_fpn"], "needs keypoint annotations"),
     "misspelt model kwarg": (lambda d, t: ["--model-kwargs", "box_batch_size_per_imag=3"], "has no argument box_batch_size_per_imag"),
+    "checkpoint every -1": (lambda d, t: ["--checkpoint-every", "-1"], "--checkpoint-every: must be at least 0"),
+    "keep 0 checkpoints": (lambda d, t: ["--keep-checkpoints", "0"], "--keep-checkpoints: must be at least 1"),
+    "clip grad norm 0": (lambda d, t: ["--clip-grad-norm", "0"], "--clip-grad-norm: must be positive"),
+    "dist timeout 0": (lambda d, t: ["--dist-timeout", "0"], "--dist-timeout: must be positive"),
+    "auto-resume without output dir": (lambda d, t: ["--auto-resume", "--output-dir", ""], "--auto-resume: needs --output-dir"),
     "output dir is a file": (lambda d, t: ["--output-dir", str(t / "file.txt")], "is a file, not a folder"),
-    "output dir under a file": (lambda d, t: ["--output-dir", str(t / "file.txt" / "sub")], "--output-dir: cannot create"),
+    "output dir under a file": (lambda d, t: ["--output-dir", str(t / "file.txt" / "sub")], "--output-dir: cannot write to"),
+    "output dir of an earlier run": (_earlier_run, "already holds checkpoint.pth from an earlier run"),
     "weights not a checkpoint": (lambda d, t: ["--weights", str(t / "file.txt")], "is not a file written by torch.save"),
     "resume missing": (lambda d, t: ["--resume", str(t / "gone.pth")], "--resume: model checkpoint file"),
+    "resume not a checkpoint": (lambda d, t: ["--resume", str(t / "file.txt")], "--resume: "),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_gets_one_line_and_status_2(case, synthetic_root, tmp_path, capsys):
+def test_bad_input_gets_one_line_and_status_2_and_overwrites_nothing(case, synthetic_root, tmp_path, capsys):
     (tmp_path / "file.txt").write_text("not a checkpoint")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "model_0.pth").write_text("an earlier run's epoch file")
     make_flags, expected = BAD_INPUTS[case]
     flags = ["--data-path", str(synthetic_root), "--weights-backbone", "none", "--output-dir", str(tmp_path / "out"), *SMALL_RUN]
-    assert train.cli([*flags, *make_flags(synthetic_root, tmp_path)]) == 2
+    extra = make_flags(synthetic_root, tmp_path)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert train.cli([*flags, *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
-    assert (tmp_path / "file.txt").read_text() == "not a checkpoint"
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == {p: p.read_bytes() for p in before if p.exists()}
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_an_output_dir_that_cannot_be_written_is_a_usage_error(synthetic_root, tmp_path, capsys):
+    (tmp_path / "locked").mkdir(mode=0o500)
+    flags = ["--data-path", str(synthetic_root), "--weights-backbone", "none", "--output-dir", str(tmp_path / "locked"), *SMALL_RUN]
+    assert train.cli(flags) == 2
+    assert "--output-dir: cannot write to" in capsys.readouterr().err
+
+
 def test_cuda_without_a_gpu_is_a_usage_error():
     with pytest.raises(utils.UsageError, match="--device cuda: no CUDA device"):
         train.main(_args("--device", "cuda", "--weights-backbone", "none"))
@@ -309,3 +339,38 @@ def test_models_without_a_resize_get_no_resize_arguments():
     assert type(model).__name__ == "SSD"
     with pytest.raises(utils.UsageError, match="ssdlite320_mobilenet_v3_large does not take {'min_size': 96}"):
         train._build_model_or_explain(_args("--model", "ssdlite320_mobilenet_v3_large", "--min-size", "96"), 4, None)
+
+
+@pytest.fixture(scope="module")
+def five_class_weights(tmp_path_factory) -> Path:
+    """Whole-model weights for 5 classes (the synthetic dataset needs 18: its largest category id is 17)."""
+    path = tmp_path_factory.mktemp("weights") / "five_classes.pth"
+    torch.manual_seed(0)
+    model = torchvision.models.get_model("maskrcnn_resnet50_fpn", weights=None, weights_backbone=None, num_classes=5)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_weights_for_other_classes_explain_num_classes(five_class_weights, synthetic_root, tmp_path, capsys):
+    flags = ["--data-path", str(synthetic_root), "--weights", str(five_class_weights), "--output-dir", str(tmp_path), *SMALL_RUN]
+    assert train.cli(flags) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--weights: {five_class_weights} does not fit MaskRCNN: it was trained for num_classes=5" in err
+    assert "this dataset needs 18 (its largest category id + 1); use one trained on the same categories" in err and "\n" not in err
+
+
+def test_weights_of_another_model_name_the_keys(five_class_weights, synthetic_root, tmp_path, capsys):
+    flags = ["--data-path", str(synthetic_root), "--weights", str(five_class_weights), "--output-dir", str(tmp_path), *SMALL_RUN]
+    assert train.cli([*flags, "--model", "fasterrcnn_resnet50_fpn", "--test-only"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not fit FasterRCNN: it was trained for num_classes=5 and this dataset needs 18" in err
+    assert re.search(r"; \d+ unexpected keys \(roi_heads.mask_head\.", err)
+    assert "was it saved from another --model?" in err and "\n" not in err
+
+
+def test_weights_saved_from_a_ddp_wrapper_load(tmp_path):
+    model = torchvision.models.get_model("fasterrcnn_mobilenet_v3_large_320_fpn", weights=None, weights_backbone=None, num_classes=3)
+    wrapped = {f"module.{k}": v + 1 for k, v in model.state_dict().items() if v.is_floating_point()}
+    wrapped |= {f"module.{k}": v for k, v in model.state_dict().items() if not v.is_floating_point()}
+    train.load_model_weights(model, {"model": wrapped}, "ddp.pth", "--weights")
+    assert all(torch.equal(v, wrapped[f"module.{k}"]) for k, v in model.state_dict().items())

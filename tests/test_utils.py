@@ -1,6 +1,10 @@
 """InferenceSampler, collate_fn, SmoothedValue / MetricLogger, save_on_master, load_file."""
 
+import os
+import signal
 import statistics
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -177,7 +181,8 @@ args = argparse.Namespace(device="cpu", dist_url="env://")
 utils.init_distributed_mode(args)
 losses = utils.reduce_dict({{"loss": torch.tensor(float(args.rank + 1))}})
 gathered = utils.all_gather({{"rank": args.rank}})
-print("rank", args.rank, "of", args.world_size, args.dist_backend, losses["loss"].item(), gathered, flush=True)
+stop = (utils.any_rank(args.rank == 1), utils.any_rank(False))
+print("rank", args.rank, "of", args.world_size, args.dist_backend, losses["loss"].item(), gathered, "stop", stop, flush=True)
 utils.cleanup_distributed()
 """
 
@@ -190,17 +195,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("launcher", ["torchrun", "slurm"])
-def test_init_distributed_mode_from_torchrun_or_slurm_environment(tmp_path, launcher):
-    """Two real processes join a gloo group from the environment; collectives give every rank the same answer."""
-    import os
+def _start_two_ranks(script_text: str, tmp_path: Path, launcher: str = "torchrun") -> list:
+    """Two processes running `script_text`, with the environment torchrun or SLURM would give them."""
     import subprocess
     import sys
-    from pathlib import Path
 
     script = tmp_path / "rank.py"
-    script.write_text(_RANK_SCRIPT.format(root=str(Path(utils.__file__).parent)))
+    script.write_text(script_text.format(root=str(Path(utils.__file__).parent)))
     port = _free_port()
     procs = []
     for rank in range(2):
@@ -211,10 +212,18 @@ def test_init_distributed_mode_from_torchrun_or_slurm_environment(tmp_path, laun
         else:
             env.update(SLURM_PROCID=str(rank), SLURM_NTASKS="2", SLURM_LOCALID=str(rank))
         procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "slurm"])
+def test_init_distributed_mode_from_torchrun_or_slurm_environment(tmp_path, launcher):
+    """Two real processes join a gloo group from the environment; collectives give every rank the same answer."""
+    procs = _start_two_ranks(_RANK_SCRIPT, tmp_path, launcher)
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     # Only rank 0 prints; it saw the average loss of both ranks and both ranks' objects.
-    assert "rank 0 of 2 gloo 1.5 [{'rank': 0}, {'rank': 1}]" in outputs[0][0]
+    assert "rank 0 of 2 gloo 1.5 [{'rank': 0}, {'rank': 1}] stop (True, False)" in outputs[0][0]
     assert "rank 1 of" not in outputs[1][0]
 
 
@@ -239,3 +248,179 @@ def test_load_file_refuses_pickled_objects_and_runs_nothing(tmp_path):
     assert not marker.exists()
     message = str(info.value)
     assert message.startswith(f"--resume: {path} holds pickled Python objects") and "\n" not in message
+
+
+# ----------------------------------------------------------------------------- resumable training order
+
+
+@pytest.mark.parametrize(("size", "world_size"), [(10, 1), (10, 3), (7, 4), (2, 3)])
+def test_train_sampler_shards_one_padded_shuffle_per_epoch(size, world_size):
+    shards = [list(utils.TrainSampler(size, seed=5, rank=r, world_size=world_size)) for r in range(world_size)]
+    assert len({len(shard) for shard in shards}) == 1 and len(shards[0]) == -(-size // world_size)
+    dealt = [shards[i % world_size][i // world_size] for i in range(len(shards[0]) * world_size)]
+    order = utils.TrainSampler(size, seed=5).epoch_order().tolist()
+    assert sorted(order) == list(range(size))
+    assert dealt == (order * world_size)[: len(dealt)]  # the epoch's order, padded with its own start
+
+
+def test_train_sampler_order_depends_on_seed_and_epoch_only():
+    a, b = utils.TrainSampler(50, seed=1), utils.TrainSampler(50, seed=1)
+    assert list(a) == list(b)
+    a.set_epoch(1)
+    b.set_epoch(1)
+    assert list(a) == list(b) != list(utils.TrainSampler(50, seed=1))
+    assert list(utils.TrainSampler(50, seed=2)) != list(utils.TrainSampler(50, seed=1))
+
+
+def test_train_sampler_state_round_trips_through_a_checkpoint_file(tmp_path):
+    sampler = utils.TrainSampler(20, seed=3)
+    sampler.set_epoch(4)
+    torch.save(sampler.state_dict(), tmp_path / "state.pth")
+    restored = utils.TrainSampler(20, seed=0)
+    assert restored.load_state_dict(torch.load(tmp_path / "state.pth", weights_only=True))
+    assert (restored.seed, restored.epoch, list(restored)) == (3, 4, list(sampler))
+    # The recorded order is what a resumed epoch follows, even were the generator to change.
+    state = sampler.state_dict() | {"order": torch.arange(20).flip(0)}
+    assert restored.load_state_dict(state) and list(restored) == list(range(19, -1, -1))
+    restored.set_epoch(5)
+    assert list(restored) != list(range(19, -1, -1))
+    assert not utils.TrainSampler(21, seed=0).load_state_dict(state)  # another dataset: the saved order is dropped
+
+
+def test_resumable_batch_sampler_skips_done_batches_and_seeds_by_epoch_and_index():
+    batches = [[3, 1], [0, 2], [4]]
+    sampler = utils.ResumableBatchSampler(batches, seed=7)
+    full = list(sampler)
+    assert [[i for i, _ in batch] for batch in full] == batches and len(sampler) == 3
+    sampler.set_position(epoch=0, start=2)
+    assert list(sampler) == full[2:] and len(sampler) == 1
+    seeds = {i: s for batch in full for i, s in batch}
+    assert len(set(seeds.values())) == 5
+    sampler.set_position(epoch=1)
+    assert all(s != seeds[i] for batch in sampler for i, s in batch)
+
+
+class _RandomItems(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return index, torch.rand(3)
+
+
+def test_seeded_dataset_makes_samples_from_their_seed_and_leaves_the_main_stream_alone():
+    dataset = utils.SeededDataset(_RandomItems())
+    torch.manual_seed(0)
+    expected_next = torch.rand(1)
+    torch.manual_seed(0)
+    first = dataset[(2, 11)]
+    assert torch.rand(1) == expected_next  # the main process's generator did not move
+    assert first[0] == 2 and torch.equal(dataset[(2, 11)][1], first[1]) and not torch.equal(dataset[(2, 12)][1], first[1])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_resumed_loader_gives_the_same_samples_whatever_the_workers(workers):
+    def loader(start):
+        batch_sampler = utils.ResumableBatchSampler([[0, 1], [2, 3], [1, 0]], seed=3)
+        batch_sampler.set_position(epoch=2, start=start)
+        return torch.utils.data.DataLoader(utils.SeededDataset(_RandomItems()), batch_sampler=batch_sampler, num_workers=workers)
+
+    full = list(loader(0))
+    resumed = list(loader(1))
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(full[1:], resumed, strict=True))
+
+
+def test_rng_state_round_trips_every_generator_through_a_checkpoint_file(tmp_path):
+    import random
+
+    import numpy as np
+
+    torch.save({"rng": utils.rng_state()}, tmp_path / "rng.pth")
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    utils.set_rng_state(torch.load(tmp_path / "rng.pth", weights_only=True)["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+# ----------------------------------------------------------------------------- stop signals and checkpoints
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_stop_signals_are_remembered_and_the_old_handlers_restored(signum):
+    before = signal.getsignal(signum)
+    with utils.catching_stop_signals() as stop:
+        assert not stop.received
+        os.kill(os.getpid(), signum)
+        assert stop.received and stop.signum == signum
+    assert signal.getsignal(signum) is before
+
+
+def test_save_checkpoint_writes_the_epoch_file_and_links_the_latest(tmp_path):
+    for epoch in range(4):
+        latest = utils.save_checkpoint({"epoch": epoch}, tmp_path, epoch=epoch, keep=2)
+    assert latest == tmp_path / "checkpoint.pth"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth", "model_2.pth", "model_3.pth"]
+    assert torch.load(latest, weights_only=True) == {"epoch": 3}
+    utils.save_checkpoint({"epoch": 4, "iteration": 5}, tmp_path)  # mid-epoch: checkpoint.pth alone
+    assert torch.load(latest, weights_only=True)["iteration"] == 5
+    assert torch.load(tmp_path / "model_3.pth", weights_only=True) == {"epoch": 3}
+    utils.save_checkpoint({"epoch": 4}, tmp_path, epoch=4)  # keep=None: every epoch file stays
+    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == ["model_2.pth", "model_3.pth", "model_4.pth"]
+
+
+def _save_forever(folder: str) -> None:
+    """The child of the kill -9 test: save ever-growing checkpoints, each internally consistent."""
+    for step in range(1, 10**9):
+        weights = torch.full((step % 7 + 1, 50_000), float(step))
+        utils.save_checkpoint({"model": {"w": weights}, "step": step}, folder, epoch=step if step % 3 == 0 else None, keep=2)
+
+
+def test_kill_9_at_any_moment_of_a_save_loop_leaves_a_loadable_checkpoint(tmp_path):
+    import multiprocessing
+    import random
+
+    rng = random.Random(0)
+    context = multiprocessing.get_context("fork")
+    trials = 25
+    for trial in range(trials):
+        child = context.Process(target=_save_forever, args=(str(tmp_path),))
+        child.start()
+        time.sleep(rng.uniform(0.02, 0.4))
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        latest = tmp_path / "checkpoint.pth"
+        if not latest.exists():
+            continue  # killed before the first checkpoint completed
+        checkpoint = utils.load_file(latest, "checkpoint", "--resume")
+        step = checkpoint["step"]
+        assert torch.equal(checkpoint["model"]["w"], torch.full((step % 7 + 1, 50_000), float(step))), trial
+        for epoch_file in tmp_path.glob("model_*.pth"):
+            assert utils.load_file(epoch_file, "checkpoint", "--resume")["step"] == int(epoch_file.stem.split("_")[1])
+    assert (tmp_path / "checkpoint.pth").exists()
+
+
+_DYING_RANK_SCRIPT = """
+import argparse, os, sys, time
+sys.path.insert(0, {root!r})
+import torch, utils
+args = argparse.Namespace(device="cpu", dist_url="env://", dist_timeout=5)
+utils.init_distributed_mode(args)
+if args.rank == 1:
+    os._exit(9)  # dies without a word, as a killed or crashed process does
+start = time.time()
+try:
+    utils.any_rank(False)
+except RuntimeError as e:
+    assert utils.is_collective_failure(e), e
+    print("rank 0 gave up after", round(time.time() - start), "s:", type(e).__name__, flush=True)
+    sys.exit(1)
+"""
+
+
+@pytest.mark.slow
+def test_a_dead_rank_does_not_leave_the_others_waiting(tmp_path):
+    procs = _start_two_ranks(_DYING_RANK_SCRIPT, tmp_path)
+    out, err = procs[0].communicate(timeout=120)
+    procs[1].communicate(timeout=60)
+    assert procs[0].returncode == 1, out + err
+    assert "rank 0 gave up after" in out
+    assert not utils.is_collective_failure(RuntimeError("Connection reset"))  # not distributed here: a bug, not a dead peer

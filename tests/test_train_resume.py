@@ -1,0 +1,165 @@
+"""train.py never loses work: exact resume from mid-epoch checkpoints, SIGTERM and --auto-resume,
+kill -9, non-finite losses, and a torchrun rank that dies.
+
+These are end-to-end runs of train.py in subprocesses on a tiny synthetic dataset (8 iterations
+an epoch); "the same weights" means bit for bit (torch.equal), on the CPU with
+--use-deterministic-algorithms.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import synthetic_coco
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+TINY_RUN = [
+    "--weights-backbone", "none", "--device", "cpu", "--min-size", "64", "--max-size", "96", "--print-freq", "1",
+    "--seed", "0", "--epochs", "2", "--lr-steps", "1", "-b", "2", "--opt", "adamw", "--lr", "0.0005",
+    "--use-deterministic-algorithms", "--model-kwargs", "box_batch_size_per_image=32", "rpn_pre_nms_top_n_train=100",
+    "rpn_post_nms_top_n_train=100", "rpn_pre_nms_top_n_test=100", "rpn_post_nms_top_n_test=100",
+]  # fmt: skip
+ITERS_PER_EPOCH = 8
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    return synthetic_coco.generate(tmp_path_factory.mktemp("tiny"), num_train=16, num_val=4, seed=0)
+
+
+def _command(root: Path, output: Path, *extra: str) -> list[str]:
+    return [sys.executable, "train.py", "--data-path", str(root), "--output-dir", str(output), *TINY_RUN, *extra]
+
+
+def _run(command: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return result
+
+
+def _run_until(command: list[str], line_start: str, action, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Start `command`, call action(process) once a stdout line starts with `line_start`, wait for the end."""
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
+    lines = []
+    deadline = time.time() + timeout
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith(line_start):
+            action(process)
+            break
+        assert time.time() < deadline, "".join(lines[-20:])
+    out, err = process.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(command, process.returncode, "".join(lines) + out, err)
+
+
+def _final_weights(output: Path) -> dict[str, torch.Tensor]:
+    return torch.load(output / "model_1.pth", weights_only=True)["model"]
+
+
+def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].numel())
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_root, tmp_path_factory) -> dict[str, torch.Tensor]:
+    output = tmp_path_factory.mktemp("uninterrupted")
+    result = _run(_command(tiny_root, output, "-j", "0"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return _final_weights(output)
+
+
+@pytest.mark.parametrize(
+    ("workers", "stop_at"),
+    [("0", "Epoch: [0]  [5/8]"), ("2", "Epoch: [1]  [2/8]")],
+    ids=["no workers, in epoch 0's warm-up", "2 workers, in epoch 1"],
+)
+def test_sigterm_then_auto_resume_gives_the_uninterrupted_weights(tiny_root, tmp_path, uninterrupted, workers, stop_at):
+    command = _command(tiny_root, tmp_path, "-j", workers, "--auto-resume")
+    stopped = _run_until(command, stop_at, lambda p: p.send_signal(signal.SIGTERM))
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    assert "Stopped by SIGTERM at epoch" in stopped.stdout and "--auto-resume" in stopped.stdout
+    checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert 0 < checkpoint["train_state"]["iteration"] < ITERS_PER_EPOCH  # a mid-epoch checkpoint
+
+    resumed = _run(command)  # the same command line, as SLURM would requeue it
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Auto-resuming from {tmp_path / 'checkpoint.pth'}" in resumed.stdout
+    assert "Epoch: [0]  [0/8]" not in resumed.stdout
+    difference = _max_difference(_final_weights(tmp_path), uninterrupted)
+    print(f"largest weight difference, -j {workers}: {difference}")
+    assert difference == 0
+
+
+def test_kill_9_after_a_mid_epoch_checkpoint_loses_only_the_work_since(tiny_root, tmp_path, uninterrupted):
+    command = _command(tiny_root, tmp_path, "-j", "0", "--checkpoint-every", "3", "--auto-resume")
+    # The line "[i/N]" is printed once i + 1 iterations are done: here 5 of epoch 1, and the last save was after 3.
+    killed = _run_until(command, "Epoch: [1]  [4/8]", lambda p: p.kill())
+    assert killed.returncode == -signal.SIGKILL
+    checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert (checkpoint["epoch"], checkpoint["train_state"]["iteration"]) == (1, 3)
+
+    resumed = _run(command)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Epoch: [1]  [3/8]" in resumed.stdout and "Epoch: [1]  [2/8]" not in resumed.stdout
+    assert _max_difference(_final_weights(tmp_path), uninterrupted) == 0
+
+
+def test_a_non_finite_loss_exits_1_and_keeps_the_last_good_checkpoint(tiny_root, tmp_path):
+    # SGD at lr 0.02 from scratch diverges on this data within two epochs.
+    result = _run(_command(tiny_root, tmp_path, "-j", "0", "--opt", "sgd", "--lr", "0.5", "--checkpoint-every", "1", "--epochs", "3"))
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    error = result.stderr.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("error: loss is ") and "stopped before the optimizer step" in error[0]
+    checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
+
+
+def _kill_one_rank(torchrun: subprocess.Popen) -> None:
+    ranks = subprocess.run(["pgrep", "-P", str(torchrun.pid)], capture_output=True, text=True).stdout.split()
+    assert len(ranks) == 2, ranks
+    os.kill(int(ranks[-1]), signal.SIGKILL)
+
+
+def test_when_a_torchrun_rank_dies_the_others_exit_with_a_message(tiny_root, tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *_command(tiny_root, tmp_path)[1:]]
+    command += ["-j", "0", "--dist-timeout", "60", "--epochs", "5"]
+    started = time.time()
+    result = _run_until(command, "Epoch: [0]  [2/", _kill_one_rank, timeout=300)
+    assert time.time() - started < 240
+    assert result.returncode != 0
+    assert "Signal 9 (SIGKILL)" in result.stderr or "distributed training failed" in result.stderr, result.stderr[-3000:]
+    assert not any(p.name.startswith("model_") for p in tmp_path.iterdir())
+
+
+def _torchrun(root: Path, output: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *_command(root, output, *extra)[1:]]
+
+
+def _signal_rank_1(torchrun: subprocess.Popen) -> None:
+    ranks = subprocess.run(["pgrep", "-P", str(torchrun.pid)], capture_output=True, text=True).stdout.split()
+    os.kill(int(sorted(ranks, key=int)[-1]), signal.SIGUSR1)  # only one rank hears it; both must stop together
+
+
+def test_a_signal_to_one_torchrun_rank_stops_every_rank_at_the_same_iteration(tiny_root, tmp_path):
+    command = _torchrun(tiny_root, tmp_path, "-j", "0", "--auto-resume")
+    stopped = _run_until(command, "Epoch: [0]  [1/", _signal_rank_1, timeout=300)
+    assert stopped.returncode != 0
+    # Rank 0 prints: it stopped for rank 1's signal.
+    assert "Stopped by a signal to another rank at epoch 0, iteration" in stopped.stdout, stopped.stdout[-2000:] + stopped.stderr[-2000:]
+    checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert checkpoint["epoch"] == 0 and 0 < checkpoint["train_state"]["iteration"] < 4
+    assert len(checkpoint["train_state"]["rng"]) == 2  # both ranks' random states
+
+    resumed = _run(command)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Auto-resuming from" in resumed.stdout and torch.load(tmp_path / "model_1.pth", weights_only=True)["epoch"] == 1
