@@ -31,7 +31,7 @@ import utils
 from coco_utils import get_coco
 from engine import NonFiniteLossError, TrainingStopped, evaluate, train_one_epoch
 from group_by_aspect_ratio import GroupedBatchSampler, create_aspect_ratio_groups
-from transforms import DATA_AUGMENTATIONS, get_transform
+from transforms import DATA_AUGMENTATIONS, copypaste_allowed, copypaste_collate_fn, get_transform
 
 # Models whose ResNet-50 backbone can be read from a torchvision ImageNet state dict.
 RESNET50_FPN_MODELS = {
@@ -81,7 +81,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--aspect-ratio-group-factor", default=3, type=int, help="aspect-ratio bins per side of 1; < 0 disables grouping")
     parser.add_argument("--rpn-score-thresh", default=None, type=float, help="RPN score threshold for faster/mask R-CNN")
     parser.add_argument("--trainable-backbone-layers", default=None, type=int, help="ResNet stages to train (0-5)")
-    parser.add_argument("--data-augmentation", default="hflip", choices=DATA_AUGMENTATIONS, help="training augmentation")
+    parser.add_argument("--data-augmentation", default="hflip", choices=DATA_AUGMENTATIONS, help="training augmentation recipe")
+    parser.add_argument("--use-copypaste", action="store_true", help="copy-paste objects between a batch's images (with lsj)")
     parser.add_argument("--sync-bn", action="store_true", help="use SyncBatchNorm when distributed")
     parser.add_argument("--test-only", action="store_true", help="only evaluate (the model from --resume or --weights)")
     parser.add_argument("--use-deterministic-algorithms", action="store_true", help="force deterministic algorithms")
@@ -144,6 +145,8 @@ def _validate_args(args: argparse.Namespace) -> None:
     for flag, value in {"--lr": args.lr, "--clip-grad-norm": args.clip_grad_norm, "--dist-timeout": args.dist_timeout}.items():
         if value is not None and not value > 0:
             raise utils.UsageError(f"{flag}: must be positive, got {value}")
+    if args.use_copypaste and not (copypaste_allowed(args.data_augmentation) and "maskrcnn" in args.model):
+        raise utils.UsageError("--use-copypaste: works only with --data-augmentation lsj and a Mask R-CNN model (it pastes masks)")
     if args.auto_resume and not args.output_dir:
         raise utils.UsageError("--auto-resume: needs --output-dir, where it looks for checkpoint.pth")
     if any(b <= a for a, b in zip(args.lr_steps, args.lr_steps[1:])):
@@ -356,7 +359,7 @@ def build_data_loaders(args: argparse.Namespace, dataset_train, dataset_test, de
         utils.SeededDataset(dataset_train),
         batch_sampler=batch_sampler,
         num_workers=args.workers,
-        collate_fn=utils.collate_fn,
+        collate_fn=utils.SeededCollate(copypaste_collate_fn if args.use_copypaste else utils.collate_fn),
         pin_memory=pin,
         generator=torch.Generator().manual_seed(seed),
     )

@@ -241,9 +241,9 @@ class ResumableBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
 
 
 class SeededDataset(torch.utils.data.Dataset):
-    """dataset[(index, seed)] = the wrapped dataset[index], with torch's CPU generator seeded by `seed`
-    while the sample is made (and restored afterwards: in the main process, training's own
-    random stream is left untouched)."""
+    """dataset[(index, seed)] = (seed, the wrapped dataset[index]), made with torch's CPU generator
+    seeded by `seed` (and restored afterwards: in the main process, training's own random stream
+    is left untouched). SeededCollate batches such pairs."""
 
     def __init__(self, dataset: torch.utils.data.Dataset):
         self.dataset = dataset
@@ -251,11 +251,24 @@ class SeededDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]) -> Any:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[int, Any]:
         index, seed = key
         with torch.random.fork_rng(devices=[]):
             torch.random.default_generator.manual_seed(seed)
-            return self.dataset[index]
+            return seed, self.dataset[index]
+
+
+class SeededCollate:
+    """Batches SeededDataset's (seed, sample) pairs with `collate_fn`, under a seed drawn from the
+    samples' seeds: batch-level random augmentation (copy-paste) resumes exactly too."""
+
+    def __init__(self, collate_fn=collate_fn):
+        self.collate_fn = collate_fn
+
+    def __call__(self, batch: list[tuple[int, Any]]) -> Any:
+        with torch.random.fork_rng(devices=[]):
+            torch.random.default_generator.manual_seed(_mixed_seed(*(seed for seed, _ in batch)))
+            return self.collate_fn([sample for _, sample in batch])
 
 
 def rng_state() -> dict:

@@ -278,6 +278,7 @@ BAD_INPUTS = {
     "keep 0 checkpoints": (lambda d, t: ["--keep-checkpoints", "0"], "--keep-checkpoints: must be at least 1"),
     "clip grad norm 0": (lambda d, t: ["--clip-grad-norm", "0"], "--clip-grad-norm: must be positive"),
     "dist timeout 0": (lambda d, t: ["--dist-timeout", "0"], "--dist-timeout: must be positive"),
+    "copy-paste without lsj": (lambda d, t: ["--use-copypaste"], "--use-copypaste: works only with --data-augmentation lsj"),
     "auto-resume without output dir": (lambda d, t: ["--auto-resume", "--output-dir", ""], "--auto-resume: needs --output-dir"),
     "output dir is a file": (lambda d, t: ["--output-dir", str(t / "file.txt")], "is a file, not a folder"),
     "output dir under a file": (lambda d, t: ["--output-dir", str(t / "file.txt" / "sub")], "--output-dir: cannot write to"),

@@ -313,9 +313,20 @@ def test_seeded_dataset_makes_samples_from_their_seed_and_leaves_the_main_stream
     torch.manual_seed(0)
     expected_next = torch.rand(1)
     torch.manual_seed(0)
-    first = dataset[(2, 11)]
+    seed, first = dataset[(2, 11)]
     assert torch.rand(1) == expected_next  # the main process's generator did not move
-    assert first[0] == 2 and torch.equal(dataset[(2, 11)][1], first[1]) and not torch.equal(dataset[(2, 12)][1], first[1])
+    assert seed == 11 and first[0] == 2
+    assert torch.equal(dataset[(2, 11)][1][1], first[1]) and not torch.equal(dataset[(2, 12)][1][1], first[1])
+
+
+def test_seeded_collate_draws_from_the_batch_seeds():
+    def collate(samples):
+        return [sample for sample in samples], torch.rand(2)
+
+    seeded = utils.SeededCollate(collate)
+    samples, noise = seeded([(1, "a"), (2, "b")])
+    assert samples == ["a", "b"] and torch.equal(seeded([(1, "x"), (2, "y")])[1], noise)
+    assert not torch.equal(seeded([(1, "a"), (3, "b")])[1], noise)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -323,11 +334,13 @@ def test_a_resumed_loader_gives_the_same_samples_whatever_the_workers(workers):
     def loader(start):
         batch_sampler = utils.ResumableBatchSampler([[0, 1], [2, 3], [1, 0]], seed=3)
         batch_sampler.set_position(epoch=2, start=start)
-        return torch.utils.data.DataLoader(utils.SeededDataset(_RandomItems()), batch_sampler=batch_sampler, num_workers=workers)
+        dataset = utils.SeededDataset(_RandomItems())
+        return torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, collate_fn=utils.SeededCollate())
 
     full = list(loader(0))
     resumed = list(loader(1))
-    assert all(torch.equal(a[1], b[1]) for a, b in zip(full[1:], resumed, strict=True))
+    # utils.collate_fn batches (index, noise) samples into (indices, noises)
+    assert all(torch.equal(x, y) for a, b in zip(full[1:], resumed, strict=True) for x, y in zip(a[1], b[1], strict=True))
 
 
 def test_rng_state_round_trips_every_generator_through_a_checkpoint_file(tmp_path):
