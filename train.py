@@ -25,6 +25,7 @@ from torchvision.models.detection import FasterRCNN, KeypointRCNN, MaskRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+import coco_eval
 import utils
 from coco_utils import get_coco
 from engine import evaluate, train_one_epoch
@@ -101,6 +102,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="extra keyword arguments for the model builder, e.g. box_batch_size_per_image=128",
     )
     parser.add_argument("--seed", default=None, type=int, help="seed python, numpy and torch (each rank adds its rank)")
+    parser.add_argument("--eval-backend", default=coco_eval.DEFAULT_BACKEND, choices=coco_eval.BACKENDS, help="COCO evaluation backend")
     return parser
 
 
@@ -124,6 +126,7 @@ def _validate_args(args: argparse.Namespace) -> None:
         raise utils.UsageError(f"--lr-steps: epochs must increase, got {' '.join(map(str, args.lr_steps))}")
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise utils.UsageError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
+    coco_eval.backend_classes(args.eval_backend)  # a missing package stops the run now, not after the first epoch
 
 
 # ----------------------------------------------------------------------------- model
@@ -408,7 +411,7 @@ def main(args: argparse.Namespace) -> None:
         if weights is None and checkpoint is None:
             print("Warning: --test-only without --resume or --weights evaluates an untrained model")
         torch.backends.cudnn.deterministic = True
-        evaluate(model_without_ddp, data_loader_test, device)
+        evaluate(model_without_ddp, data_loader_test, device, backend=args.eval_backend)
         return
 
     print("Start training")
@@ -420,7 +423,7 @@ def main(args: argparse.Namespace) -> None:
         lr_scheduler.step()
         if args.output_dir:
             _save_checkpoint(args, epoch, model_without_ddp, optimizer, lr_scheduler, scaler)
-        evaluate(model_without_ddp, data_loader_test, device)
+        evaluate(model_without_ddp, data_loader_test, device, backend=args.eval_backend)
     print(f"Training time {time.strftime('%H:%M:%S', time.gmtime(time.time() - start_time))}")
 
 
