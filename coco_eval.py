@@ -145,31 +145,48 @@ def encode_masks(masks: torch.Tensor, threshold: float = MASK_THRESHOLD) -> list
     return _encode_crops(crops_of, origins, sizes, height, width)
 
 
-def _sampling(box_size: torch.Tensor, positions: torch.Tensor, in_size: int) -> tuple[torch.Tensor, ...]:
-    """Bilinear resampling along one axis as F.interpolate(align_corners=False) does it: for each
-    output position (n, L) of an output `box_size` (n, 1) long, the two source indices and weights."""
-    scale = torch.full_like(box_size, in_size) / box_size
+def _sampling(
+    box_start: torch.Tensor, box_size: torch.Tensor, crop_start: torch.Tensor, crop_size: torch.Tensor, length: int, in_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bilinear resampling as F.interpolate(align_corners=False) does it, from a padded mask's axis
+    (in_size long) to the box's (box_size), at the crop's positions along each axis (all (n, 2)).
+
+    Returns source indices (n, 2, 2, length): low and high, and their weights, which are 0 past the
+    crop's end.
+    """
+    steps = torch.arange(length, device=box_size.device)
+    positions = steps.float() + (crop_start - box_start)[..., None].float()
+    scale = torch.full_like(box_size, in_size, dtype=torch.float32) / box_size.float()
     # scale * (position + 0.5) - 0.5 rounded once, as PyTorch's kernel computes it (a fused multiply-add)
-    source = (scale.double() * (positions + 0.5).double() - 0.5).float().clamp_(min=0)
+    source = (scale[..., None].double() * (positions + 0.5).double() - 0.5).float().clamp_(min=0)
     low = source.floor()
     weight_high = source - low
     low = low.long().clamp_(max=in_size - 1)
-    return low, (low + 1).clamp_(max=in_size - 1), 1 - weight_high, weight_high
+    inside = steps < crop_size[..., None]
+    indices = torch.stack([low, (low + 1).clamp_(max=in_size - 1)], dim=2)
+    weights = torch.stack([(1 - weight_high) * inside, weight_high * inside], dim=2)
+    return indices, weights
 
 
-def _sampling_matrix(
-    box_start: torch.Tensor, box_size: torch.Tensor, crop_start: torch.Tensor, crop_size: torch.Tensor, length: int, in_size: int
-) -> torch.Tensor:
-    """(n, length, in_size) bilinear weights taking a padded mask's axis to the crop's `length`
-    positions along that axis; positions past the crop get no weight (they stay 0)."""
-    steps = torch.arange(length, device=box_size.device)
-    positions = steps[None].float() + (crop_start - box_start)[:, None].float()
-    low, high, weight_low, weight_high = _sampling(box_size[:, None].float(), positions, in_size)
-    inside = (steps[None] < crop_size[:, None]).float()
-    matrix = torch.zeros(len(box_size), length, in_size, device=box_size.device)
-    matrix.scatter_add_(2, low[..., None], (weight_low * inside)[..., None])
-    matrix.scatter_add_(2, high[..., None], (weight_high * inside)[..., None])
+def _sampling_matrix(indices: torch.Tensor, weights: torch.Tensor, length: int, in_size: int) -> torch.Tensor:
+    """(n, length, in_size) matrices of one axis' bilinear weights, from _sampling's (n, 2, length) slices."""
+    matrix = torch.zeros(len(indices), length, in_size, device=indices.device)
+    for side in range(2):  # low and high source index
+        matrix.scatter_add_(2, indices[:, side, :length, None], weights[:, side, :length, None])
     return matrix
+
+
+@contextlib.contextmanager
+def _float32_matmul() -> Iterator[None]:
+    """Matrix products in full float32 within the block: with TF32 or bfloat16 ones (set by
+    torch.set_float32_matmul_precision), probabilities would move by ~1e-3 and pixels near the
+    threshold would flip."""
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
 
 
 def paste_masks_to_rles(
@@ -187,23 +204,25 @@ def paste_masks_to_rles(
         return []
     height, width = (int(v) for v in image_size)
     padded, scale = expand_masks(masks.float(), padding=1)
-    padded = padded[:, 0]
+    padded, in_size = padded[:, 0], padded.shape[-1]
     boxes = expand_boxes(boxes.float(), scale).to(torch.int64)
     box_size = (boxes[:, 2:] - boxes[:, :2] + 1).clamp(min=1)  # the resized mask's (w, h), as paste_mask_in_image
     crop_start = boxes[:, :2].clamp(min=0)
     crop_size = (torch.minimum(boxes[:, 2:] + 1, torch.tensor([width, height], device=boxes.device)) - crop_start).clamp(min=0)
     origins, sizes = crop_start.cpu().numpy(), crop_size.cpu().numpy()
-    in_size = padded.shape[-1]
+    longest = int(max(sizes[:, 0].max(), sizes[:, 1].max() + 1))
+    indices, weights = _sampling(boxes[:, :2], box_size, crop_start, crop_size, longest, in_size)
 
     def crops_of(group: list[int], crop_width: int, crop_height: int) -> torch.Tensor:
         index = torch.tensor(group, device=masks.device)
-        start, size, first, extent = boxes[index, :2], box_size[index], crop_start[index], crop_size[index]
-        along_x = _sampling_matrix(start[:, 0], size[:, 0], first[:, 0], extent[:, 0], crop_width, in_size)
-        along_y = _sampling_matrix(start[:, 1], size[:, 1], first[:, 1], extent[:, 1], crop_height + 1, in_size)
+        group_indices, group_weights = indices[index], weights[index]
+        along_x = _sampling_matrix(group_indices[:, 0], group_weights[:, 0], crop_width, in_size)
+        along_y = _sampling_matrix(group_indices[:, 1], group_weights[:, 1], crop_height + 1, in_size)
         columns = torch.bmm(along_x, padded[index].transpose(1, 2))  # (n, crop_width, M + 2): resized along x
         return torch.bmm(columns, along_y.transpose(1, 2)) > threshold  # then along y, column-major
 
-    return _encode_crops(crops_of, origins, sizes, height, width)
+    with _float32_matmul():
+        return _encode_crops(crops_of, origins, sizes, height, width)
 
 
 @contextlib.contextmanager
