@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--detections", type=int, default=100, help="detections per image")
     parser.add_argument("--device", default="cpu", help="where the model's outputs are (cpu or cuda): pasting happens there")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help=report.THREADS_HELP)
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"Machine: {report.machine(device)}")
 

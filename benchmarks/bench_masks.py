@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=30, help="images (rounds) timed per size")
     parser.add_argument("--device", default="cpu", help="where the masks are pasted: cpu or cuda")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help=report.THREADS_HELP)
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"Machine: {report.machine(device)}")
     rows, checks = [], []

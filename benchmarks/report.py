@@ -7,6 +7,11 @@ from importlib import metadata
 
 import torch
 
+THREADS_HELP = (
+    "torch threads for baseline and ours alike (default 1: on a shared 2-core machine, a core taken by another "
+    "process stalls every 2-thread operation, and timings become noise)"
+)
+
 
 def _cpu_model() -> str:
     try:

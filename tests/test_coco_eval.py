@@ -481,22 +481,6 @@ def test_paste_handles_no_masks_and_boxes_of_no_width():
     assert coco_eval.paste_masks_to_rles(masks, boxes, (10, 12)) == expected
 
 
-def test_pasting_multiplies_in_full_float32_whatever_the_global_matmul_precision(monkeypatch):
-    """TF32 or bfloat16 products (torch.set_float32_matmul_precision) would flip pixels near 0.5."""
-    seen = []
-    bmm = torch.bmm
-    monkeypatch.setattr(torch, "bmm", lambda *args: seen.append(torch.get_float32_matmul_precision()) or bmm(*args))
-    masks, boxes = model_like_masks(8, 40, 50, seed=0)
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("medium")
-    try:
-        coco_eval.paste_masks_to_rles(masks, boxes, (40, 50))
-        assert torch.get_float32_matmul_precision() == "medium"  # the caller's setting is back
-    finally:
-        torch.set_float32_matmul_precision(previous)
-    assert seen and set(seen) == {"highest"}
-
-
 def test_size_groups_cover_every_crop_once_with_bounded_padding():
     rng = np.random.default_rng(0)
     widths, heights = rng.integers(0, 300, 100).tolist(), rng.integers(0, 300, 100).tolist()
