@@ -20,6 +20,7 @@ Unlike the reference:
 """
 
 import contextlib
+import gc
 import io
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -61,8 +62,11 @@ def _counts_from_changes(index: np.ndarray, mask_index: np.ndarray, count: int, 
     keep = index < height * width
     keep[repeated] = keep[repeated + 1] = False
     index, mask_index = index[keep], mask_index[keep]
-    bounds = np.searchsorted(mask_index, np.arange(count + 1))
-    return [np.diff(index[a:b], prepend=0, append=height * width) for a, b in zip(bounds[:-1], bounds[1:])]
+    starts, ends = np.searchsorted(mask_index, np.arange(count)), np.searchsorted(mask_index, np.arange(count), side="right")
+    # each mask's changes between a 0 in front and the image's size behind: the runs are their differences
+    bounded = np.insert(index, np.stack([starts, ends], axis=1).ravel(), np.tile([0, height * width], count))
+    runs = np.delete(np.diff(bounded), ends[:-1] + 2 * np.arange(count - 1) + 1)  # from one mask's end to the next one's start
+    return np.split(runs, np.cumsum(ends - starts + 1)[:-1])
 
 
 def _compress(counts: list[np.ndarray], height: int, width: int) -> list[bytes]:
@@ -111,7 +115,9 @@ def encode_masks(masks: torch.Tensor, threshold: float = MASK_THRESHOLD) -> list
         return []
     height, width = masks.shape[-2:]
     binary = masks[:, 0] > threshold
-    x_extent, y_extent = _first_and_size(binary.any(dim=1)), _first_and_size(binary.any(dim=2))
+    # the bytes' amax, not any(): 10x to 80x faster on the CPU for (100, 480, 640) masks
+    on_bytes = binary.view(torch.uint8)
+    x_extent, y_extent = _first_and_size(on_bytes.amax(dim=1) > 0), _first_and_size(on_bytes.amax(dim=2) > 0)
     origins = torch.stack([x_extent[:, 0], y_extent[:, 0]], dim=1).cpu().numpy()
     sizes = torch.stack([x_extent[:, 1], y_extent[:, 1]], dim=1).cpu().numpy()
     counts: list[np.ndarray] = [np.array([height * width])] * len(masks)
@@ -347,6 +353,22 @@ def coco_results(image_id: int, result: dict[str, Any], iou_type: str) -> list[d
     ]
 
 
+def _add_what_load_res_adds(detections: list[dict], iou_type: str) -> None:
+    """What COCO.loadRes adds to box and mask results before evaluation (an id in order, iscrowd 0,
+    the area; a mask's box), with one pycocotools call for all masks instead of two per mask."""
+    if iou_type == "segm" and detections:
+        segmentations = [d["segmentation"] for d in detections]
+        # pycocotools' area() overflows past 255 masks a call under numpy 2
+        areas = np.concatenate([mask_utils.area(segmentations[i : i + 255]) for i in range(0, len(segmentations), 255)])
+        for detection, area, box in zip(detections, areas, mask_utils.toBbox(segmentations).tolist()):
+            detection.update(area=area, bbox=box)
+    elif iou_type == "bbox":
+        for detection in detections:
+            detection["area"] = detection["bbox"][2] * detection["bbox"][3]
+    for number, detection in enumerate(detections, start=1):
+        detection.update(id=number, iscrowd=0)
+
+
 # ----------------------------------------------------------------------------- backends
 
 
@@ -394,6 +416,20 @@ def _new_coco_eval(coco_eval_class: type, coco_gt: Any, iou_type: str) -> Any:
     return coco_eval_class(coco_gt, iouType=iou_type)
 
 
+@contextlib.contextmanager
+def _without_cyclic_gc() -> Iterator[None]:
+    """Building a dict per detection (10^5 of them and more) would set off the cyclic garbage
+    collector again and again, each time walking every live object of the process (30x slower
+    for 5000 masks measured); the dicts hold no cycles, so it can wait until the block ends."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 class CocoEvaluator:
     """Collects detections per image and scores them against `coco_gt` (a pycocotools-style COCO index)."""
 
@@ -425,22 +461,29 @@ class CocoEvaluator:
             self.results.update(rank_results)
 
     def _load_detections(self, iou_type: str) -> Any:
+        """The detections as the backend's COCO index, as gt.loadRes(results) builds it."""
+        unknown = sorted(set(self.results) - set(self._gt.imgs))
+        if unknown:
+            raise ValueError(f"detections for image ids not in the ground truth: {unknown[:5]}")
         detections = [d for image_id in self.img_ids for d in coco_results(image_id, self.results[image_id], iou_type)]
-        with contextlib.redirect_stdout(io.StringIO()):
-            if detections:
-                return self._gt.loadRes(detections)
-        # pycocotools' loadRes cannot take an empty list
         dataset = self._gt.dataset
-        return _index(self._coco_class, {"images": dataset["images"], "annotations": [], "categories": dataset["categories"]})
+        if iou_type == "keypoints":
+            if not detections:  # pycocotools' loadRes cannot take an empty list
+                return _index(self._coco_class, {"images": dataset["images"], "annotations": [], "categories": dataset["categories"]})
+            with contextlib.redirect_stdout(io.StringIO()):
+                return self._gt.loadRes(detections)
+        _add_what_load_res_adds(detections, iou_type)
+        return _index(self._coco_class, {"images": dataset["images"], "annotations": detections, "categories": dataset["categories"]})
 
     def accumulate(self) -> None:
         """Run the backend's evaluate() and accumulate() over every image seen, once per IoU type."""
         for iou_type, coco_eval in self.coco_eval.items():
-            coco_eval.cocoDt = self._load_detections(iou_type)
-            coco_eval.params.imgIds = self.img_ids
-            with contextlib.redirect_stdout(io.StringIO()):
-                coco_eval.evaluate()
-                coco_eval.accumulate()
+            with _without_cyclic_gc():
+                coco_eval.cocoDt = self._load_detections(iou_type)
+                coco_eval.params.imgIds = self.img_ids
+                with contextlib.redirect_stdout(io.StringIO()):
+                    coco_eval.evaluate()
+                    coco_eval.accumulate()
 
     def summarize(self) -> None:
         """Print the 12-number table per IoU type and fill coco_eval[iou_type].stats."""

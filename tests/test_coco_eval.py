@@ -373,6 +373,29 @@ def test_results_convert_boxes_to_xywh_and_keep_float32_scores():
     ]
 
 
+def test_detections_for_images_outside_the_ground_truth_are_refused(quirky_root, backend):
+    evaluator = CocoEvaluator(load_coco(ann_file(quirky_root)), ["bbox"], backend=backend)
+    evaluator.update({123456789: {"boxes": torch.zeros(1, 4), "scores": torch.ones(1), "labels": torch.ones(1, dtype=torch.int64)}})
+    with pytest.raises(ValueError, match="123456789"):
+        evaluator.accumulate()
+
+
+def test_accumulate_leaves_the_garbage_collector_as_it_was(quirky_root):
+    import gc
+
+    ds = coco_utils.get_coco(quirky_root, "val", transforms=None)
+    detections = Detections(ds, list(range(len(ds))), seed=1)
+    assert gc.isenabled()
+    run_evaluator(CocoEvaluator(ds.coco, ["segm"]), detections.chunks(2))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        run_evaluator(CocoEvaluator(ds.coco, ["segm"]), detections.chunks(2))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_missing_faster_coco_eval_is_a_usage_error(monkeypatch, quirky_root):
     monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # import fails, as when not installed
     with pytest.raises(utils.UsageError, match="pip install faster-coco-eval, or pass --eval-backend pycocotools"):
