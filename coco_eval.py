@@ -10,10 +10,11 @@ Unlike the reference:
 - `update` only turns outputs into compact per-image results (float32 arrays, one compressed RLE
   string per mask); the backend's evaluate() runs once over all images in `accumulate()`. That is
   exactly what pycocotools gives when run by hand on the same detections, and much faster.
-- Masks are thresholded and RLE-encoded box by box: a mask is zero outside its box, so the work
-  grows with the boxes' area, not the image's. Under `unpasted_masks(model)`, Mask R-CNN's 28x28
-  mask probabilities are pasted into their boxes here, in batches on the model's device, instead of
-  one full-size image per mask by the model.
+- Masks are RLE-encoded from where they change value, without full-size images. Under
+  `unpasted_masks(model)`, Mask R-CNN's 28x28 mask probabilities are pasted here, on the model's
+  device, for all boxes of an image at once and only where a box's column crosses the threshold:
+  the work grows with the boxes' widths, not the image's area (the model pastes one full-size image
+  per mask). Full-size masks given to `update` are encoded within each mask's extent.
 - Results are kept per image id, so an image evaluated on two ranks (a padded distributed
   sampler) counts once.
 - faster-coco-eval (C++) gives pycocotools' numbers several times faster; pycocotools stays selectable.
@@ -108,6 +109,17 @@ def _first_and_size(rows_or_columns: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.where(size > 0, first, 0), size], dim=1)
 
 
+def _changes_in_crops(crops: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(crop, column, row) of every element of (n, columns, rows) bool crops that differs from the
+    one before it in column-major order (a crop's first element: from 0)."""
+    flat = crops.reshape(len(crops), -1)
+    changes = torch.empty_like(flat)
+    changes[:, 0] = flat[:, 0]
+    torch.ne(flat[:, 1:], flat[:, :-1], out=changes[:, 1:])
+    member, position = np.divmod(_flat_nonzero(changes).cpu().numpy(), flat.shape[1])
+    return (member, *np.divmod(position, crops.shape[2]))
+
+
 def encode_masks(masks: torch.Tensor, threshold: float = MASK_THRESHOLD) -> list[bytes]:
     """Compressed COCO RLE strings of (N, 1, H, W) full-size mask probabilities above `threshold`:
     what the reference gets from pycocotools one mask at a time, from each mask's extent only."""
@@ -130,12 +142,7 @@ def encode_masks(masks: torch.Tensor, threshold: float = MASK_THRESHOLD) -> list
         for j, i in enumerate(group):
             (x, y), (w, h) = origins[i], sizes[i]
             crops[j, :w, :h] = binary[i, y : y + h, x : x + w].T
-        flat = crops.reshape(len(group), -1)
-        changes = torch.empty_like(flat)
-        changes[:, 0] = flat[:, 0]
-        torch.ne(flat[:, 1:], flat[:, :-1], out=changes[:, 1:])
-        member, position = np.divmod(_flat_nonzero(changes).numpy(), flat.shape[1])
-        column, row = np.divmod(position, crop_height + 1)
+        member, column, row = _changes_in_crops(crops)
         left, top = origins[group, 0], origins[group, 1]
         index = (left[member] + column) * height + top[member] + row
         for i, c in zip(group, _counts_from_changes(index, member, len(group), height, width)):
@@ -183,10 +190,10 @@ class _PastedColumns:
         self.values = self._resampled_columns(padded[:, 0])
         self.column_height = self.heights.index_select(0, self.column_mask)
 
-        self.rows = max(int(self.heights.max()), 1)
-        rows = torch.arange(self.rows, device=device)
+        self.row_count = max(int(self.heights.max()), 1)
+        rows = torch.arange(self.row_count, device=device)
         low, high, weight_low, weight_high = _resampling(self.scale[:, 1:2], rows + self.offset[:, 1:2], self.size)
-        self.row_sources = torch.stack([low, high], dim=-1).reshape(-1, 2)  # row k * rows + r: mask k's crop row r
+        self.row_sources = torch.stack([low, high], dim=-1).reshape(-1, 2)  # row k * row_count + r: mask k's crop row r
         self.row_weights = torch.stack([weight_low, weight_high], dim=-1).reshape(-1, 2)
 
     def _resampled_columns(self, padded: torch.Tensor) -> torch.Tensor:
@@ -202,7 +209,7 @@ class _PastedColumns:
     def above(self, columns: torch.Tensor, rows: torch.Tensor, threshold: float) -> torch.Tensor:
         """Whether pixel `rows` (from the crop's top) of `columns` is above the threshold; False outside the crop."""
         inside = (rows >= 0) & (rows < self.column_height.index_select(0, columns))
-        at = self.column_mask.index_select(0, columns) * self.rows + rows.clamp(0, self.rows - 1)
+        at = self.column_mask.index_select(0, columns) * self.row_count + rows.clamp(0, self.row_count - 1)
         sources, weights = self.row_sources.index_select(0, at), self.row_weights.index_select(0, at)
         values = torch.take(self.values, (columns * self.size)[:, None] + sources)
         return (values[:, 0] * weights[:, 0] + values[:, 1] * weights[:, 1] > threshold) & inside
@@ -218,37 +225,43 @@ class _PastedColumns:
         scale, offset = self.scale[:, 1].double().index_select(0, mask), self.offset[:, 1].index_select(0, mask)
         return torch.ceil((crossing + 0.5) / scale - 0.5 - offset).long()
 
-    def changes(self, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-        """(column, crop row) of every pixel that differs from the one above it (the crop's first
-        row from 0, the row past its end back to 0), in column-major order."""
+    def _crossings(self, threshold: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Changes where a column's values cross the threshold: they are linear between source rows,
+        so only between two neighbouring source rows on either side of it."""
         above = self.values > threshold
-        # Along a column, values are linear between source rows: they cross the threshold only where
-        # two neighbouring source rows lie on either side of it.
         crossing = _flat_nonzero(above[:, 1:] != above[:, :-1]).to(above.device)
         columns, segments = crossing // (self.size - 1), crossing % (self.size - 1)
         rows = self._first_rows_past(columns, segments, threshold)
         before, after = self.above(columns, rows - 1, threshold), self.above(columns, rows, threshold)
         found = before != after
-        changed = [(columns[found], rows[found])]
+        changes = [(columns[found], rows[found])]
         # Float rounding can move a change by a row, and crossings between two rows of a small box
         # cancel out: look on either side where no change was found.
         missed = ~found
         if missed.any():
-            columns_, rows_ = columns[missed], rows[missed]
-            earlier = self.above(columns_, rows_ - 2, threshold) != before[missed]
-            later = self.above(columns_, rows_ + 1, threshold) != after[missed]
-            changed += [(columns_[earlier], rows_[earlier] - 1), (columns_[later], rows_[later] + 1)]
-        # Crops cut by the image's top or bottom edge start or end inside the mask.
-        cut_at_top = _flat_nonzero((self.offset[:, 1] > 0).index_select(0, self.column_mask)).to(above.device)
-        starting_on = self.above(cut_at_top, torch.zeros_like(cut_at_top), threshold)
-        cut_at_bottom = _flat_nonzero(self.cut_at_bottom.index_select(0, self.column_mask)).to(above.device)
-        last = self.column_height.index_select(0, cut_at_bottom)
-        ending_on = self.above(cut_at_bottom, last - 1, threshold)
-        changed += [(cut_at_top[starting_on], torch.zeros_like(cut_at_top[starting_on])), (cut_at_bottom[ending_on], last[ending_on])]
-        keys = torch.cat([c * (self.rows + 1) + r for c, r in changed]).cpu().numpy()
-        keys = np.sort(keys, kind="stable")  # nearly sorted already: a few merges
-        keys = keys[np.r_[True, keys[1:] != keys[:-1]]]  # a change found twice
-        return np.divmod(keys, self.rows + 1)
+            columns, rows = columns[missed], rows[missed]
+            earlier = self.above(columns, rows - 2, threshold) != before[missed]
+            later = self.above(columns, rows + 1, threshold) != after[missed]
+            changes += [(columns[earlier], rows[earlier] - 1), (columns[later], rows[later] + 1)]
+        return changes
+
+    def _cut_edges(self, threshold: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Changes at crops cut by the image's top or bottom edge, which start or end inside the mask."""
+        device = self.values.device
+        cut_at_top = _flat_nonzero((self.offset[:, 1] > 0).index_select(0, self.column_mask)).to(device)
+        starting_on = cut_at_top[self.above(cut_at_top, torch.zeros_like(cut_at_top), threshold)]
+        cut_at_bottom = _flat_nonzero(self.cut_at_bottom.index_select(0, self.column_mask)).to(device)
+        ends = self.column_height.index_select(0, cut_at_bottom)
+        ending_on = self.above(cut_at_bottom, ends - 1, threshold)
+        return [(starting_on, torch.zeros_like(starting_on)), (cut_at_bottom[ending_on], ends[ending_on])]
+
+    def changes(self, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """(column, crop row) of every pixel that differs from the one above it (the crop's first
+        row from 0, the row past its end back to 0), in column-major order."""
+        keys = torch.cat([c * (self.row_count + 1) + r for c, r in self._crossings(threshold) + self._cut_edges(threshold)])
+        keys = np.sort(keys.cpu().numpy(), kind="stable")  # nearly sorted already: a few merges
+        keys = keys[np.diff(keys, prepend=-1) != 0]  # a change found twice
+        return np.divmod(keys, self.row_count + 1)
 
 
 def paste_masks_to_rles(

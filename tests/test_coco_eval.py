@@ -502,6 +502,9 @@ def test_paste_handles_no_masks_and_boxes_of_no_width():
     boxes = torch.tensor([[3.0, 4.0, 3.0, 4.0], [12.0, 0.0, 12.0, 10.0]])  # a point; a line on the right border
     expected = pycocotools_rles((paste_masks_in_image(masks, boxes, (10, 12))[:, 0] > 0.5).numpy())
     assert coco_eval.paste_masks_to_rles(masks, boxes, (10, 12)) == expected
+    on_the_edge_only = boxes[1:].repeat(2, 1)  # no box covers any pixel
+    empty = pycocotools_rles(np.zeros((2, 10, 12), dtype=bool))
+    assert coco_eval.paste_masks_to_rles(masks, on_the_edge_only, (10, 12)) == empty
 
 
 def test_size_groups_cover_every_crop_once_with_bounded_padding():
