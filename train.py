@@ -102,7 +102,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="extra keyword arguments for the model builder, e.g. box_batch_size_per_image=128",
     )
     parser.add_argument("--seed", default=None, type=int, help="seed python, numpy and torch (each rank adds its rank)")
-    parser.add_argument("--eval-backend", default=coco_eval.DEFAULT_BACKEND, choices=coco_eval.BACKENDS, help="COCO evaluation backend")
+    parser.add_argument("--eval-backend", default=coco_eval.DEFAULT_BACKEND, choices=coco_eval.BACKENDS, help="COCO scoring (same numbers)")
     return parser
 
 
