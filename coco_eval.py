@@ -37,6 +37,8 @@ IOU_TYPES = ("bbox", "segm", "keypoints")
 BACKENDS = ("faster_coco_eval", "pycocotools")
 DEFAULT_BACKEND = "faster_coco_eval"
 MASK_THRESHOLD = 0.5  # as the reference: a pixel belongs to the mask when its probability is above this
+UNCERTAIN = 1e-4  # probabilities this close to the threshold may round to either side of it: computed, not inferred
+WINDOW_PIXELS = 2**20  # pixels computed at once when pasting
 
 
 # ----------------------------------------------------------------------------- masks as COCO RLE
@@ -165,36 +167,45 @@ class _PastedColumns:
     """Mask R-CNN masks pasted into an image as torchvision's paste_masks_in_image does (padded by one
     pixel, boxes expanded to match, bilinear resize), held as columns: every image column that a box
     covers, resampled along x from the padded mask ((C, M + 2) `values`), and each box's rows'
-    sampling along y. A pixel is then two products away, and only pixels where a column can cross
-    the threshold are ever computed: the work grows with the boxes' widths, not their areas."""
+    sampling along y. A pixel is then two products away, and pixels are computed only between the
+    source rows where a column may cross the threshold: the work grows with the boxes' widths, not
+    their areas."""
 
     def __init__(self, masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int]):
         height, width = image_size
-        device = masks.device
         padded, scale = expand_masks(masks.float(), padding=1)
-        count, self.size = len(masks), padded.shape[-1]
+        self.size = padded.shape[-1]
         boxes = expand_boxes(boxes.float(), scale).to(torch.int64)
         box_start, box_end = boxes[:, :2], boxes[:, 2:] + 1
         box_size = (box_end - box_start).clamp(min=1)  # the resized mask's (w, h), as paste_mask_in_image
         self.crop_start = box_start.clamp(min=0)
-        crop_end = torch.minimum(box_end, torch.tensor([width, height], device=device))
+        crop_end = torch.minimum(box_end, torch.tensor([width, height], device=masks.device))
         self.cut_at_bottom = crop_end[:, 1] < box_end[:, 1]
-        crop_size = (crop_end - self.crop_start).clamp(min=0)
         self.offset = self.crop_start - box_start  # where the crop starts in the resized mask
         self.scale = torch.full_like(box_size, self.size, dtype=torch.float32) / box_size.float()  # source pixels per pixel
+        widths, self.heights = (crop_end - self.crop_start).clamp(min=0).unbind(1)
+        self._sample_columns(padded[:, 0], widths)
+        self._sample_rows()
 
-        widths, self.heights = crop_size[:, 0], crop_size[:, 1]
-        self.column_mask = torch.repeat_interleave(torch.arange(count, device=device), widths)
+    def _sample_columns(self, padded: torch.Tensor, widths: torch.Tensor) -> None:
+        """Every crop column of every mask, in order: its mask, x within the crop, height, values."""
+        self.column_mask = torch.repeat_interleave(torch.arange(len(widths), device=widths.device), widths)
         first_column = (torch.cumsum(widths, 0) - widths).index_select(0, self.column_mask)
-        self.column_x = torch.arange(len(self.column_mask), device=device) - first_column  # within the crop
-        self.values = self._resampled_columns(padded[:, 0])
+        self.column_x = torch.arange(len(self.column_mask), device=widths.device) - first_column
         self.column_height = self.heights.index_select(0, self.column_mask)
+        self.values = self._resampled_columns(padded)
 
+    def _sample_rows(self) -> None:
+        """Each mask's crop rows: their two source rows and weights, and where each source segment starts."""
         self.row_count = max(int(self.heights.max()), 1)
-        rows = torch.arange(self.row_count, device=device)
+        rows = torch.arange(self.row_count, device=self.heights.device)
         low, high, weight_low, weight_high = _resampling(self.scale[:, 1:2], rows + self.offset[:, 1:2], self.size)
         self.row_sources = torch.stack([low, high], dim=-1).reshape(-1, 2)  # row k * row_count + r: mask k's crop row r
         self.row_weights = torch.stack([weight_low, weight_high], dim=-1).reshape(-1, 2)
+        # Mask k's crop rows sampled between source rows j and j + 1: segment_start[k, j] to segment_start[k, j + 1] - 1.
+        low = torch.where(rows < self.heights[:, None], low, self.size)
+        segments = torch.arange(self.size + 1, device=low.device).expand(len(low), -1).contiguous()
+        self.segment_start = torch.searchsorted(low, segments)
 
     def _resampled_columns(self, padded: torch.Tensor) -> torch.Tensor:
         """(C, M + 2): each crop column's values down the padded mask, resampled along x."""
@@ -214,36 +225,39 @@ class _PastedColumns:
         values = torch.take(self.values, (columns * self.size)[:, None] + sources)
         return (values[:, 0] * weights[:, 0] + values[:, 1] * weights[:, 1] > threshold) & inside
 
-    def _first_rows_past(self, columns: torch.Tensor, segments: torch.Tensor, threshold: float) -> torch.Tensor:
-        """Where a column's values, linear between source rows `segments` and `segments` + 1, cross the
-        threshold: the first crop row whose source coordinate is at or past the crossing."""
-        flat = self.values.view(-1)
-        low = flat.index_select(0, columns * self.size + segments).double()
-        high = flat.index_select(0, columns * self.size + segments + 1).double()
-        crossing = segments.double() + (threshold - low) / (high - low)
-        mask = self.column_mask.index_select(0, columns)
-        scale, offset = self.scale[:, 1].double().index_select(0, mask), self.offset[:, 1].index_select(0, mask)
-        return torch.ceil((crossing + 0.5) / scale - 0.5 - offset).long()
+    def _uncertain_segments(self, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(column, segment) pairs whose pixels are not all on one side of the threshold for sure.
+        Between source rows j and j + 1 a column's pixels are weighted means of its values at both:
+        when both lie clearly on one side (by far more than float rounding), so do the pixels."""
+        side = torch.where(self.values > threshold + UNCERTAIN, 1, torch.where(self.values < threshold - UNCERTAIN, -1, 0))
+        uncertain = (side[:, 1:] != side[:, :-1]) | (side[:, 1:] == 0)
+        pairs = _flat_nonzero(uncertain).to(self.values.device)
+        return pairs // (self.size - 1), pairs % (self.size - 1)
 
-    def _crossings(self, threshold: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Changes where a column's values cross the threshold: they are linear between source rows,
-        so only between two neighbouring source rows on either side of it."""
-        above = self.values > threshold
-        crossing = _flat_nonzero(above[:, 1:] != above[:, :-1]).to(above.device)
-        columns, segments = crossing // (self.size - 1), crossing % (self.size - 1)
-        rows = self._first_rows_past(columns, segments, threshold)
-        before, after = self.above(columns, rows - 1, threshold), self.above(columns, rows, threshold)
-        found = before != after
-        changes = [(columns[found], rows[found])]
-        # Float rounding can move a change by a row, and crossings between two rows of a small box
-        # cancel out: look on either side where no change was found.
-        missed = ~found
-        if missed.any():
-            columns, rows = columns[missed], rows[missed]
-            earlier = self.above(columns, rows - 2, threshold) != before[missed]
-            later = self.above(columns, rows + 1, threshold) != after[missed]
-            changes += [(columns[earlier], rows[earlier] - 1), (columns[later], rows[later] + 1)]
-        return changes
+    def _changes_in_segments(self, columns: torch.Tensor, segments: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every change among the rows of the given segments, each computed, with the row before and
+        the row after them (so that changes at the segments' ends are seen too)."""
+        at = self.column_mask.index_select(0, columns) * (self.size + 1) + segments
+        first = self.segment_start.view(-1).index_select(0, at) - 1
+        lengths = self.segment_start.view(-1).index_select(0, at + 1) - first + 1
+        longest = int(lengths.max()) if len(lengths) else 1
+        per_part = max(1, WINDOW_PIXELS // longest)  # bounded memory, even where every pixel is uncertain
+        parts = [
+            self._changes_in_windows(columns[i : i + per_part], first[i : i + per_part], lengths[i : i + per_part], longest, threshold)
+            for i in range(0, len(columns), per_part)
+        ]
+        return torch.cat([c for c, _ in parts] + [columns[:0]]), torch.cat([r for _, r in parts] + [first[:0]])
+
+    def _changes_in_windows(
+        self, columns: torch.Tensor, first: torch.Tensor, lengths: torch.Tensor, longest: int, threshold: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Changes within windows of `lengths` rows from `first` down each of `columns`."""
+        steps = torch.arange(longest, device=columns.device)
+        rows = first[:, None] + steps
+        columns = columns[:, None].expand_as(rows)
+        on = self.above(columns.reshape(-1), rows.reshape(-1), threshold).view(rows.shape)
+        changed = (on[:, 1:] != on[:, :-1]) & (steps[1:] < lengths[:, None])
+        return columns[:, 1:][changed], rows[:, 1:][changed]
 
     def _cut_edges(self, threshold: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Changes at crops cut by the image's top or bottom edge, which start or end inside the mask."""
@@ -258,7 +272,8 @@ class _PastedColumns:
     def changes(self, threshold: float) -> tuple[np.ndarray, np.ndarray]:
         """(column, crop row) of every pixel that differs from the one above it (the crop's first
         row from 0, the row past its end back to 0), in column-major order."""
-        keys = torch.cat([c * (self.row_count + 1) + r for c, r in self._crossings(threshold) + self._cut_edges(threshold)])
+        changes = [self._changes_in_segments(*self._uncertain_segments(threshold), threshold), *self._cut_edges(threshold)]
+        keys = torch.cat([c * (self.row_count + 1) + r for c, r in changes])
         keys = np.sort(keys.cpu().numpy(), kind="stable")  # nearly sorted already: a few merges
         keys = keys[np.diff(keys, prepend=-1) != 0]  # a change found twice
         return np.divmod(keys, self.row_count + 1)
