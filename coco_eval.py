@@ -1,110 +1,517 @@
-"""COCO-style evaluation of model outputs with pycocotools, with the torchvision reference's call pattern.
+"""COCO evaluation of detection outputs, with the torchvision reference's call pattern.
 
-    evaluator = CocoEvaluator(coco_gt, ["bbox", "segm"])
-    evaluator.update({image_id: output, ...})     # per batch
-    evaluator.synchronize_between_processes()      # merge all ranks' results
+    evaluator = CocoEvaluator(coco_gt, ["bbox", "segm"])    # backend="faster_coco_eval" (default) or "pycocotools"
+    evaluator.update({image_id: output, ...})               # per batch, outputs still on the model's device
+    evaluator.synchronize_between_processes()                # merge all ranks' results
     evaluator.accumulate(); evaluator.summarize()
-    evaluator.coco_eval["segm"].stats              # the 12 numbers
+    evaluator.coco_eval["segm"].stats                        # the 12 numbers
 
-Unlike the reference, `update` only converts and stores detections; pycocotools' `evaluate()`
-runs once over all images in `accumulate()`, which is both faster and exactly what
-pycocotools gives when run by hand on the same detections. Results are kept per image id, so
-an image evaluated on two ranks (a padded distributed sampler) counts once.
+Unlike the reference:
+- `update` only turns outputs into compact per-image results (float32 arrays, one compressed RLE
+  string per mask); the backend's evaluate() runs once over all images in `accumulate()`. That is
+  exactly what pycocotools gives when run by hand on the same detections, and much faster.
+- Masks are RLE-encoded from where they change value, without full-size images. Under
+  `unpasted_masks(model)`, Mask R-CNN's 28x28 mask probabilities are pasted here, on the model's
+  device, for all boxes of an image at once and only where a box's column crosses the threshold:
+  the work grows with the boxes' widths, not the image's area (the model pastes one full-size image
+  per mask). Full-size masks given to `update` are encoded within each mask's extent.
+- Results are kept per image id, so an image evaluated on two ranks (a padded distributed
+  sampler) counts once.
+- faster-coco-eval (C++) gives pycocotools' numbers several times faster; pycocotools stays selectable.
 """
 
 import contextlib
+import gc
 import io
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 
 import utils
-from coco_utils import coco_from_dict
 
 IOU_TYPES = ("bbox", "segm", "keypoints")
+BACKENDS = ("faster_coco_eval", "pycocotools")
+DEFAULT_BACKEND = "faster_coco_eval"
+MASK_THRESHOLD = 0.5  # as the reference: a pixel belongs to the mask when its probability is above this
+UNCERTAIN = 1e-4  # probabilities this close to the threshold may round to either side of it: computed, not inferred
+WINDOW_PIXELS = 2**20  # pixels computed at once when pasting
 
 
-def _xyxy_to_xywh(boxes: torch.Tensor) -> list[list[float]]:
-    boxes = boxes.clone()
-    boxes[:, 2:] -= boxes[:, :2]
-    return boxes.tolist()
+# ----------------------------------------------------------------------------- masks as COCO RLE
 
 
-def encode_masks(masks: torch.Tensor, threshold: float = 0.5) -> list[dict]:
-    """RLE-encode (N, 1, H, W) mask probabilities thresholded at `threshold`, in one pycocotools call."""
+def _flat_nonzero(bits: torch.Tensor) -> torch.Tensor:
+    """Flat positions of the True elements of a contiguous bool tensor. On the CPU through numpy's
+    flatnonzero, about 4x faster than torch.nonzero there (measured on 2.7M elements)."""
+    if bits.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(bits.numpy()))
+    return torch.nonzero(bits.flatten()).flatten()
+
+
+def _counts_from_changes(index: np.ndarray, mask_index: np.ndarray, count: int, height: int, width: int) -> list[np.ndarray]:
+    """Uncompressed COCO RLE counts of `count` masks from the full-image indices where each one
+    changes value (ascending, grouped by mask_index ascending), in column-major order.
+
+    A change back to 0 just past a column that ends on a 1 lands on the next column's first pixel,
+    where a run that goes on from one column into the next one also changes back to 1: such pairs
+    cancel. COCO counts are the lengths of the runs between changes, starting with a run of 0s, and
+    write no empty run after a mask that is on at the image's last pixel.
+    """
+    repeated = np.flatnonzero((index[1:] == index[:-1]) & (mask_index[1:] == mask_index[:-1]))
+    keep = index < height * width
+    keep[repeated] = keep[repeated + 1] = False
+    index, mask_index = index[keep], mask_index[keep]
+    starts, ends = np.searchsorted(mask_index, np.arange(count)), np.searchsorted(mask_index, np.arange(count), side="right")
+    # each mask's changes between a 0 in front and the image's size behind: the runs are their differences
+    bounded = np.insert(index, np.stack([starts, ends], axis=1).ravel(), np.tile([0, height * width], count))
+    runs = np.delete(np.diff(bounded), ends[:-1] + 2 * np.arange(count - 1) + 1)  # from one mask's end to the next one's start
+    return np.split(runs, np.cumsum(ends - starts + 1)[:-1])
+
+
+def _compress(counts: list[np.ndarray], height: int, width: int) -> list[bytes]:
+    """pycocotools' compressed RLE strings for uncompressed counts (its C encoder, one call per image)."""
+    if not counts:
+        return []
+    rles = mask_utils.frPyObjects([{"size": [height, width], "counts": c} for c in counts], height, width)
+    return [rle["counts"] for rle in rles]
+
+
+def _size_groups(widths: Sequence[int], heights: Sequence[int], waste: float = 1.5, slack: int = 32768) -> list[list[int]]:
+    """Split crops into groups padded to one (width, height + 1) shape each: tallest first, and a new
+    group whenever padding would cost more than `waste` times the group's own pixels plus `slack`
+    (so that small crops share a group rather than each paying for its own tensor operations)."""
+    groups: list[list[int]] = []
+    group: list[int] = []
+    group_width = group_height = group_area = 0
+    for i in sorted(range(len(widths)), key=lambda i: -heights[i]):
+        width, height = max(group_width, widths[i]), max(group_height, heights[i])
+        area = group_area + widths[i] * (heights[i] + 1)
+        if group and (len(group) + 1) * width * (height + 1) > waste * area + slack:
+            groups.append(group)
+            group, group_area = [], 0
+            width, height, area = widths[i], heights[i], widths[i] * (heights[i] + 1)
+        group.append(i)
+        group_width, group_height, group_area = width, height, area
+    if group:
+        groups.append(group)
+    return groups
+
+
+def _first_and_size(rows_or_columns: torch.Tensor) -> torch.Tensor:
+    """For each row of a (N, L) bool tensor: the first True index and the span to the last one (0, 0 if none)."""
+    length = rows_or_columns.shape[1]
+    positions = torch.arange(length, device=rows_or_columns.device)
+    first = torch.where(rows_or_columns, positions, length).amin(dim=1)
+    last = torch.where(rows_or_columns, positions, -1).amax(dim=1)
+    size = (last - first + 1).clamp(min=0)
+    return torch.stack([torch.where(size > 0, first, 0), size], dim=1)
+
+
+def _changes_in_crops(crops: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(crop, column, row) of every element of (n, columns, rows) bool crops that differs from the
+    one before it in column-major order (a crop's first element: from 0)."""
+    flat = crops.reshape(len(crops), -1)
+    changes = torch.empty_like(flat)
+    changes[:, 0] = flat[:, 0]
+    torch.ne(flat[:, 1:], flat[:, :-1], out=changes[:, 1:])
+    member, position = np.divmod(_flat_nonzero(changes).cpu().numpy(), flat.shape[1])
+    return (member, *np.divmod(position, crops.shape[2]))
+
+
+def encode_masks(masks: torch.Tensor, threshold: float = MASK_THRESHOLD) -> list[bytes]:
+    """Compressed COCO RLE strings of (N, 1, H, W) full-size mask probabilities above `threshold`:
+    what the reference gets from pycocotools one mask at a time, from each mask's extent only."""
     if len(masks) == 0:
         return []
-    binary = (masks[:, 0] > threshold).permute(1, 2, 0).numpy().astype(np.uint8)
-    return mask_utils.encode(np.asfortranarray(binary))
+    height, width = masks.shape[-2:]
+    binary = masks[:, 0] > threshold
+    # the bytes' amax, not any(): 10x to 80x faster on the CPU for (100, 480, 640) masks
+    on_bytes = binary.view(torch.uint8)
+    x_extent, y_extent = _first_and_size(on_bytes.amax(dim=1) > 0), _first_and_size(on_bytes.amax(dim=2) > 0)
+    origins = torch.stack([x_extent[:, 0], y_extent[:, 0]], dim=1).cpu().numpy()
+    sizes = torch.stack([x_extent[:, 1], y_extent[:, 1]], dim=1).cpu().numpy()
+    counts: list[np.ndarray] = [np.array([height * width])] * len(masks)
+    for group in _size_groups(sizes[:, 0].tolist(), sizes[:, 1].tolist()):
+        crop_width, crop_height = sizes[group].max(axis=0).tolist()
+        if crop_width == 0 or crop_height == 0:
+            continue  # all zero
+        # crops column by column, each column followed by at least one 0
+        crops = torch.zeros(len(group), crop_width, crop_height + 1, dtype=torch.bool, device=masks.device)
+        for j, i in enumerate(group):
+            (x, y), (w, h) = origins[i], sizes[i]
+            crops[j, :w, :h] = binary[i, y : y + h, x : x + w].T
+        member, column, row = _changes_in_crops(crops)
+        left, top = origins[group, 0], origins[group, 1]
+        index = (left[member] + column) * height + top[member] + row
+        for i, c in zip(group, _counts_from_changes(index, member, len(group), height, width)):
+            counts[i] = c
+    return _compress(counts, height, width)
 
 
-def prepare_results(image_id: int, prediction: dict, iou_type: str) -> list[dict]:
-    """COCO result dicts for one image's model output (boxes xyxy, scores, labels = category ids)."""
-    scores = prediction["scores"].tolist()
-    labels = prediction["labels"].tolist()
-    base = [{"image_id": image_id, "category_id": label, "score": score} for label, score in zip(labels, scores)]
+def _resampling(scale: torch.Tensor, positions: torch.Tensor, in_size: int) -> tuple[torch.Tensor, ...]:
+    """Bilinear resampling along one axis as F.interpolate(align_corners=False) does it: for output
+    `positions`, at `scale` source pixels per output pixel, the low and high source indices and weights."""
+    # scale * (position + 0.5) - 0.5 rounded once, as PyTorch's kernel computes it (a fused multiply-add)
+    source = (scale.double() * (positions.double() + 0.5) - 0.5).float().clamp_(min=0)
+    low = source.floor()
+    weight_high = source - low
+    low = low.long().clamp_(max=in_size - 1)
+    return low, (low + 1).clamp_(max=in_size - 1), 1 - weight_high, weight_high
+
+
+class _PastedColumns:
+    """Mask R-CNN masks pasted into an image as torchvision's paste_masks_in_image does (padded by one
+    pixel, boxes expanded to match, bilinear resize), held as columns: every image column that a box
+    covers, resampled along x from the padded mask ((C, M + 2) `values`), and each box's rows'
+    sampling along y. A pixel is then two products away, and pixels are computed only between the
+    source rows where a column may cross the threshold: the work grows with the boxes' widths, not
+    their areas."""
+
+    def __init__(self, masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int]):
+        height, width = image_size
+        padded, scale = expand_masks(masks.float(), padding=1)
+        self.size = padded.shape[-1]
+        boxes = expand_boxes(boxes.float(), scale).to(torch.int64)
+        box_start, box_end = boxes[:, :2], boxes[:, 2:] + 1
+        box_size = (box_end - box_start).clamp(min=1)  # the resized mask's (w, h), as paste_mask_in_image
+        self.crop_start = box_start.clamp(min=0)
+        crop_end = torch.minimum(box_end, torch.tensor([width, height], device=masks.device))
+        self.cut_at_bottom = crop_end[:, 1] < box_end[:, 1]
+        self.offset = self.crop_start - box_start  # where the crop starts in the resized mask
+        self.scale = torch.full_like(box_size, self.size, dtype=torch.float32) / box_size.float()  # source pixels per pixel
+        widths, self.heights = (crop_end - self.crop_start).clamp(min=0).unbind(1)
+        self._sample_columns(padded[:, 0], widths)
+        self._sample_rows()
+
+    def _sample_columns(self, padded: torch.Tensor, widths: torch.Tensor) -> None:
+        """Every crop column of every mask, in order: its mask, x within the crop, height, values."""
+        self.column_mask = torch.repeat_interleave(torch.arange(len(widths), device=widths.device), widths)
+        first_column = (torch.cumsum(widths, 0) - widths).index_select(0, self.column_mask)
+        self.column_x = torch.arange(len(self.column_mask), device=widths.device) - first_column
+        self.column_height = self.heights.index_select(0, self.column_mask)
+        self.values = self._resampled_columns(padded)
+
+    def _sample_rows(self) -> None:
+        """Each mask's crop rows: their two source rows and weights, and where each source segment starts."""
+        self.row_count = max(int(self.heights.max()), 1)
+        rows = torch.arange(self.row_count, device=self.heights.device)
+        low, high, weight_low, weight_high = _resampling(self.scale[:, 1:2], rows + self.offset[:, 1:2], self.size)
+        self.row_sources = torch.stack([low, high], dim=-1).reshape(-1, 2)  # row k * row_count + r: mask k's crop row r
+        self.row_weights = torch.stack([weight_low, weight_high], dim=-1).reshape(-1, 2)
+        # Mask k's crop rows sampled between source rows j and j + 1: segment_start[k, j] to segment_start[k, j + 1] - 1.
+        low = torch.where(rows < self.heights[:, None], low, self.size)
+        segments = torch.arange(self.size + 1, device=low.device).expand(len(low), -1).contiguous()
+        self.segment_start = torch.searchsorted(low, segments)
+
+    def _resampled_columns(self, padded: torch.Tensor) -> torch.Tensor:
+        """(C, M + 2): each crop column's values down the padded mask, resampled along x."""
+        mask, size = self.column_mask, self.size
+        low, high, weight_low, weight_high = _resampling(
+            self.scale[:, 0].index_select(0, mask), self.column_x + self.offset[:, 0].index_select(0, mask), size
+        )
+        by_column = padded.transpose(1, 2).reshape(-1, size)  # row k * size + x: mask k's column x
+        first = mask * size
+        return by_column.index_select(0, first + low) * weight_low[:, None] + by_column.index_select(0, first + high) * weight_high[:, None]
+
+    def above(self, columns: torch.Tensor, rows: torch.Tensor, threshold: float) -> torch.Tensor:
+        """Whether pixel `rows` (from the crop's top) of `columns` is above the threshold; False outside the crop."""
+        inside = (rows >= 0) & (rows < self.column_height.index_select(0, columns))
+        at = self.column_mask.index_select(0, columns) * self.row_count + rows.clamp(0, self.row_count - 1)
+        sources, weights = self.row_sources.index_select(0, at), self.row_weights.index_select(0, at)
+        values = torch.take(self.values, (columns * self.size)[:, None] + sources)
+        return (values[:, 0] * weights[:, 0] + values[:, 1] * weights[:, 1] > threshold) & inside
+
+    def _uncertain_segments(self, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(column, segment) pairs whose pixels are not all on one side of the threshold for sure.
+        Between source rows j and j + 1 a column's pixels are weighted means of its values at both:
+        when both lie clearly on one side (by far more than float rounding), so do the pixels."""
+        side = torch.where(self.values > threshold + UNCERTAIN, 1, torch.where(self.values < threshold - UNCERTAIN, -1, 0))
+        uncertain = (side[:, 1:] != side[:, :-1]) | (side[:, 1:] == 0)
+        pairs = _flat_nonzero(uncertain).to(self.values.device)
+        return pairs // (self.size - 1), pairs % (self.size - 1)
+
+    def _changes_in_segments(self, columns: torch.Tensor, segments: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every change among the rows of the given segments, each computed, with the row before and
+        the row after them (so that changes at the segments' ends are seen too)."""
+        at = self.column_mask.index_select(0, columns) * (self.size + 1) + segments
+        first = self.segment_start.view(-1).index_select(0, at) - 1
+        lengths = self.segment_start.view(-1).index_select(0, at + 1) - first + 1
+        longest = int(lengths.max()) if len(lengths) else 1
+        per_part = max(1, WINDOW_PIXELS // longest)  # bounded memory, even where every pixel is uncertain
+        parts = [
+            self._changes_in_windows(columns[i : i + per_part], first[i : i + per_part], lengths[i : i + per_part], longest, threshold)
+            for i in range(0, len(columns), per_part)
+        ]
+        return torch.cat([c for c, _ in parts] + [columns[:0]]), torch.cat([r for _, r in parts] + [first[:0]])
+
+    def _changes_in_windows(
+        self, columns: torch.Tensor, first: torch.Tensor, lengths: torch.Tensor, longest: int, threshold: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Changes within windows of `lengths` rows from `first` down each of `columns`."""
+        steps = torch.arange(longest, device=columns.device)
+        rows = first[:, None] + steps
+        columns = columns[:, None].expand_as(rows)
+        on = self.above(columns.reshape(-1), rows.reshape(-1), threshold).view(rows.shape)
+        changed = (on[:, 1:] != on[:, :-1]) & (steps[1:] < lengths[:, None])
+        return columns[:, 1:][changed], rows[:, 1:][changed]
+
+    def _cut_edges(self, threshold: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Changes at crops cut by the image's top or bottom edge, which start or end inside the mask."""
+        device = self.values.device
+        cut_at_top = _flat_nonzero((self.offset[:, 1] > 0).index_select(0, self.column_mask)).to(device)
+        starting_on = cut_at_top[self.above(cut_at_top, torch.zeros_like(cut_at_top), threshold)]
+        cut_at_bottom = _flat_nonzero(self.cut_at_bottom.index_select(0, self.column_mask)).to(device)
+        ends = self.column_height.index_select(0, cut_at_bottom)
+        ending_on = self.above(cut_at_bottom, ends - 1, threshold)
+        return [(starting_on, torch.zeros_like(starting_on)), (cut_at_bottom[ending_on], ends[ending_on])]
+
+    def changes(self, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """(column, crop row) of every pixel that differs from the one above it (the crop's first
+        row from 0, the row past its end back to 0), in column-major order."""
+        changes = [self._changes_in_segments(*self._uncertain_segments(threshold), threshold), *self._cut_edges(threshold)]
+        keys = torch.cat([c * (self.row_count + 1) + r for c, r in changes])
+        keys = np.sort(keys.cpu().numpy(), kind="stable")  # nearly sorted already: a few merges
+        keys = keys[np.diff(keys, prepend=-1) != 0]  # a change found twice
+        return np.divmod(keys, self.row_count + 1)
+
+
+def paste_masks_to_rles(
+    masks: torch.Tensor, boxes: torch.Tensor, image_size: Sequence[int], threshold: float = MASK_THRESHOLD
+) -> list[bytes]:
+    """Compressed COCO RLE strings of Mask R-CNN's (N, 1, M, M) mask probabilities pasted into their
+    (N, 4) xyxy boxes of an image of `image_size` (height, width) and thresholded: the masks of
+    torchvision's paste_masks_in_image, computed where they change value only, on the masks' device.
+
+    Pixels whose probability is within float rounding (about 1e-7) of `threshold` may come out the
+    other way: PyTorch's own CPU and CUDA kernels round differently there too.
+    """
+    if len(masks) == 0:
+        return []
+    height, width = (int(v) for v in image_size)
+    pasted = _PastedColumns(masks, boxes, (height, width))
+    column, row = pasted.changes(threshold)
+    column_mask, column_x = pasted.column_mask.cpu().numpy(), pasted.column_x.cpu().numpy()
+    crop_start = pasted.crop_start.cpu().numpy()
+    mask_index = column_mask[column]
+    index = (crop_start[mask_index, 0] + column_x[column]) * height + crop_start[mask_index, 1] + row
+    return _compress(_counts_from_changes(index, mask_index, len(masks), height, width), height, width)
+
+
+@contextlib.contextmanager
+def unpasted_masks(model: torch.nn.Module) -> Iterator[None]:
+    """Within this block, a torchvision Mask R-CNN in eval mode returns its mask probabilities
+    unpasted: "raw_masks" (N, 1, 28, 28) and the original "image_size" instead of full-size "masks".
+    CocoEvaluator.update pastes and encodes them box by box. The model is restored on exit, even
+    after an exception."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    transform = model.transform
+    had_own_postprocess = "postprocess" in vars(transform)
+    postprocess = transform.postprocess
+
+    def postprocess_keeping_masks(result: list[dict], image_shapes: list, original_image_sizes: list) -> list[dict]:
+        raw_masks = [prediction.pop("masks", None) for prediction in result]
+        result = postprocess(result, image_shapes, original_image_sizes)
+        for prediction, masks, size in zip(result, raw_masks, original_image_sizes):
+            if masks is not None:
+                prediction["raw_masks"] = masks
+                prediction["image_size"] = tuple(int(v) for v in size)
+        return result
+
+    transform.postprocess = postprocess_keeping_masks
+    try:
+        yield
+    finally:
+        if had_own_postprocess:
+            transform.postprocess = postprocess
+        else:
+            del transform.postprocess
+
+
+# ----------------------------------------------------------------------------- compact results
+
+
+def _masks_of(prediction: dict) -> tuple[list[bytes], tuple[int, int]]:
+    if "raw_masks" in prediction:
+        size = tuple(int(v) for v in prediction["image_size"])
+        return paste_masks_to_rles(prediction["raw_masks"], prediction["boxes"], size), size
+    if "masks" in prediction:
+        return encode_masks(prediction["masks"]), tuple(prediction["masks"].shape[-2:])
+    raise ValueError("segm evaluation needs 'masks' (N, 1, H, W) or 'raw_masks' with 'image_size' (see unpasted_masks)")
+
+
+def compact_result(prediction: dict, iou_types: Sequence[str]) -> dict[str, Any]:
+    """One image's model output as small CPU arrays: scores, labels (category ids), and per IoU type
+    xywh boxes (float32, as the reference computes them), compressed RLE strings, or keypoints."""
+    result: dict[str, Any] = {
+        "scores": prediction["scores"].detach().cpu().numpy(),
+        "labels": prediction["labels"].detach().cpu().numpy().astype(np.int64),
+    }
+    for iou_type in iou_types:
+        if iou_type == "bbox":
+            boxes = prediction["boxes"].detach()
+            result["boxes"] = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).cpu().numpy()
+        elif iou_type == "segm":
+            result["rles"], result["mask_size"] = _masks_of(prediction)
+        elif iou_type == "keypoints":
+            result["keypoints"] = prediction["keypoints"].detach().flatten(start_dim=1).cpu().numpy()
+        else:
+            raise ValueError(f"unknown iou type {iou_type!r}; expected one of {IOU_TYPES}")
+    return result
+
+
+def coco_results(image_id: int, result: dict[str, Any], iou_type: str) -> list[dict]:
+    """The COCO results-file entries of one image's compact result, for one IoU type."""
     if iou_type == "bbox":
-        extra = [{"bbox": box} for box in _xyxy_to_xywh(prediction["boxes"])]
+        values = [{"bbox": box} for box in result["boxes"].tolist()]
     elif iou_type == "segm":
-        extra = [{"segmentation": rle} for rle in encode_masks(prediction["masks"])]
+        size = list(result["mask_size"])
+        values = [{"segmentation": {"size": size, "counts": counts.decode("ascii")}} for counts in result["rles"]]
     elif iou_type == "keypoints":
-        extra = [{"keypoints": kps} for kps in prediction["keypoints"].flatten(start_dim=1).tolist()]
+        values = [{"keypoints": keypoints} for keypoints in result["keypoints"].tolist()]
     else:
         raise ValueError(f"unknown iou type {iou_type!r}; expected one of {IOU_TYPES}")
-    return [{**b, **e} for b, e in zip(base, extra)]
+    return [
+        {"image_id": image_id, "category_id": label, "score": score, **value}
+        for label, score, value in zip(result["labels"].tolist(), result["scores"].tolist(), values)
+    ]
+
+
+def _add_what_load_res_adds(detections: list[dict], iou_type: str) -> None:
+    """What COCO.loadRes adds to box and mask results before evaluation (an id in order, iscrowd 0,
+    the area; a mask's box), with one pycocotools call for all masks instead of two per mask."""
+    if iou_type == "segm" and detections:
+        segmentations = [d["segmentation"] for d in detections]
+        # pycocotools' area() overflows past 255 masks a call under numpy 2
+        areas = np.concatenate([mask_utils.area(segmentations[i : i + 255]) for i in range(0, len(segmentations), 255)])
+        for detection, area, box in zip(detections, areas, mask_utils.toBbox(segmentations).tolist()):
+            detection.update(area=area, bbox=box)
+    elif iou_type == "bbox":
+        for detection in detections:
+            detection["area"] = detection["bbox"][2] * detection["bbox"][3]
+    for number, detection in enumerate(detections, start=1):
+        detection.update(id=number, iscrowd=0)
+
+
+# ----------------------------------------------------------------------------- backends
+
+
+def backend_classes(backend: str) -> tuple[type, type]:
+    """The (COCO, COCOeval) classes of an evaluation backend; a UsageError if it cannot be used."""
+    if backend == "pycocotools":
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        return COCO, COCOeval
+    if backend == "faster_coco_eval":
+        try:
+            from faster_coco_eval import COCO, COCOeval_faster
+        except ImportError:
+            raise utils.UsageError(
+                "--eval-backend faster_coco_eval: the faster-coco-eval package is not installed; "
+                "pip install faster-coco-eval, or pass --eval-backend pycocotools"
+            ) from None
+        return COCO, COCOeval_faster
+    raise utils.UsageError(f"--eval-backend: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def _index(coco_class: type, data: dict) -> Any:
+    """A COCO index of `coco_class` over an in-memory annotation dict, without console chatter."""
+    coco = coco_class()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _ground_truth_for(coco_gt: Any, coco_class: type) -> Any:
+    if isinstance(coco_gt, coco_class):
+        return coco_gt
+    data = dict(coco_gt.dataset)
+    # Evaluation adds keys to the ground-truth annotations: keep the caller's dicts as they were.
+    data["annotations"] = [dict(annotation) for annotation in data.get("annotations", [])]
+    return _index(coco_class, data)
+
+
+def _new_coco_eval(coco_eval_class: type, coco_gt: Any, iou_type: str) -> Any:
+    if coco_eval_class.__module__.startswith("faster_coco_eval"):
+        # its default reports through logging; summarize() should print its table as pycocotools does
+        return coco_eval_class(coco_gt, iouType=iou_type, print_function=print)
+    return coco_eval_class(coco_gt, iouType=iou_type)
+
+
+@contextlib.contextmanager
+def _without_cyclic_gc() -> Iterator[None]:
+    """Building a dict per detection (10^5 of them and more) would set off the cyclic garbage
+    collector again and again, each time walking every live object of the process (30x slower
+    for 5000 masks measured); the dicts hold no cycles, so it can wait until the block ends."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class CocoEvaluator:
-    """Collects detections per image and scores them against `coco_gt` (a pycocotools COCO)."""
+    """Collects detections per image and scores them against `coco_gt` (a pycocotools-style COCO index)."""
 
-    def __init__(self, coco_gt: COCO, iou_types: list[str] | tuple[str, ...]):
+    def __init__(self, coco_gt: Any, iou_types: Sequence[str], backend: str = DEFAULT_BACKEND):
         unknown = [t for t in iou_types if t not in IOU_TYPES]
         if unknown:
             raise ValueError(f"unknown iou types {unknown}; expected some of {IOU_TYPES}")
+        self.backend = backend
+        self._coco_class, coco_eval_class = backend_classes(backend)
         self.coco_gt = coco_gt
+        self._gt = _ground_truth_for(coco_gt, self._coco_class)
         self.iou_types = list(iou_types)
         # Created up front, so callers may adjust .params before accumulate(), as with the reference.
-        self.coco_eval = {t: COCOeval(coco_gt, iouType=t) for t in self.iou_types}
-        self.results: dict[str, dict[int, list[dict]]] = {t: {} for t in self.iou_types}
+        self.coco_eval = {t: _new_coco_eval(coco_eval_class, self._gt, t) for t in self.iou_types}
+        self.results: dict[int, dict[str, Any]] = {}
 
     @property
     def img_ids(self) -> list[int]:
-        return sorted(self.results[self.iou_types[0]]) if self.iou_types else []
+        return sorted(self.results)
 
-    def update(self, predictions: dict[int, dict[str, torch.Tensor]]) -> None:
+    def update(self, predictions: dict[int, dict[str, Any]]) -> None:
+        """Keep each image's detections (a later result for the same image id replaces the earlier one)."""
         for image_id, prediction in predictions.items():
-            prediction = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in prediction.items()}
-            for iou_type in self.iou_types:
-                self.results[iou_type][int(image_id)] = prepare_results(int(image_id), prediction, iou_type)
+            self.results[int(image_id)] = compact_result(prediction, self.iou_types)
 
     def synchronize_between_processes(self) -> None:
-        """Give every rank the union of all ranks' results."""
+        """Give every rank the union of all ranks' results (numpy arrays and RLE strings, not dicts per detection)."""
         for rank_results in utils.all_gather(self.results):
-            for iou_type, per_image in rank_results.items():
-                self.results[iou_type].update(per_image)
+            self.results.update(rank_results)
 
-    def _load_detections(self, iou_type: str) -> COCO:
-        # Copies: loadRes adds keys (segm results get a bbox) to the dicts it is given.
-        detections = [dict(d) for image_id in self.img_ids for d in self.results[iou_type][image_id]]
-        if detections:
+    def _load_detections(self, iou_type: str) -> Any:
+        """The detections as the backend's COCO index, as gt.loadRes(results) builds it."""
+        unknown = sorted(set(self.results) - set(self._gt.imgs))
+        if unknown:
+            raise ValueError(f"detections for image ids not in the ground truth: {unknown[:5]}")
+        detections = [d for image_id in self.img_ids for d in coco_results(image_id, self.results[image_id], iou_type)]
+        dataset = self._gt.dataset
+        if iou_type == "keypoints":
+            if not detections:  # pycocotools' loadRes cannot take an empty list
+                return _index(self._coco_class, {"images": dataset["images"], "annotations": [], "categories": dataset["categories"]})
             with contextlib.redirect_stdout(io.StringIO()):
-                return self.coco_gt.loadRes(detections)
-        # loadRes cannot take an empty list
-        return coco_from_dict(
-            {"images": self.coco_gt.dataset["images"], "annotations": [], "categories": self.coco_gt.dataset["categories"]}
-        )
+                return self._gt.loadRes(detections)
+        _add_what_load_res_adds(detections, iou_type)
+        return _index(self._coco_class, {"images": dataset["images"], "annotations": detections, "categories": dataset["categories"]})
 
     def accumulate(self) -> None:
-        """Run pycocotools' evaluate() and accumulate() over every image seen, once per IoU type."""
+        """Run the backend's evaluate() and accumulate() over every image seen, once per IoU type."""
         for iou_type, coco_eval in self.coco_eval.items():
-            coco_eval.cocoDt = self._load_detections(iou_type)
-            coco_eval.params.imgIds = self.img_ids
-            with contextlib.redirect_stdout(io.StringIO()):
-                coco_eval.evaluate()
-                coco_eval.accumulate()
+            with _without_cyclic_gc():
+                coco_eval.cocoDt = self._load_detections(iou_type)
+                coco_eval.params.imgIds = self.img_ids
+                with contextlib.redirect_stdout(io.StringIO()):
+                    coco_eval.evaluate()
+                    coco_eval.accumulate()
 
     def summarize(self) -> None:
         """Print the 12-number table per IoU type and fill coco_eval[iou_type].stats."""

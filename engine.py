@@ -1,13 +1,15 @@
 """The training and evaluation loops: one epoch of training, one pass of COCO evaluation."""
 
+import contextlib
 import math
 import signal
+import time
 from collections.abc import Callable, Iterable
 
 import torch
 
 import utils
-from coco_eval import CocoEvaluator
+from coco_eval import DEFAULT_BACKEND, CocoEvaluator, unpasted_masks
 from coco_utils import get_coco_api_from_dataset
 
 WARMUP_FACTOR = 1.0 / 1000
@@ -185,20 +187,37 @@ def iou_types_of(model: torch.nn.Module) -> list[str]:
     return iou_types
 
 
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued CUDA work, so that the times logged belong to the step that ran them."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, data_loader: Iterable, device: torch.device, print_freq: int = 100) -> CocoEvaluator:
+def evaluate(
+    model: torch.nn.Module, data_loader: Iterable, device: torch.device, print_freq: int = 100, backend: str = DEFAULT_BACKEND
+) -> CocoEvaluator:
     """Predict on every image of `data_loader` (all ranks' shards), then print and return the COCO metrics.
 
     Pass the model without its DistributedDataParallel wrapper: ranks may hold different numbers
-    of images, and DDP's forward would wait on the other ranks.
+    of images, and DDP's forward would wait on the other ranks. Mask R-CNN's masks are pasted and
+    encoded box by box on `device` (see coco_eval.unpasted_masks); `backend` scores them:
+    "faster_coco_eval" or "pycocotools", with the same numbers.
     """
     model.eval()
-    evaluator = CocoEvaluator(get_coco_api_from_dataset(data_loader.dataset), iou_types_of(model))
+    iou_types = iou_types_of(model)
+    evaluator = CocoEvaluator(get_coco_api_from_dataset(data_loader.dataset), iou_types, backend=backend)
     metric_logger = utils.MetricLogger(delimiter="  ")
-    for images, targets in metric_logger.log_every(data_loader, print_freq, "Test:"):
-        outputs = model(images_to_device(images, device))
-        outputs = [{k: v.to("cpu") for k, v in output.items()} for output in outputs]
-        evaluator.update({target["image_id"]: output for target, output in zip(targets, outputs)})
+    masks_kept_small = unpasted_masks(model) if "segm" in iou_types else contextlib.nullcontext()
+    with masks_kept_small:
+        for images, targets in metric_logger.log_every(data_loader, print_freq, "Test:"):
+            start = time.time()
+            outputs = model(images_to_device(images, device))
+            _synchronize(device)
+            model_time = time.time() - start
+            start = time.time()
+            evaluator.update({target["image_id"]: output for target, output in zip(targets, outputs)})
+            metric_logger.update(model_time=model_time, evaluator_time=time.time() - start)
 
     evaluator.synchronize_between_processes()
     print(f"Evaluated {len(evaluator.img_ids)} images")

@@ -27,6 +27,7 @@ from torchvision.models.detection import FasterRCNN, KeypointRCNN, MaskRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+import coco_eval
 import utils
 from coco_utils import get_coco
 from engine import NonFiniteLossError, TrainingStopped, evaluate, train_one_epoch
@@ -118,6 +119,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long ranks wait for each other in a collective before giving up (a rank died or hangs)",
     )
+    parser.add_argument("--eval-backend", default=coco_eval.DEFAULT_BACKEND, choices=coco_eval.BACKENDS, help="COCO scoring (same numbers)")
     return parser
 
 
@@ -153,6 +155,7 @@ def _validate_args(args: argparse.Namespace) -> None:
         raise utils.UsageError(f"--lr-steps: epochs must increase, got {' '.join(map(str, args.lr_steps))}")
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise utils.UsageError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
+    coco_eval.backend_classes(args.eval_backend)  # a missing package stops the run now, not after the first epoch
 
 
 # ----------------------------------------------------------------------------- model
@@ -552,7 +555,7 @@ def main(args: argparse.Namespace) -> int:
         if weights is None and checkpoint is None:
             print("Warning: --test-only without --resume or --weights evaluates an untrained model")
         torch.backends.cudnn.deterministic = True
-        evaluate(model_without_ddp, data_loader_test, device)
+        evaluate(model_without_ddp, data_loader_test, device, backend=args.eval_backend)
         return 0
 
     def save(epoch: int, iteration: int | None = None) -> Path | None:
@@ -580,7 +583,7 @@ def main(args: argparse.Namespace) -> int:
                 return _report_stop(path, stop.signum, f"at epoch {epoch}, iteration {stopped.iteration}/{iters_per_epoch}")
             lr_scheduler.step()
             path = save(epoch)
-            evaluate(model_without_ddp, data_loader_test, device)
+            evaluate(model_without_ddp, data_loader_test, device, backend=args.eval_backend)
             if utils.any_rank(stop.received):
                 return _report_stop(path, stop.signum, f"after epoch {epoch}")
     print(f"Training time {time.strftime('%H:%M:%S', time.gmtime(time.time() - start_time))}")

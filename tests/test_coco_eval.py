@@ -1,22 +1,33 @@
-"""CocoEvaluator against pycocotools run by hand on the same detections."""
+"""CocoEvaluator (both backends) against pycocotools run by hand on the same detections; masks pasted and
+encoded box by box against torchvision's paste_masks_in_image and pycocotools' encoder."""
 
 import contextlib
 import copy
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torchvision
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch.utils.data import Subset
+from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 import coco_eval
 import coco_utils
+import utils
 from coco_eval import CocoEvaluator
+
+
+@pytest.fixture(params=coco_eval.BACKENDS)
+def backend(request) -> str:
+    """Each test that takes this runs with both evaluation backends."""
+    return request.param
 
 
 def ann_file(root: Path, split: str = "val") -> Path:
@@ -120,10 +131,12 @@ def assert_stats_equal(actual: np.ndarray, expected: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_matches_pycocotools(any_root, tmp_path, seed):
+def test_matches_pycocotools(any_root, tmp_path, seed, backend):
     ds = coco_utils.get_coco(any_root, "val", transforms=None)
     detections = Detections(ds, list(range(len(ds))), seed=seed)
-    evaluator = run_evaluator(CocoEvaluator(coco_utils.get_coco_api_from_dataset(ds), ["bbox", "segm"]), detections.chunks(3))
+    evaluator = run_evaluator(
+        CocoEvaluator(coco_utils.get_coco_api_from_dataset(ds), ["bbox", "segm"], backend=backend), detections.chunks(3)
+    )
     gt = load_coco(ann_file(any_root))
     for iou_type, results in (("bbox", detections.bbox), ("segm", detections.segm)):
         expected = pycocotools_stats(gt, results, iou_type, tmp_path)
@@ -134,7 +147,7 @@ def test_matches_pycocotools(any_root, tmp_path, seed):
     assert evaluator.img_ids == sorted(ds.ids)
 
 
-def test_perfect_detections_score_one(synthetic_root):
+def test_perfect_detections_score_one(synthetic_root, backend):
     ds = coco_utils.get_coco(synthetic_root, "val", transforms=None)
     outputs = {}
     for index in range(len(ds)):
@@ -146,16 +159,18 @@ def test_perfect_detections_score_one(synthetic_root):
             "labels": target["labels"],
             "masks": target["masks"][:, None].float(),
         }
-    evaluator = run_evaluator(CocoEvaluator(ds.coco, ["bbox", "segm"]), [outputs])
+    evaluator = run_evaluator(CocoEvaluator(ds.coco, ["bbox", "segm"], backend=backend), [outputs])
     for iou_type in ("bbox", "segm"):
         assert evaluator.coco_eval[iou_type].stats[0] == pytest.approx(1.0)
 
 
-def test_subset_ground_truth_matches_pycocotools_on_those_images(quirky_root, tmp_path):
+def test_subset_ground_truth_matches_pycocotools_on_those_images(quirky_root, tmp_path, backend):
     ds = coco_utils.get_coco(quirky_root, "val", transforms=None)
     subset = Subset(ds, [2, 0])
     detections = Detections(ds, [2, 0], seed=3)
-    evaluator = run_evaluator(CocoEvaluator(coco_utils.get_coco_api_from_dataset(subset), ["bbox", "segm"]), detections.chunks(1))
+    evaluator = run_evaluator(
+        CocoEvaluator(coco_utils.get_coco_api_from_dataset(subset), ["bbox", "segm"], backend=backend), detections.chunks(1)
+    )
     gt = load_coco(ann_file(quirky_root))
     image_ids = sorted([ds.ids[2], ds.ids[0]])
     for iou_type, results in (("bbox", detections.bbox), ("segm", detections.segm)):
@@ -163,11 +178,11 @@ def test_subset_ground_truth_matches_pycocotools_on_those_images(quirky_root, tm
         assert_stats_equal(evaluator.coco_eval[iou_type].stats, expected)
 
 
-def test_only_updated_images_are_scored(any_root, tmp_path):
+def test_only_updated_images_are_scored(any_root, tmp_path, backend):
     """As with the reference: images never passed to update() (another rank's, say) are not counted as misses."""
     ds = coco_utils.get_coco(any_root, "val", transforms=None)
     detections = Detections(ds, [0, 1], seed=6)
-    evaluator = run_evaluator(CocoEvaluator(ds.coco, ["bbox", "segm"]), detections.chunks(1))
+    evaluator = run_evaluator(CocoEvaluator(ds.coco, ["bbox", "segm"], backend=backend), detections.chunks(1))
     assert evaluator.img_ids == sorted(ds.ids[:2])
     gt = load_coco(ann_file(any_root))
     for iou_type, results in (("bbox", detections.bbox), ("segm", detections.segm)):
@@ -176,12 +191,14 @@ def test_only_updated_images_are_scored(any_root, tmp_path):
         assert not np.allclose(expected, pycocotools_stats(gt, results, iou_type, tmp_path))  # all images would score lower
 
 
-def test_plain_pycocotools_ground_truth(any_root, tmp_path):
+def test_plain_pycocotools_ground_truth(any_root, tmp_path, backend):
     ds = coco_utils.get_coco(any_root, "val", transforms=None)
     detections = Detections(ds, list(range(len(ds))), seed=5)
-    from_dataset = run_evaluator(CocoEvaluator(coco_utils.get_coco_api_from_dataset(ds), ["bbox", "segm"]), detections.chunks(4))
+    from_dataset = run_evaluator(
+        CocoEvaluator(coco_utils.get_coco_api_from_dataset(ds), ["bbox", "segm"], backend=backend), detections.chunks(4)
+    )
     plain_gt = load_coco(ann_file(any_root))
-    from_file = run_evaluator(CocoEvaluator(plain_gt, ["bbox", "segm"]), detections.chunks(4))
+    from_file = run_evaluator(CocoEvaluator(plain_gt, ["bbox", "segm"], backend=backend), detections.chunks(4))
     for iou_type, results in (("bbox", detections.bbox), ("segm", detections.segm)):
         assert_stats_equal(from_file.coco_eval[iou_type].stats, from_dataset.coco_eval[iou_type].stats)
         assert_stats_equal(from_file.coco_eval[iou_type].stats, pycocotools_stats(plain_gt, results, iou_type, tmp_path))
@@ -196,10 +213,10 @@ def empty_output(height: int, width: int) -> dict:
     }
 
 
-def test_no_detections_at_all(any_root):
+def test_no_detections_at_all(any_root, backend):
     ds = coco_utils.get_coco(any_root, "val", transforms=None)
     updates = [{img["id"]: empty_output(img["height"], img["width"])} for img in ds.images]
-    evaluator = run_evaluator(CocoEvaluator(ds.coco, ["bbox", "segm"]), updates)
+    evaluator = run_evaluator(CocoEvaluator(ds.coco, ["bbox", "segm"], backend=backend), updates)
     for iou_type in ("bbox", "segm"):
         stats = evaluator.coco_eval[iou_type].stats
         assert len(stats) == 12
@@ -208,29 +225,29 @@ def test_no_detections_at_all(any_root):
         assert stats[0] == 0.0
 
 
-def test_no_update_at_all(quirky_root):
+def test_no_update_at_all(quirky_root, backend):
     ds = coco_utils.get_coco(quirky_root, "val", transforms=None)
-    evaluator = run_evaluator(CocoEvaluator(ds.coco, ["bbox", "segm"]), [])
+    evaluator = run_evaluator(CocoEvaluator(ds.coco, ["bbox", "segm"], backend=backend), [])
     for iou_type in ("bbox", "segm"):
         stats = evaluator.coco_eval[iou_type].stats
         assert len(stats) == 12
         assert set(stats.tolist()) <= {0.0, -1.0}
 
 
-def test_image_updated_twice_counts_once(any_root, tmp_path):
+def test_image_updated_twice_counts_once(any_root, tmp_path, backend):
     ds = coco_utils.get_coco(any_root, "val", transforms=None)
     detections = Detections(ds, list(range(len(ds))), seed=7)
     chunks = detections.chunks(3)
     first_id = next(iter(detections.outputs))
     padded = chunks + [{first_id: detections.outputs[first_id]}]  # the padded sampler's repeat, in a later batch
-    evaluator = run_evaluator(CocoEvaluator(ds.coco, ["bbox", "segm"]), padded)
+    evaluator = run_evaluator(CocoEvaluator(ds.coco, ["bbox", "segm"], backend=backend), padded)
     assert evaluator.img_ids == sorted(ds.ids)
     gt = load_coco(ann_file(any_root))
     for iou_type, results in (("bbox", detections.bbox), ("segm", detections.segm)):
         assert_stats_equal(evaluator.coco_eval[iou_type].stats, pycocotools_stats(gt, results, iou_type, tmp_path))
 
 
-def test_two_ranks_with_a_padded_image_count_it_once(quirky_root, tmp_path, monkeypatch):
+def test_two_ranks_with_a_padded_image_count_it_once(quirky_root, tmp_path, monkeypatch, backend):
     ds = coco_utils.get_coco(quirky_root, "val", transforms=None)
     detections = Detections(ds, list(range(len(ds))), seed=11)
     ids = list(detections.outputs)
@@ -238,7 +255,7 @@ def test_two_ranks_with_a_padded_image_count_it_once(quirky_root, tmp_path, monk
     shards = [[ids[0], ids[3]], [ids[1], ids[0]], [ids[2]]]
     evaluators = []
     for shard in shards:
-        evaluator = CocoEvaluator(ds.coco, ["bbox", "segm"])
+        evaluator = CocoEvaluator(ds.coco, ["bbox", "segm"], backend=backend)
         for image_id in shard:
             evaluator.update({image_id: detections.outputs[image_id]})
         evaluators.append(evaluator)
@@ -250,11 +267,11 @@ def test_two_ranks_with_a_padded_image_count_it_once(quirky_root, tmp_path, monk
         assert_stats_equal(merged.coco_eval[iou_type].stats, pycocotools_stats(gt, results, iou_type, tmp_path))
 
 
-def test_params_edited_before_accumulate_are_respected(any_root, tmp_path):
+def test_params_edited_before_accumulate_are_respected(any_root, tmp_path, backend):
     ds = coco_utils.get_coco(any_root, "val", transforms=None)
     detections = Detections(ds, list(range(len(ds))), seed=2)
     category = sorted(ds.categories)[-1]
-    evaluator = CocoEvaluator(ds.coco, ["bbox", "segm"])
+    evaluator = CocoEvaluator(ds.coco, ["bbox", "segm"], backend=backend)
     for iou_type in ("bbox", "segm"):
         evaluator.coco_eval[iou_type].params.catIds = [category]
     run_evaluator(evaluator, detections.chunks(2))
@@ -267,11 +284,11 @@ def test_params_edited_before_accumulate_are_respected(any_root, tmp_path):
         assert evaluator.coco_eval[iou_type].eval["precision"].shape[2] == 1  # one category
 
 
-def test_accumulate_can_run_again_after_editing_params(quirky_root, tmp_path):
+def test_accumulate_can_run_again_after_editing_params(quirky_root, tmp_path, backend):
     """Re-scoring with other params (or after more updates) must not depend on an earlier accumulate()."""
     ds = coco_utils.get_coco(quirky_root, "val", transforms=None)
     detections = Detections(ds, list(range(len(ds))), seed=4)
-    evaluator = run_evaluator(CocoEvaluator(ds.coco, ["bbox", "segm"]), detections.chunks(2))
+    evaluator = run_evaluator(CocoEvaluator(ds.coco, ["bbox", "segm"], backend=backend), detections.chunks(2))
     gt = load_coco(ann_file(quirky_root))
     for iou_type, results in (("bbox", detections.bbox), ("segm", detections.segm)):
         assert_stats_equal(evaluator.coco_eval[iou_type].stats, pycocotools_stats(gt, results, iou_type, tmp_path))
@@ -313,7 +330,7 @@ def keypoint_ground_truth() -> COCO:
     return coco_utils.coco_from_dict({"images": images, "annotations": annotations, "categories": categories})
 
 
-def test_keypoints(tmp_path):
+def test_keypoints(tmp_path, backend):
     gt = keypoint_ground_truth()
     rng = np.random.default_rng(1)
     outputs, results = {}, []
@@ -326,7 +343,7 @@ def test_keypoints(tmp_path):
         outputs[image_id] = {"keypoints": keypoints, "scores": scores, "labels": torch.ones(len(anns), dtype=torch.int64)}
         for kps, score in zip(keypoints.tolist(), scores.tolist()):
             results.append({"image_id": image_id, "category_id": 1, "keypoints": [v for point in kps for v in point], "score": score})
-    evaluator = run_evaluator(CocoEvaluator(gt, ["keypoints"]), [{10: outputs[10]}, {30: outputs[30]}])
+    evaluator = run_evaluator(CocoEvaluator(gt, ["keypoints"], backend=backend), [{10: outputs[10]}, {30: outputs[30]}])
     stats = evaluator.coco_eval["keypoints"].stats
     assert len(stats) == 10
     assert 0.3 < stats[0] <= 1.0
@@ -338,23 +355,284 @@ def test_unknown_iou_type_raises(quirky_root):
     with pytest.raises(ValueError, match="masks"):
         CocoEvaluator(gt, ["bbox", "masks"])
     with pytest.raises(ValueError, match="proposal"):
-        coco_eval.prepare_results(1, {"scores": torch.ones(1), "labels": torch.ones(1, dtype=torch.int64)}, "proposal")
+        coco_eval.compact_result({"scores": torch.ones(1), "labels": torch.ones(1, dtype=torch.int64)}, ["proposal"])
 
 
-def test_encode_masks_thresholds_probabilities():
+def test_segm_without_masks_says_what_it_needs():
+    prediction = {"boxes": torch.zeros(1, 4), "scores": torch.ones(1), "labels": torch.ones(1, dtype=torch.int64)}
+    with pytest.raises(ValueError, match="raw_masks"):
+        coco_eval.compact_result(prediction, ["segm"])
+
+
+def test_results_convert_boxes_to_xywh_and_keep_float32_scores():
+    prediction = {"boxes": torch.tensor([[1.0, 2.0, 4.5, 8.0]]), "scores": torch.tensor([0.1]), "labels": torch.tensor([44])}
+    result = coco_eval.compact_result(prediction, ["bbox"])
+    # the reference's numbers: the float32 score and box, as Python floats
+    assert coco_eval.coco_results(9, result, "bbox") == [
+        {"image_id": 9, "category_id": 44, "score": torch.tensor(0.1).item(), "bbox": [1.0, 2.0, 3.5, 6.0]}
+    ]
+
+
+def test_detections_for_images_outside_the_ground_truth_are_refused(quirky_root, backend):
+    evaluator = CocoEvaluator(load_coco(ann_file(quirky_root)), ["bbox"], backend=backend)
+    evaluator.update({123456789: {"boxes": torch.zeros(1, 4), "scores": torch.ones(1), "labels": torch.ones(1, dtype=torch.int64)}})
+    with pytest.raises(ValueError, match="123456789"):
+        evaluator.accumulate()
+
+
+def test_accumulate_leaves_the_garbage_collector_as_it_was(quirky_root):
+    import gc
+
+    ds = coco_utils.get_coco(quirky_root, "val", transforms=None)
+    detections = Detections(ds, list(range(len(ds))), seed=1)
+    assert gc.isenabled()
+    run_evaluator(CocoEvaluator(ds.coco, ["segm"]), detections.chunks(2))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        run_evaluator(CocoEvaluator(ds.coco, ["segm"]), detections.chunks(2))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_missing_faster_coco_eval_is_a_usage_error(monkeypatch, quirky_root):
+    monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # import fails, as when not installed
+    with pytest.raises(utils.UsageError, match="pip install faster-coco-eval, or pass --eval-backend pycocotools"):
+        CocoEvaluator(load_coco(ann_file(quirky_root)), ["bbox"], backend="faster_coco_eval")
+    CocoEvaluator(load_coco(ann_file(quirky_root)), ["bbox"], backend="pycocotools")  # still works
+
+
+def test_train_stops_at_once_when_the_backend_is_missing(monkeypatch, capsys, tmp_path):
+    import train
+
+    monkeypatch.setitem(sys.modules, "faster_coco_eval", None)
+    assert train.cli(["--data-path", str(tmp_path), "--device", "cpu", "--eval-backend", "faster_coco_eval"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: --eval-backend faster_coco_eval:")
+
+
+# ----------------------------------------------------------------------------- masks to RLE
+
+
+def pycocotools_rles(binary: np.ndarray) -> list[bytes]:
+    """The reference's encoding: one (H, W) mask at a time, in Fortran order."""
+    return [mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"] for mask in binary]
+
+
+def tricky_binary_masks(height: int, width: int, seed: int) -> np.ndarray:
+    """Masks whose runs cross columns, touch every border, fill whole columns, or are empty."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((12, height, width), dtype=bool)
+    masks[1] = True  # everything
+    masks[2, :, 3:5] = True  # full-height columns: one run across the column boundary
+    masks[3, 0, 0] = masks[3, -1, -1] = True  # single pixels in opposite corners
+    masks[4, -2:, :] = True  # bottom rows: a run per column
+    masks[5, :, -1] = True  # last column only
+    masks[6, 5:9, 2:7] = True
+    masks[7] = rng.random((height, width)) < 0.5  # noise: many short runs
+    masks[8, 0, :] = True  # top row
+    masks[9, :, 0] = True
+    masks[9, height // 2, width // 2] = True
+    masks[10] = rng.random((height, width)) < 0.02
+    masks[11, 2:, width // 2] = True  # from row 2 to the bottom of one column, the next one empty
+    return masks
+
+
+@pytest.mark.parametrize("size", [(11, 9), (1, 5), (7, 1), (40, 64)])
+def test_encode_masks_matches_pycocotools_byte_for_byte(size):
+    height, width = size
+    binary = tricky_binary_masks(height, width, seed=height * width)
+    probabilities = np.where(binary, 0.75, 0.25).astype(np.float32)
+    assert coco_eval.encode_masks(torch.from_numpy(probabilities)[:, None]) == pycocotools_rles(binary)
+
+
+def test_encode_masks_thresholds_above_the_threshold():
     probs = torch.tensor([[[[0.2, 0.51], [0.5, 0.9]]], [[[0.0, 0.0], [0.0, 0.0]]]])
     rles = coco_eval.encode_masks(probs)
-    assert len(rles) == 2
-    np.testing.assert_array_equal(mask_utils.decode(rles[0]), np.array([[0, 1], [0, 1]], dtype=np.uint8))
-    assert mask_utils.decode(rles[1]).sum() == 0
+    decoded = [mask_utils.decode({"size": [2, 2], "counts": counts}) for counts in rles]
+    np.testing.assert_array_equal(decoded[0], np.array([[0, 1], [0, 1]], dtype=np.uint8))
+    assert decoded[1].sum() == 0
     assert coco_eval.encode_masks(torch.zeros(0, 1, 2, 2)) == []
 
 
-def test_prepare_results_converts_boxes_to_xywh():
-    prediction = {"boxes": torch.tensor([[1.0, 2.0, 4.5, 8.0]]), "scores": torch.tensor([0.75]), "labels": torch.tensor([44])}
-    assert coco_eval.prepare_results(9, prediction, "bbox") == [
-        {"image_id": 9, "category_id": 44, "score": 0.75, "bbox": [1.0, 2.0, 3.5, 6.0]}
-    ]
+def model_like_masks(count: int, height: int, width: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """28x28 mask probabilities like a trained model's (high inside an ellipse, soft edges) and boxes
+    clipped to the image as the model clips them: any size, on every border, as tall as the image."""
+    rng = np.random.default_rng(seed)
+    sides = np.exp(rng.uniform(np.log(1), np.log(1.2 * max(height, width)), size=(count, 2)))
+    centres = rng.uniform(0, 1, size=(count, 2)) * [width, height]
+    boxes = np.concatenate([centres - sides / 2, centres + sides / 2], axis=1)
+    boxes[: count // 8] = [0, 0, width, height]  # whole image (expanded past every border)
+    boxes[count // 8 : count // 4, 1::2] = [0, height]  # as tall as the image
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    yy, xx = np.meshgrid(np.linspace(-1, 1, 28), np.linspace(-1, 1, 28), indexing="ij")
+    centre = rng.uniform(-0.3, 0.3, size=(count, 2, 1, 1))
+    radius = rng.uniform(0.3, 0.9, size=(count, 2, 1, 1))
+    distance = ((xx - centre[:, 0]) / radius[:, 0]) ** 2 + ((yy - centre[:, 1]) / radius[:, 1]) ** 2
+    logits = (1 - distance) * rng.uniform(2, 10, size=(count, 1, 1))
+    masks = torch.from_numpy(1 / (1 + np.exp(-logits))).float()[:, None]
+    return masks, torch.from_numpy(boxes).float()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("image_size", [(96, 128), (120, 72)])
+def test_pasted_masks_match_torchvision_paste_then_pycocotools(seed, image_size):
+    height, width = image_size
+    masks, boxes = model_like_masks(60, height, width, seed)
+    if seed == 2:
+        masks = torch.rand(masks.shape, generator=torch.Generator().manual_seed(seed))  # noise: edges everywhere
+    full = paste_masks_in_image(masks, boxes, image_size)[:, 0]
+    reference = pycocotools_rles((full > 0.5).numpy())
+    ours = coco_eval.paste_masks_to_rles(masks, boxes, image_size)
+    assert len(ours) == len(reference) == 60
+    assert_only_rounding_differs(ours, full)
+    assert sum(a == b for a, b in zip(ours, reference)) >= 59
+
+
+def assert_only_rounding_differs(ours: list[bytes], full: torch.Tensor) -> None:
+    """Our masks against torchvision's pasted probabilities thresholded: any pixel that differs lies
+    within float rounding of 0.5 (a wrong change would flip whole runs of pixels far from it)."""
+    height, width = full.shape[-2:]
+    for counts, probabilities in zip(ours, full.numpy()):
+        differ = mask_utils.decode({"size": [height, width], "counts": counts}).astype(bool) != (probabilities > 0.5)
+        assert not differ.any() or np.abs(probabilities[differ] - 0.5).max() < 1e-6
+
+
+@pytest.mark.parametrize("kind", ["all on the threshold", "stripes of 0 and 1", "saturated noise"])
+def test_masks_on_the_threshold_differ_by_rounding_at_most(kind):
+    """Probabilities of exactly 0.5, or pasted to exactly 0.5 between 0 and 1 (as an untrained or a
+    saturated model gives them): no change of value can be inferred there, every pixel is computed."""
+    _, boxes = model_like_masks(40, 60, 80, seed=4)
+    if kind == "all on the threshold":
+        masks = torch.full((40, 1, 28, 28), 0.5)
+    elif kind == "stripes of 0 and 1":
+        masks = (torch.arange(28) % 2).float().expand(40, 1, 28, 28).contiguous()
+    else:
+        masks = (torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(4)) > 0.5).float()
+    full = paste_masks_in_image(masks, boxes, (60, 80))[:, 0]
+    assert_only_rounding_differs(coco_eval.paste_masks_to_rles(masks, boxes, (60, 80)), full)
+
+
+def test_paste_handles_no_masks_and_boxes_of_no_width():
+    assert coco_eval.paste_masks_to_rles(torch.zeros(0, 1, 28, 28), torch.zeros(0, 4), (10, 12)) == []
+    masks = torch.ones(2, 1, 28, 28)
+    boxes = torch.tensor([[3.0, 4.0, 3.0, 4.0], [12.0, 0.0, 12.0, 10.0]])  # a point; a line on the right border
+    expected = pycocotools_rles((paste_masks_in_image(masks, boxes, (10, 12))[:, 0] > 0.5).numpy())
+    assert coco_eval.paste_masks_to_rles(masks, boxes, (10, 12)) == expected
+    on_the_edge_only = boxes[1:].repeat(2, 1)  # no box covers any pixel
+    empty = pycocotools_rles(np.zeros((2, 10, 12), dtype=bool))
+    assert coco_eval.paste_masks_to_rles(masks, on_the_edge_only, (10, 12)) == empty
+
+
+def test_size_groups_cover_every_crop_once_with_bounded_padding():
+    rng = np.random.default_rng(0)
+    widths, heights = rng.integers(0, 300, 100).tolist(), rng.integers(0, 300, 100).tolist()
+    groups = coco_eval._size_groups(widths, heights, waste=2.0, slack=1000)
+    assert sorted(i for g in groups for i in g) == list(range(100))
+    for group in groups[:-1]:
+        padded = len(group) * max(widths[i] for i in group) * (max(heights[i] for i in group) + 1)
+        assert len(group) == 1 or padded <= 2.0 * sum(widths[i] * (heights[i] + 1) for i in group) + 1000
+
+
+def raw_mask_outputs(dataset: coco_utils.CocoDetection, seed: int) -> dict[int, dict]:
+    """Unpasted Mask R-CNN-like outputs: for each ground-truth instance a jittered box and its mask
+    resized to 28x28 with soft edges, plus false positives from model_like_masks."""
+    rng = np.random.default_rng(seed)
+    outputs = {}
+    for index in range(len(dataset)):
+        info = dataset.images[index]
+        height, width = info["height"], info["width"]
+        _, target = dataset[index]
+        gt_boxes = target["boxes"].as_subclass(torch.Tensor)
+        masks, boxes = model_like_masks(len(gt_boxes) + 5, height, width, seed=seed * 1000 + index)
+        for i, (box, gt_mask) in enumerate(zip(gt_boxes.tolist(), target["masks"])):
+            x0, y0, x1, y1 = int(box[0]), int(box[1]), max(int(box[2]), int(box[0]) + 1), max(int(box[3]), int(box[1]) + 1)
+            crop = gt_mask[y0:y1, x0:x1].float()[None, None]
+            soft = torch.nn.functional.avg_pool2d(torch.nn.functional.interpolate(crop, size=(28, 28), mode="bilinear"), 3, 1, 1)
+            masks[i] = 0.02 + 0.96 * soft[0] + torch.from_numpy(rng.uniform(-0.01, 0.01, (1, 28, 28))).float()
+        jittered = (gt_boxes + torch.from_numpy(rng.normal(0, 1.0, size=gt_boxes.shape)).float()).clamp(min=0)
+        jittered = jittered.minimum(torch.tensor([width, height, width, height], dtype=torch.float32))
+        boxes[: len(gt_boxes)] = torch.cat([jittered[:, :2].minimum(jittered[:, 2:]), jittered[:, :2].maximum(jittered[:, 2:])], dim=1)
+        labels = torch.cat([target["labels"], torch.from_numpy(rng.choice(sorted(dataset.categories), 5))])
+        scores = torch.from_numpy(rng.uniform(0.05, 1, len(labels))).float()
+        outputs[info["id"]] = {"boxes": boxes, "scores": scores, "labels": labels, "raw_masks": masks, "image_size": (height, width)}
+    return outputs
+
+
+def test_raw_masks_score_as_the_models_own_pasting(any_root, backend, tmp_path):
+    """The whole mask path: raw 28x28 masks pasted here give the same 12 numbers as the model's pasted
+    masks through pycocotools by hand."""
+    ds = coco_utils.get_coco(any_root, "val", transforms=None)
+    raw = raw_mask_outputs(ds, seed=3)
+    pasted = {}
+    results = []
+    for image_id, output in raw.items():
+        full = paste_masks_in_image(output["raw_masks"], output["boxes"], output["image_size"])
+        pasted[image_id] = {k: v for k, v in output.items() if k not in ("raw_masks", "image_size")} | {"masks": full}
+        for rle, label, score in zip(pycocotools_rles((full[:, 0] > 0.5).numpy()), output["labels"].tolist(), output["scores"].tolist()):
+            segmentation = {"size": list(output["image_size"]), "counts": rle.decode("ascii")}
+            results.append({"image_id": image_id, "category_id": label, "segmentation": segmentation, "score": score})
+    from_raw = run_evaluator(CocoEvaluator(ds.coco, ["segm"], backend=backend), [raw])
+    from_pasted = run_evaluator(CocoEvaluator(ds.coco, ["segm"], backend=backend), [pasted])
+    expected = pycocotools_stats(load_coco(ann_file(any_root)), results, "segm", tmp_path)
+    assert 0 < expected[0] < 1
+    assert_stats_equal(from_raw.coco_eval["segm"].stats, expected)
+    assert_stats_equal(from_pasted.coco_eval["segm"].stats, expected)
+
+
+def test_backends_agree_on_tied_scores(any_root):
+    """Ties across images and within an image: both backends break them the same way."""
+    ds = coco_utils.get_coco(any_root, "val", transforms=None)
+    outputs = raw_mask_outputs(ds, seed=8)
+    rng = np.random.default_rng(8)
+    for output in outputs.values():
+        output["scores"] = torch.from_numpy(rng.choice([0.3, 0.6, 0.9], len(output["scores"]))).float()
+    stats = {}
+    for backend in coco_eval.BACKENDS:
+        evaluator = run_evaluator(CocoEvaluator(ds.coco, ["bbox", "segm"], backend=backend), [outputs])
+        stats[backend] = {t: e.stats for t, e in evaluator.coco_eval.items()}
+    for iou_type in ("bbox", "segm"):
+        assert_stats_equal(stats["faster_coco_eval"][iou_type], stats["pycocotools"][iou_type])
+
+
+# ----------------------------------------------------------------------------- the model's masks left unpasted
+
+
+def tiny_mask_rcnn() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(
+        "maskrcnn_resnet50_fpn", weights=None, weights_backbone=None, num_classes=3, min_size=64, max_size=96, box_score_thresh=0.0
+    )
+    return model.eval()
+
+
+@pytest.mark.slow
+def test_unpasted_masks_keeps_the_models_masks_small_and_restores_it():
+    model = tiny_mask_rcnn()
+    images = [torch.rand(3, 70, 90), torch.rand(3, 50, 64)]
+    with torch.inference_mode():
+        pasted = model(images)
+        with coco_eval.unpasted_masks(model):
+            raw = model(images)
+        again = model(images)
+    assert "postprocess" not in vars(model.transform)
+    for full, small, image, after in zip(pasted, raw, images, again):
+        assert len(small["boxes"]) > 0
+        assert small["raw_masks"].shape == (len(small["boxes"]), 1, 28, 28) and "masks" not in small
+        assert small["image_size"] == tuple(image.shape[-2:])
+        torch.testing.assert_close(small["boxes"], full["boxes"], rtol=0, atol=0)
+        torch.testing.assert_close(paste_masks_in_image(small["raw_masks"], small["boxes"], small["image_size"]), full["masks"])
+        assert after["masks"].shape[-2:] == image.shape[-2:]
+
+
+def test_unpasted_masks_restores_the_model_after_an_exception():
+    model = tiny_mask_rcnn()
+    with pytest.raises(RuntimeError, match="boom"), coco_eval.unpasted_masks(model):
+        assert "postprocess" in vars(model.transform)
+        raise RuntimeError("boom")
+    assert "postprocess" not in vars(model.transform)
 
 
 def _evaluate_shard(rank: int, world_size: int, init_file: str, root: str, out_dir: str) -> None:

@@ -1,13 +1,17 @@
 """engine.py: the loss falls under train_one_epoch, warm-up follows the reference, a NaN stops the run,
-a stop signal ends the epoch after a whole step, gradients clip, evaluate() scores every image."""
+a stop signal ends the epoch after a whole step, gradients clip, evaluate() encodes the model's masks as its own
+pasting does and scores every image with either backend."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torchvision
+from pycocotools import mask as mask_utils
 
 import utils
+from coco_eval import CocoEvaluator
 from coco_utils import get_coco
 from engine import LinearWarmup, NonFiniteLossError, TrainingStopped, evaluate, images_to_device, iou_types_of, train_one_epoch
 from transforms import get_transform
@@ -156,15 +160,45 @@ def test_clip_grad_norm_bounds_each_step():
 
 
 @pytest.mark.slow
-def test_evaluate_scores_every_image_with_bbox_and_segm(synthetic_root):
+def test_evaluate_pastes_masks_as_the_model_does_and_backends_agree(synthetic_root):
+    """evaluate() keeps the model's masks unpasted and encodes them box by box: the RLEs are the
+    model's own pasted masks thresholded (pycocotools' encoding), and both backends give the same numbers."""
     dataset = get_coco(synthetic_root, "val", get_transform(train=False))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=utils.collate_fn)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=utils.collate_fn)  # as the one-image forward below
     model = _model(dataset.num_classes)
+    with torch.no_grad():  # spread the untrained mask logits, so that probabilities are not all near 0.5
+        model.roi_heads.mask_predictor.mask_fcn_logits.weight.mul_(30)
     evaluator = evaluate(model, loader, torch.device("cpu"))
+    assert evaluator.backend == "faster_coco_eval"
     assert evaluator.img_ids == sorted(dataset.ids)
     assert set(evaluator.coco_eval) == {"bbox", "segm"}
-    for coco_eval in evaluator.coco_eval.values():
-        assert len(coco_eval.stats) == 12
+    # the same results scored by pycocotools
+    by_pycocotools = CocoEvaluator(evaluator.coco_gt, ["bbox", "segm"], backend="pycocotools")
+    by_pycocotools.results = dict(evaluator.results)
+    by_pycocotools.accumulate()
+    by_pycocotools.summarize()
+    for iou_type in ("bbox", "segm"):
+        assert len(evaluator.coco_eval[iou_type].stats) == 12
+        np.testing.assert_allclose(evaluator.coco_eval[iou_type].stats, by_pycocotools.coco_eval[iou_type].stats, rtol=0, atol=1e-12)
+
+    results = evaluator.results
+    compared = 0
+    with torch.inference_mode():
+        for index in range(len(dataset)):
+            image, target = dataset[index]
+            (output,) = model(images_to_device([image], torch.device("cpu")))  # the model's own pasting
+            result = results[target["image_id"]]
+            np.testing.assert_array_equal(result["scores"], output["scores"].numpy())
+            height, width = image.shape[-2:]
+            assert tuple(result["mask_size"]) == (height, width)
+            for counts, probabilities in zip(result["rles"], output["masks"][:, 0].numpy()):
+                expected = mask_utils.encode(np.asfortranarray((probabilities > 0.5).astype(np.uint8)))["counts"]
+                if counts != expected:  # only where float rounding puts a pixel on the other side of 0.5
+                    ours = mask_utils.decode({"size": [height, width], "counts": counts})
+                    differ = ours != mask_utils.decode({"size": [height, width], "counts": expected})
+                    assert np.abs(probabilities[differ] - 0.5).max() < 1e-6
+                compared += 1
+    assert compared > 50
 
 
 def test_iou_types_follow_the_model_class():

@@ -32,7 +32,8 @@ def _run(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.
 
 
 def _ap_table(output: str) -> list[str]:
-    return [m.group(0) for m in AP_LINE.finditer(output)]
+    """The 12 standard lines per IoU type (faster-coco-eval adds recall at IoU 0.50 and 0.75)."""
+    return [m.group(0) for m in AP_LINE.finditer(output) if m.group(2) == "AP" or m.group(3) == "0.50:0.95"]
 
 
 def _args(*extra: str):

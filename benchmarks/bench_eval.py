@@ -1,0 +1,211 @@
+"""Benchmark: COCO evaluation, the torchvision reference's CocoEvaluator against ours.
+
+The baseline is the reference's path, written out below (ReferenceEvaluator): per update, a results
+dict per detection (each mask thresholded and RLE-encoded on its own), pycocotools' loadRes and
+evaluate() for those images; at the end the per-image evaluations merged, accumulated, summarized.
+For the whole way from raw outputs, torchvision's paste_masks_in_image comes first.
+
+Cases (the same inputs for both, image by image, in this process):
+- bbox, reference inputs: boxes, scores, labels per image.
+- segm, reference inputs: the full-size mask probabilities the reference gets from the model.
+- whole way: Mask R-CNN's raw outputs (28x28 masks, boxes) to the 12 bbox and 12 segm numbers:
+  baseline = paste_masks_in_image + reference bbox + reference segm; ours = CocoEvaluator with the
+  raw masks (pasted and encoded box by box), with each backend.
+Every case checks that ours gives the baseline's 12 numbers exactly.
+
+    python benchmarks/bench_eval.py                                   # 100 images x 100 detections
+    python benchmarks/bench_eval.py --images 1000 --detections 100    # the issue's size
+"""
+
+import argparse
+import contextlib
+import copy
+import io
+import sys
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import detections  # noqa: E402
+import report  # noqa: E402
+
+import coco_eval  # noqa: E402
+
+# pycocotools' encoder reads torch tensors through numpy's deprecated __array__ path: not ours to fix
+warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy keyword")
+
+
+class ReferenceEvaluator:
+    """The torchvision reference's CocoEvaluator (references/detection/evaluation.py), one process."""
+
+    def __init__(self, coco_gt: COCO, iou_types: list[str]):
+        self.coco_gt = coco_gt
+        self.coco_eval = {t: COCOeval(coco_gt, iouType=t) for t in iou_types}
+        self.img_ids: list[int] = []
+        self.eval_imgs: dict[str, list[np.ndarray]] = {t: [] for t in iou_types}
+
+    @staticmethod
+    def _results(predictions: dict, iou_type: str) -> list[dict]:
+        results = []
+        for image_id, prediction in predictions.items():
+            scores, labels = prediction["scores"].tolist(), prediction["labels"].tolist()
+            if iou_type == "bbox":
+                x0, y0, x1, y1 = prediction["boxes"].unbind(1)
+                values = [{"bbox": box} for box in torch.stack([x0, y0, x1 - x0, y1 - y0], dim=1).tolist()]
+            else:
+                binary = prediction["masks"] > 0.5
+                rles = [mask_utils.encode(np.array(mask[0, :, :, np.newaxis], dtype=np.uint8, order="F"))[0] for mask in binary]
+                for rle in rles:
+                    rle["counts"] = rle["counts"].decode("utf-8")
+                values = [{"segmentation": rle} for rle in rles]
+            results += [{"image_id": image_id, "category_id": c, "score": s, **v} for c, s, v in zip(labels, scores, values)]
+        return results
+
+    def update(self, predictions: dict) -> None:
+        img_ids = list(np.unique(list(predictions.keys())))
+        self.img_ids.extend(img_ids)
+        for iou_type, evaluation in self.coco_eval.items():
+            results = self._results(predictions, iou_type)
+            with contextlib.redirect_stdout(io.StringIO()):
+                evaluation.cocoDt = self.coco_gt.loadRes(results) if results else COCO()
+                evaluation.params.imgIds = list(img_ids)
+                evaluation.evaluate()
+            shape = (-1, len(evaluation.params.areaRng), len(evaluation.params.imgIds))
+            self.eval_imgs[iou_type].append(np.asarray(evaluation.evalImgs).reshape(shape))
+
+    def synchronize_between_processes(self) -> None:
+        """One process: merge the per-update evaluations, each image once, by image id."""
+        for iou_type, evaluation in self.coco_eval.items():
+            img_ids, first = np.unique(self.img_ids, return_index=True)
+            evaluation.evalImgs = list(np.concatenate(self.eval_imgs[iou_type], axis=2)[..., first].flatten())
+            evaluation.params.imgIds = list(img_ids)
+            evaluation._paramsEval = copy.deepcopy(evaluation.params)
+
+    def accumulate(self) -> None:
+        for evaluation in self.coco_eval.values():
+            with contextlib.redirect_stdout(io.StringIO()):
+                evaluation.accumulate()
+
+    def summarize(self) -> None:
+        for evaluation in self.coco_eval.values():
+            evaluation.summarize()
+
+
+def _reference_paste(output: dict) -> torch.Tensor:
+    """The reference model pastes on its device; its evaluator gets the full-size masks on the CPU."""
+    return paste_masks_in_image(output["raw_masks"], output["boxes"], output["image_size"]).cpu()
+
+
+def _finish(evaluator) -> dict[str, np.ndarray]:
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.synchronize_between_processes()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {t: np.array(e.stats) for t, e in evaluator.coco_eval.items()}
+
+
+def _quiet_index(data: dict) -> COCO:
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=100, help="images evaluated")
+    parser.add_argument("--detections", type=int, default=100, help="detections per image")
+    parser.add_argument("--device", default="cpu", help="where the model's outputs are (cpu or cuda): pasting happens there")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help=report.THREADS_HELP)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(f"Machine: {report.machine(device)}")
+
+    data, instances = detections.ground_truth(args.images, seed=args.seed)
+    outputs = detections.raw_detections(data, instances, per_image=args.detections, seed=args.seed)
+    gt = _quiet_index(data)
+    print(f"{args.images} images, {len(data['annotations'])} ground-truth instances, {args.detections} detections per image")
+
+    evaluators = {
+        "reference bbox": ReferenceEvaluator(gt, ["bbox"]),
+        "reference segm": ReferenceEvaluator(gt, ["segm"]),
+        "ours bbox": coco_eval.CocoEvaluator(gt, ["bbox"]),
+        "ours segm": coco_eval.CocoEvaluator(gt, ["segm"]),
+        "ours whole way": coco_eval.CocoEvaluator(gt, ["bbox", "segm"]),
+        "ours whole way, pycocotools": coco_eval.CocoEvaluator(gt, ["bbox", "segm"], backend="pycocotools"),
+    }
+    seconds: dict[str, float] = defaultdict(float)
+
+    def timed(name: str, work, *arguments):
+        start = time.perf_counter()
+        result = work(*arguments)
+        seconds[name] += time.perf_counter() - start
+        return result
+
+    for image_id, output in outputs.items():
+        raw = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in output.items()}
+        full = timed("paste", _reference_paste, raw)
+        reference_input = {image_id: {"boxes": output["boxes"], "scores": output["scores"], "labels": output["labels"], "masks": full}}
+        for name in ("reference bbox", "reference segm", "ours bbox", "ours segm"):
+            timed(name, evaluators[name].update, reference_input)
+        for name in ("ours whole way", "ours whole way, pycocotools"):
+            timed(name, evaluators[name].update, {image_id: raw})
+    stats = {name: timed(name, _finish, evaluator) for name, evaluator in evaluators.items()}
+
+    rows = [
+        ("bbox, reference inputs", seconds["reference bbox"], seconds["ours bbox"], 5),
+        ("segm, reference inputs (full-size mask probabilities)", seconds["reference segm"], seconds["ours segm"], 1),
+        (
+            "whole way: raw outputs to 12 bbox + 12 segm numbers",
+            seconds["paste"] + seconds["reference bbox"] + seconds["reference segm"],
+            seconds["ours whole way"],
+            10,
+        ),
+        (
+            "whole way, ours with --eval-backend pycocotools",
+            seconds["paste"] + seconds["reference bbox"] + seconds["reference segm"],
+            seconds["ours whole way, pycocotools"],
+            None,
+        ),
+    ]
+    print(f"\nTotal seconds for {args.images} images x {args.detections} detections (ratio: baseline / ours):\n")
+    print(report.table(rows, unit="s"))
+    print(f"\n(torchvision's paste_masks_in_image alone: {seconds['paste']:.3g} s)")
+
+    reference = {"bbox": stats["reference bbox"]["bbox"], "segm": stats["reference segm"]["segm"]}
+    checks = [
+        ("bbox, reference inputs", stats["ours bbox"]["bbox"], reference["bbox"]),
+        ("segm, reference inputs", stats["ours segm"]["segm"], reference["segm"]),
+        ("whole way bbox", stats["ours whole way"]["bbox"], reference["bbox"]),
+        ("whole way segm", stats["ours whole way"]["segm"], reference["segm"]),
+        ("pycocotools backend bbox", stats["ours whole way, pycocotools"]["bbox"], reference["bbox"]),
+        ("pycocotools backend segm", stats["ours whole way, pycocotools"]["segm"], reference["segm"]),
+    ]
+    print("\nThe 12 numbers, ours against the baseline's:")
+    for case, ours, expected in checks:
+        difference = np.abs(ours - expected).max()
+        if difference == 0:
+            verdict = "identical"
+        elif difference <= 1e-12:  # the tests' tolerance: the last bits of a mean of precisions
+            verdict = f"equal to 1e-12 (largest difference {difference:.1g})"
+        else:
+            verdict = f"DIFFER by up to {difference:.3g}"
+        print(f"- {case}: {verdict}")
+    print(f"- segm AP (baseline): {reference['segm'][0]:.6f}, bbox AP: {reference['bbox'][0]:.6f}")
+
+
+if __name__ == "__main__":
+    main()
