@@ -101,6 +101,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="extra keyword arguments for the model builder, e.g. box_batch_size_per_image=128",
     )
     parser.add_argument("--seed", default=None, type=int, help="seed python, numpy and torch (each rank adds its rank)")
+    parser.add_argument(
+        "--skip-bad-images", action="store_true", help="log and skip missing or unreadable training images instead of stopping"
+    )
     return parser
 
 
@@ -379,7 +382,11 @@ def main(args: argparse.Namespace) -> None:
     # Evaluation reads its ground truth from the annotation file: its targets need no masks. Nor do box-only models' (vision #7489).
     dataset_test = get_coco(args.data_path, "val", get_transform(train=False), with_masks=False)
     train_transform = get_transform(True, args.data_augmentation)
-    dataset_train = None if args.test_only else get_coco(args.data_path, "train", train_transform, with_masks="maskrcnn" in args.model)
+    dataset_train = (
+        None
+        if args.test_only
+        else get_coco(args.data_path, "train", train_transform, with_masks="maskrcnn" in args.model, skip_bad_images=args.skip_bad_images)
+    )
     train_sampler, data_loader, data_loader_test = build_data_loaders(args, dataset_train, dataset_test, device)
     num_classes = (dataset_train or dataset_test).num_classes
 
