@@ -694,3 +694,32 @@ def test_skip_bad_images_with_no_readable_image_left(quirky_copy):
     ds = coco_utils.get_coco(quirky_copy, "train", transforms=None, skip_bad_images=True)
     with pytest.raises(coco_utils.DataError, match="none of the 3 images"):
         ds[0]
+
+
+@pytest.mark.parametrize(
+    "texts, packed",
+    [
+        ([b"[[1.5, 2,3.25,4,5,6]]", b"[]", b"[[0,0,10,0,10,10],[-1.0, 2.5,3,4,5,6]]"], True),
+        ([b"[[1,2,3,4,5,6]]", b'{"size":[2,3],"counts":"0c1"}', b"[[1e-05,2,3,4,5,6]]"], False),
+        ([], True),
+    ],
+    ids=["polygons", "rle and exponents", "none"],
+)
+def test_packed_texts_round_trip(texts, packed):
+    store = coco_utils.PackedTexts(texts)
+    assert store.packed is packed
+    assert len(store) == len(texts)
+    assert [t.rstrip(b" ") for t in store[0 : len(texts)]] == texts
+    assert [t.rstrip(b" ") for t in store[1:2]] == texts[1:2]
+    assert store.first_bytes() == bytes(t[0] for t in texts)
+
+
+def test_polygon_only_dataset_is_packed_and_draws_the_same_masks(quirky_copy, edit_annotations):
+    """Without RLE, segmentations are held two characters a byte; the masks must not change."""
+    edit_annotations(quirky_copy, "val", lambda d: d.update(annotations=[a for a in d["annotations"] if is_polygon(a)]))
+    ds = coco_utils.get_coco(quirky_copy, "val", transforms=None)
+    assert ds._segmentations.packed
+    coco = pycoco(quirky_copy, "val")
+    for index in range(len(ds)):
+        _, target = ds[index]
+        np.testing.assert_array_equal(target["masks"].numpy(), expected_target(coco, ds.ids[index])[2])
