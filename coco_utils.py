@@ -1,7 +1,7 @@
 """The COCO dataset wrapper: annotation files to (image, target) pairs, and the ground truth for evaluation.
 
 Targets follow torchvision's detection models: boxes in xyxy pixels, labels (the dataset's
-category ids, so num_classes = largest id + 1, as in the reference), instance masks, image_id.
+category ids, so num_classes = largest id + 1, as in the reference), boolean instance masks, image_id.
 Crowd regions and degenerate boxes are kept out of targets; the evaluator still sees crowd
 regions through the ground truth, which is read from the annotation file, never rebuilt by
 running the dataset (vision #1888).
@@ -92,18 +92,50 @@ def segmentation_to_rle(segmentation: list | dict, height: int, width: int) -> d
     return segmentation
 
 
+def rle_counts(counts: str | bytes) -> np.ndarray:
+    """The run lengths in a compressed COCO RLE string, decoded as pycocotools does (rleFrString), but vectorised.
+
+    Each run is a signed number in 5-bit chunks (0x20 marks "more", 0x10 the sign of the last), offset by 48;
+    from the fourth run on, it is stored as the difference to the run two before.
+    """
+    chars = np.frombuffer(counts.encode() if isinstance(counts, str) else counts, dtype=np.uint8).astype(np.int64) - 48
+    last = np.flatnonzero((chars & 0x20) == 0)  # each run's final chunk
+    first = np.concatenate([[0], last[:-1] + 1]).astype(np.int64)
+    chunks = last - first + 1
+    position = np.arange(len(chars)) - np.repeat(first, chunks)
+    runs = np.add.reduceat((chars & 0x1F) << (5 * position), first) if len(last) else np.zeros(0, dtype=np.int64)
+    negative = (chars[last] & 0x10) != 0
+    runs[negative] -= np.left_shift(1, 5 * chunks[negative])
+    runs[1::2] = np.cumsum(runs[1::2])
+    runs[2::2] = np.cumsum(runs[2::2])
+    return runs
+
+
+def _fill_runs(flat: np.ndarray, runs: np.ndarray) -> None:
+    """Set to 1 the odd runs (zeros come first) of a zeroed column-major mask."""
+    if int(runs.sum()) != len(flat):
+        raise ValueError(f"its RLE runs cover {int(runs.sum())} pixels, not the image's {len(flat)}")
+    ones = runs[1::2]
+    total = int(ones.sum())
+    if total > len(flat) // 8:  # a large object: one pass over the whole mask is cheaper than indexing
+        flat[:] = np.repeat(np.arange(len(runs), dtype=np.uint8) & 1, runs)
+        return
+    starts = (np.cumsum(runs) - runs)[1::2]
+    flat[np.arange(total) + np.repeat(starts - (np.cumsum(ones) - ones), ones)] = 1
+
+
 def decode_masks(segmentations: list, height: int, width: int) -> np.ndarray:
     """Decode COCO segmentations into an (N, H, W) uint8 array; missing ones are all zero.
 
-    pycocotools decodes column-major, so each mask is stored transposed and the (N, H, W) result
-    is a strided view: a plain copy per mask instead of a transposing one (half the time of a
-    contiguous result at 640x480).
+    Hand-written where pycocotools has mask.decode, because that is 4x slower here: it writes every pixel
+    (most of a mask is background) and copies the result twice. Each mask is filled column-major, as RLE
+    runs go, so the (N, H, W) result is a strided view of (N, W, H) memory.
     """
     transposed = np.zeros((len(segmentations), width, height), dtype=np.uint8)
     for i, segmentation in enumerate(segmentations):
         rle = segmentation_to_rle(segmentation, height, width)
         if rle is not None:
-            transposed[i] = mask_utils.decode(rle).T
+            _fill_runs(transposed[i].reshape(-1), rle_counts(rle["counts"]))
     return transposed.transpose(0, 2, 1)
 
 
@@ -130,7 +162,9 @@ def make_target(boxes: np.ndarray, labels: np.ndarray, image_id: int, height: in
         "image_id": image_id,
     }
     if masks is not None:
-        target["masks"] = tv_tensors.Mask(torch.from_numpy(masks))
+        # bool, as the reference's masks: torch indexes bool masks 30x faster than uint8 ones (SanitizeBoundingBoxes
+        # does masks[valid] on every sample: 0.07 ms against 2 ms at 640x480); the 0/1 bytes are reinterpreted, not copied.
+        target["masks"] = tv_tensors.Mask(torch.from_numpy(masks).view(torch.bool))
     return target
 
 

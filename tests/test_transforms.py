@@ -28,7 +28,7 @@ def assert_plain_outputs(image, target):
     assert type(target["masks"]) is torch.Tensor
     assert type(target["labels"]) is torch.Tensor
     assert target["boxes"].dtype == torch.float32
-    assert target["masks"].dtype == torch.uint8
+    assert target["masks"].dtype == torch.bool
     assert target["labels"].dtype == torch.int64
 
 
