@@ -38,6 +38,7 @@ from torchvision import tv_tensors
 from utils import UsageError
 
 SPLITS = {"train": "train2017", "val": "val2017"}
+COCO_FOLDERS = {*SPLITS.values(), "annotations"}
 LAYOUT_HINT = "should hold train2017/, val2017/ and annotations/instances_*2017.json (make data writes a synthetic one)"
 # What pycocotools raises for a segmentation it cannot draw (wrong nesting, non-numbers, a bad RLE).
 SEGMENTATION_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError)
@@ -520,6 +521,11 @@ class CocoDetection(torch.utils.data.Dataset):
             return missing
         first = int(np.flatnonzero(missing)[0])
         count = int(missing.sum())
+        if (self.img_folder.parent / names[first]).is_file():  # file_name values that repeat the folder, e.g. train2017/0001.jpg
+            raise DataError(
+                f"{self.ann_file}: file_name {names[first]} is relative to {self.img_folder.parent}, but file names must be "
+                f"relative to {self.img_folder}; remove the folder from the file_name values"
+            )
         if count == len(indices):
             raise DataError(
                 f"{self.img_folder} holds none of the {count} images listed in {self.ann_file} (e.g. {names[first]}); "
@@ -693,7 +699,8 @@ def get_coco(
     ann_file = root / "annotations" / f"instances_{folder}.json"
     for path in (ann_file, root / folder):
         if not path.exists():
-            raise DataError(f"--data-path: {path} is missing; {root} {LAYOUT_HINT}")
+            inside = f" ({root.name}/ is a folder inside a COCO root: pass {root.parent})" if root.name in COCO_FOLDERS else ""
+            raise DataError(f"--data-path: {path} is missing; {root} {LAYOUT_HINT}{inside}")
     if not (root / folder).is_dir():
         raise DataError(f"--data-path: {root / folder} is a file, not a folder of images; {root} {LAYOUT_HINT}")
     return CocoDetection(

@@ -246,10 +246,29 @@ def _our_dataset(root: Path):
     return get_coco(root, "train", get_transform(train=True))
 
 
+class ImagesOnly:
+    """The floor under both pipelines: torch imported, the same JPEGs decoded to tensors, no annotations at all."""
+
+    def __init__(self, root: Path):
+        self.paths = sorted((root / "train2017").iterdir())
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        from torchvision.transforms.v2 import functional as F
+
+        with Image.open(self.paths[index]) as image:
+            return F.pil_to_tensor(image.convert("RGB")), {}
+
+
 def build(variant: str, root: Path):
     """The dataset and its aspect-ratio group ids (train.py's default of 3 bins per side), as train.py would build them."""
     from group_by_aspect_ratio import create_aspect_ratio_groups
 
+    if variant == "floor":
+        dataset = ImagesOnly(root)
+        return dataset, [0] * len(dataset)
     if variant == "baseline":
         dataset = _reference_dataset(root)
         bins = (2 ** np.linspace(-1, 1, 7)).tolist()
@@ -412,7 +431,7 @@ def measure_all(args: argparse.Namespace, root: Path) -> list[str]:
     samples = [str(s) for s in args.samples]
 
     if "memory" in args.only:
-        memory = {v: _run_child("memory", v, str(root), str(args.workers), *samples) for v in ("baseline", "ours")}
+        memory = {v: _run_child("memory", v, str(root), str(args.workers), *samples) for v in ("baseline", "ours", "floor")}
         for count in args.samples:
             base, ours = memory["baseline"].get(str(count)), memory["ours"].get(str(count))
             if base is None or ours is None:
@@ -428,10 +447,21 @@ def measure_all(args: argparse.Namespace, root: Path) -> list[str]:
                     "<= 0.25",
                 )
             )
+            floor = memory["floor"].get(str(count))
+            if floor is not None:
+                rows.append(
+                    _row(
+                        f"  the same less the floor ({_gib(floor['total'])}: torch, {args.workers} workers decoding the JPEGs)",
+                        _gib(base["total"] - floor["total"]),
+                        _gib(ours["total"] - floor["total"]),
+                        f"{(ours['total'] - floor['total']) / (base['total'] - floor['total']):.3f}",
+                        "",
+                    )
+                )
         if len(args.samples) > 1:
             first, last = str(min(args.samples)), str(max(args.samples))
             growth = {v: (m[last]["total"] - m[first]["total"]) / args.workers for v, m in memory.items() if first in m and last in m}
-            if len(growth) == 2:
+            if "baseline" in growth and "ours" in growth:
                 rows.append(
                     _row(
                         f"PSS growth per worker, {first} to {last} samples",

@@ -755,3 +755,20 @@ def test_polygon_only_dataset_is_packed_and_draws_the_same_masks(quirky_copy, ed
     for index in range(len(ds)):
         _, target = ds[index]
         np.testing.assert_array_equal(target["masks"].numpy(), expected_target(coco, ds.ids[index])[2])
+
+
+def test_data_path_pointing_inside_the_coco_root(quirky_copy):
+    with pytest.raises(coco_utils.DataError) as error:
+        coco_utils.get_coco(quirky_copy / "val2017", "val", transforms=None)
+    _assert_one_line_naming(error, quirky_copy, ["val2017/ is a folder inside a COCO root: pass " + str(quirky_copy)])
+
+
+def test_file_names_that_repeat_the_image_folder(quirky_copy, edit_annotations):
+    def prefix(data):
+        for image in data["images"]:
+            image["file_name"] = "val2017/" + image["file_name"]
+
+    path = edit_annotations(quirky_copy, "val", prefix)
+    with pytest.raises(coco_utils.DataError) as error:
+        coco_utils.get_coco(quirky_copy, "val", transforms=None)
+    _assert_one_line_naming(error, path, ["file_name val2017/img_2000003.jpg is relative to", "remove the folder from"])
