@@ -303,7 +303,7 @@ def _check_references(ann_file: Path, ann_ids: np.ndarray, wanted: np.ndarray, f
         first = int(np.flatnonzero(~found)[0])
         raise DataError(
             f"{ann_file}: annotation id {ann_ids[first]} refers to {field} {wanted[first]}, which is not in its {listed} list "
-            f"({int((~found).sum())} such annotations); fix or remove them"
+            f"({int((~found).sum())} of the {len(found)} annotations refer to missing ones); fix or remove them"
         )
 
 
@@ -534,9 +534,10 @@ class CocoDetection(torch.utils.data.Dataset):
         if not self.skip_bad_images:
             raise DataError(
                 f"{self.img_folder / names[first]} is missing (image id {image_ids[first]}; {count} of the {len(indices)} images "
-                f"listed in {self.ann_file} are); restore the files, remove them from the annotation file, or pass --skip-bad-images"
+                f"listed in {self.ann_file} have no file); restore the files, remove them from the annotation file, "
+                "or pass --skip-bad-images to leave them out"
             )
-        _warn(f"{count} images listed in {self.ann_file} are not in {self.img_folder} (e.g. {names[first]}); leaving them out")
+        _warn(f"leaving out {count} of the {len(indices)} images listed in {self.ann_file}: not in {self.img_folder} (e.g. {names[first]})")
         return missing
 
     def _check_not_empty(self, listed: int, kept: int) -> None:
@@ -656,7 +657,7 @@ class CocoDetection(torch.utils.data.Dataset):
                 decode_masks([segmentation], height, width)
             except SEGMENTATION_ERRORS as e:
                 raise DataError(
-                    f"{self.ann_file}: annotation id {self._ann_ids[start + offset]} has a segmentation pycocotools cannot draw "
+                    f"{self.ann_file}: annotation id {self._ann_ids[start + offset]} has a segmentation that cannot be drawn "
                     f"({type(e).__name__}: {e}); a segmentation is a list of polygons [[x1, y1, x2, y2, ...]] or an RLE "
                     '{"size": [height, width], "counts": ...}'
                 ) from None
@@ -678,7 +679,7 @@ def _release_freed_memory() -> None:
     workers would map it too. A no-op where the C library has no malloc_trim."""
     try:
         ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # no such C library or function (macOS, Windows)
         pass
 
 
