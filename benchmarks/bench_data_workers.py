@@ -7,7 +7,7 @@ coco_utils.get_coco with transforms.get_transform(train=True). Measured in one r
 processes of its own:
 
   - memory: PSS of the main process plus its DataLoader workers once each worker has produced N samples
-    (Linux, /proc/<pid>/smaps_rollup);
+    (Linux, /proc/<pid>/smaps_rollup), and the same for a dataset that only decodes the JPEGs (the floor);
   - start-up: wall time from launching `python` to the first training batch (aspect-ratio grouped, as
     train.py builds it), and the start-up check for missing image files (one listdir against a stat per file);
   - samples/s per worker: the whole per-sample pipeline in one thread of a process of its own, on the same
@@ -18,7 +18,7 @@ The inputs: an annotation file of COCO train2017's size (118,287 images, 860,001
 640x480 / 480x640 JPEGs that every image entry links to.
 
     python benchmarks/bench_data_workers.py                         # quick: 100 samples per worker, 300 for samples/s
-    python benchmarks/bench_data_workers.py --samples 500 2000      # the issue's numbers (about 10 minutes on 2 cores)
+    python benchmarks/bench_data_workers.py --samples 500 2000 --speed-samples 600   # the issue's numbers (about 20 minutes)
 """
 
 import argparse
