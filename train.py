@@ -120,6 +120,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="how long ranks wait for each other in a collective before giving up (a rank died or hangs)",
     )
     parser.add_argument("--eval-backend", default=coco_eval.DEFAULT_BACKEND, choices=coco_eval.BACKENDS, help="COCO scoring (same numbers)")
+    parser.add_argument(
+        "--skip-bad-images", action="store_true", help="log and skip missing or unreadable training images instead of stopping"
+    )
     return parser
 
 
@@ -524,7 +527,11 @@ def main(args: argparse.Namespace) -> int:
     # Evaluation reads its ground truth from the annotation file: its targets need no masks. Nor do box-only models' (vision #7489).
     dataset_test = get_coco(args.data_path, "val", get_transform(train=False), with_masks=False)
     train_transform = get_transform(True, args.data_augmentation)
-    dataset_train = None if args.test_only else get_coco(args.data_path, "train", train_transform, with_masks="maskrcnn" in args.model)
+    dataset_train = (
+        None
+        if args.test_only
+        else get_coco(args.data_path, "train", train_transform, with_masks="maskrcnn" in args.model, skip_bad_images=args.skip_bad_images)
+    )
     seed = _data_seed(args, checkpoint)
     train_sampler, batch_sampler, data_loader, data_loader_test = build_data_loaders(args, dataset_train, dataset_test, device, seed)
     num_classes = (dataset_train or dataset_test).num_classes

@@ -1,7 +1,9 @@
-"""Shared fixtures: the generator's synthetic dataset, and a hand-written COCO dataset with other quirks."""
+"""Shared fixtures: the generator's synthetic dataset, a hand-written COCO dataset with other quirks, and copies of it to break."""
 
 import json
+import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +179,24 @@ def quirky_root(tmp_path_factory) -> Path:
 def any_root(request) -> Path:
     """Each test that takes this runs on both datasets."""
     return request.getfixturevalue(f"{request.param}_root")
+
+
+@pytest.fixture
+def quirky_copy(quirky_root, tmp_path) -> Path:
+    """A private copy of the quirky dataset, for a test to break."""
+    return Path(shutil.copytree(quirky_root, tmp_path / "quirky_copy"))
+
+
+@pytest.fixture
+def edit_annotations() -> Callable:
+    """edit(root, split, change): rewrite a split's annotation file with `change` applied to its dict
+    (in place, or replaced by what `change` returns); returns the file's path."""
+
+    def edit(root: Path, split: str, change: Callable[[dict], dict | list | None]) -> Path:
+        path = root / "annotations" / f"instances_{split}2017.json"
+        data = json.loads(path.read_text())
+        replaced = change(data)
+        path.write_text(json.dumps(data if replaced is None else replaced))
+        return path
+
+    return edit

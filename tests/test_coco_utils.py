@@ -1,20 +1,25 @@
 """CocoDetection, mask decoding and the evaluation ground truth, on the synthetic and the hand-written dataset."""
 
 import contextlib
+import gc
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch.utils.data import Subset, TensorDataset
 from torchvision import tv_tensors
 
 import coco_utils
+import synthetic_coco
 from transforms import get_transform
+from utils import UsageError
 
 
 def load_json(root: Path, split: str) -> dict:
@@ -127,6 +132,37 @@ def test_polygon_parts_with_fewer_than_three_points_are_ignored():
     assert not coco_utils.decode_masks([[[1.0, 1.0, 2.0, 2.0]]], 8, 8).any()
 
 
+@pytest.mark.parametrize("density", [0.0, 0.002, 0.3, 0.97, 1.0])
+def test_rle_decoding_matches_pycocotools_on_random_masks(density):
+    rng = np.random.default_rng(int(density * 1000))
+    for height, width in [(1, 1), (7, 3), (120, 72), (480, 640)]:
+        binary = (rng.random((height, width)) < density).astype(np.uint8)
+        rle = mask_utils.encode(np.asfortranarray(binary))
+        np.testing.assert_array_equal(coco_utils.decode_masks([rle], height, width)[0], binary)
+        runs = coco_utils.rle_counts(rle["counts"])
+        assert runs.sum() == height * width and (runs[1:] > 0).all()
+
+
+def test_rle_decoding_matches_pycocotools_on_random_polygons():
+    """Shapes from specks to most of the image (long runs take several 5-bit chunks, and differences go negative)."""
+    rng = np.random.default_rng(0)
+    height, width = 480, 640
+    for _ in range(60):
+        vertices = int(rng.integers(3, 40))
+        radius = float(np.exp(rng.uniform(np.log(1), np.log(400))))
+        angles = np.sort(rng.uniform(0, 2 * np.pi, vertices))
+        xs = rng.uniform(0, width) + radius * rng.uniform(0.3, 1, vertices) * np.cos(angles)
+        ys = rng.uniform(0, height) + radius * rng.uniform(0.3, 1, vertices) * np.sin(angles)
+        polygon = np.round(np.stack([xs, ys], axis=1).ravel(), 2).tolist()
+        expected = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([polygon], height, width)))
+        np.testing.assert_array_equal(coco_utils.decode_masks([[polygon]], height, width)[0], expected)
+
+
+def test_rle_that_does_not_cover_its_image_is_refused():
+    with pytest.raises(ValueError, match="cover 5 pixels, not the image's 6"):
+        coco_utils.decode_masks([{"size": [3, 2], "counts": [1, 3, 1]}], 3, 2)
+
+
 # ----------------------------------------------------------------------------- targets
 
 
@@ -147,7 +183,7 @@ def test_targets_match_pycocotools(any_root, split):
         assert target["labels"].dtype == torch.int64
         assert target["labels"].tolist() == labels
         assert isinstance(target["masks"], tv_tensors.Mask)
-        assert target["masks"].dtype == torch.uint8
+        assert target["masks"].dtype == torch.bool  # as the reference's; indexing them is 30x faster than uint8
         np.testing.assert_array_equal(target["masks"].numpy(), masks)
 
 
@@ -396,3 +432,343 @@ def test_coco_api_rejects_other_datasets():
         coco_utils.get_coco_api_from_dataset(plain)
     with pytest.raises(TypeError, match="TensorDataset"):
         coco_utils.get_coco_api_from_dataset(Subset(Subset(plain, [0, 1]), [1]))
+
+
+# ----------------------------------------------------------------------------- compact storage
+
+
+def test_image_records_match_the_annotation_file(any_root):
+    ds = coco_utils.get_coco(any_root, "val", transforms=None)
+    data = load_json(any_root, "val")
+    expected = [{k: img[k] for k in ("id", "file_name", "width", "height")} for img in data["images"]]
+    assert list(ds.images) == expected
+    assert ds.images[-1] == expected[-1] and ds.images[1:3] == expected[1:3]
+    with pytest.raises(IndexError):
+        ds.images[len(expected)]
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+
+
+def _reachable_objects(root_object) -> int:
+    """How many distinct Python objects hang off `root_object`: what a forked worker's reference counting can touch."""
+    seen, stack = set(), [root_object]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, type):
+            continue
+        seen.add(id(obj))
+        if not isinstance(obj, Path):  # a path's cached parts grow with its depth, not with the dataset
+            stack.extend(gc.get_referents(obj))
+    return len(seen)
+
+
+def test_dataset_state_does_not_grow_with_the_number_of_images(synthetic_root, tmp_path):
+    """Per-image metadata lives in arrays, not in Python objects that forked workers would copy (pytorch #13246)."""
+    larger = synthetic_coco.generate(tmp_path / "larger", num_train=72, num_val=2, seed=1)
+    small = coco_utils.get_coco(synthetic_root, "train", transforms=None)
+    large = coco_utils.get_coco(larger, "train", transforms=None)
+    assert len(large) > 2 * len(small)
+    assert _reachable_objects(vars(large)) == _reachable_objects(vars(small))
+
+
+def test_training_never_builds_the_pycocotools_index(quirky_root, monkeypatch):
+    def no_index(*args, **kwargs):
+        raise AssertionError("a pycocotools index was built")
+
+    monkeypatch.setattr(coco_utils, "COCO", no_index)
+    ds = coco_utils.get_coco(quirky_root, "train", transforms=get_transform(train=True))
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=lambda batch: batch)
+    assert sum(len(batch) for batch in loader) == len(ds) == 3
+
+
+def test_find_missing_files_lists_each_folder_once(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ("a.jpg", "sub/b.jpg"):
+        (tmp_path / name).write_bytes(b"")
+    names = ["a.jpg", "sub/b.jpg", "sub/c.jpg", "nowhere/d.jpg", "b.jpg"]
+    assert coco_utils.find_missing_files(tmp_path, names).tolist() == [False, False, True, True, True]
+
+
+# ----------------------------------------------------------------------------- bad input at start-up
+
+
+def _replace(key: str, value):
+    return lambda data: {**data, key: value}
+
+
+def _without(key: str):
+    return lambda data: {k: v for k, v in data.items() if k != key}
+
+
+def _set_annotation(index: int, **fields):
+    return lambda data: data["annotations"][index].update(fields)
+
+
+def _drop_field(kind: str, index: int, field: str):
+    def change(data):
+        del data[kind][index][field]
+
+    return change
+
+
+def _duplicate(kind: str):
+    def change(data):
+        data[kind][1]["id"] = data[kind][0]["id"]
+
+    return change
+
+
+def _tiny_boxes(data):
+    for ann in data["annotations"]:
+        ann["bbox"][2] = 1.0
+
+
+# (split, change to the annotation dict, fragments the one-line message must hold)
+BAD_ANNOTATION_FILES = {
+    "results list": ("val", lambda d: [{"image_id": 999, "category_id": 44, "bbox": [1, 2, 3, 4], "score": 0.9}], ["holds a JSON list"]),
+    "no annotations": ("val", _without("annotations"), ['has no "annotations" list', "needs images, annotations and categories"]),
+    "no categories": ("val", _without("categories"), ['has no "categories" list']),
+    "no images": ("train", _without("images"), ['has no "images" list']),
+    "unknown image_id": ("val", _set_annotation(1, image_id=424242), ["annotation id 907013 refers to image_id 424242", "images list"]),
+    "unknown category_id": ("val", _set_annotation(1, category_id=99), ["annotation id 907013 refers to category_id 99"]),
+    "bbox of 3 numbers": ("val", _set_annotation(1, bbox=[1, 2, 3]), ["annotation id 907013 (annotations[1]) has a bad bbox", "4 numbers"]),
+    "bbox with a string": ("val", _set_annotation(2, bbox=[1, 2, "3", 4]), ["annotation id 907026 (annotations[2]) has a bad bbox"]),
+    "annotation without category": (
+        "val",
+        lambda d: d["annotations"][0].pop("category_id") and None,
+        ['907000 (annotations[0]) lacks "category_id"'],
+    ),
+    "image without width": (
+        "val",
+        _drop_field("images", 2, "width"),
+        ['image id 999 (images[2]) lacks "width"', "file_name, width and height"],
+    ),
+    "image without file_name": ("train", _drop_field("images", 0, "file_name"), ['image id 987654 (images[0]) lacks "file_name"']),
+    "image id a string": (
+        "val",
+        lambda d: d["images"][0].update(id="2000003"),
+        ["image id 2000003 (images[0]) id: Expected `int`, got `str`"],
+    ),
+    "duplicate image ids": ("val", _duplicate("images"), ["image id 2000003 appears more than once"]),
+    "duplicate annotation ids": ("val", _duplicate("annotations"), ["annotation id 907000 appears more than once"]),
+    "empty categories": ("val", _replace("categories", []), ["has an empty categories list"]),
+    "zero width": ("val", lambda d: d["images"][0].update(width=0), ["image id 2000003 (img_2000003.jpg) is 0x80", "must be positive"]),
+    "segmentation not a list or object": ("val", _set_annotation(0, segmentation=None), ["annotation id 907000 has segmentation null"]),
+    "nothing to train on": ("train", _tiny_boxes, ["none of its 6 images has a usable annotation", "nothing to train on"]),
+    "no image listed": ("val", lambda d: d.update(images=[], annotations=[]), ["lists no images"]),
+}
+
+
+def _assert_one_line_naming(error: pytest.ExceptionInfo, path: Path, fragments: list[str]) -> None:
+    message = str(error.value)
+    assert isinstance(error.value, UsageError)
+    assert "\n" not in message
+    assert str(path) in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+@pytest.mark.parametrize("case", list(BAD_ANNOTATION_FILES))
+def test_bad_annotation_file_is_one_line_naming_it(case, quirky_copy, edit_annotations):
+    split, change, fragments = BAD_ANNOTATION_FILES[case]
+    path = edit_annotations(quirky_copy, split, change)
+    with pytest.raises(coco_utils.DataError) as error:
+        coco_utils.get_coco(quirky_copy, split, transforms=None)
+    _assert_one_line_naming(error, path, fragments)
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [("this is not json", "is not valid JSON (JSON is malformed"), (None, "is not valid JSON (Input data was truncated)")],
+    ids=["not JSON", "cut short"],
+)
+def test_annotation_file_that_is_not_json(quirky_copy, content, fragment):
+    path = quirky_copy / "annotations" / "instances_val2017.json"
+    path.write_text(content if content is not None else path.read_text()[:300])
+    with pytest.raises(coco_utils.DataError) as error:
+        coco_utils.get_coco(quirky_copy, "val", transforms=None)
+    _assert_one_line_naming(error, path, [fragment])
+
+
+def test_annotation_path_that_is_a_folder(quirky_copy):
+    path = quirky_copy / "annotations" / "instances_val2017.json"
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(coco_utils.DataError) as error:
+        coco_utils.get_coco(quirky_copy, "val", transforms=None)
+    _assert_one_line_naming(error, path, ["is a folder"])
+
+
+def test_missing_image_file_is_found_at_start_up(quirky_copy):
+    (quirky_copy / "val2017" / "img_999.jpg").unlink()
+    with pytest.raises(coco_utils.DataError) as error:
+        coco_utils.get_coco(quirky_copy, "val", transforms=None)
+    _assert_one_line_naming(
+        error, quirky_copy / "val2017" / "img_999.jpg", ["is missing (image id 999; 1 of the 4 images listed in", "--skip-bad-images"]
+    )
+
+
+def test_missing_file_of_a_dropped_training_image_does_not_matter(quirky_copy):
+    (quirky_copy / "train2017" / "img_77.jpg").unlink()  # image 77 has no usable box: never read in training
+    assert coco_utils.get_coco(quirky_copy, "train", transforms=None).ids == [987654, 12, 500001]
+
+
+def test_empty_image_folder(quirky_copy):
+    for path in (quirky_copy / "val2017").iterdir():
+        path.unlink()
+    with pytest.raises(coco_utils.DataError) as error:
+        coco_utils.get_coco(quirky_copy, "val", transforms=None)
+    _assert_one_line_naming(error, quirky_copy / "val2017", ["holds none of the 4 images listed in", "--data-path"])
+
+
+@pytest.mark.parametrize("layout", ["missing", "a file", "empty folder", "images folder is a file"])
+def test_data_path_that_is_not_a_coco_layout(quirky_copy, tmp_path, layout):
+    root = {"missing": tmp_path / "nowhere", "a file": tmp_path / "file.txt", "empty folder": tmp_path / "empty"}.get(layout, quirky_copy)
+    (tmp_path / "file.txt").write_text("")
+    (tmp_path / "empty").mkdir()
+    if layout == "images folder is a file":
+        shutil.rmtree(quirky_copy / "val2017")
+        (quirky_copy / "val2017").write_text("")
+    with pytest.raises(coco_utils.DataError) as error:
+        coco_utils.get_coco(root, "val", transforms=None)
+    _assert_one_line_naming(error, root, ["--data-path: ", "should hold train2017/, val2017/"])
+
+
+# ----------------------------------------------------------------------------- bad images met while loading
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:400])
+
+
+BAD_IMAGES = {
+    "truncated": (_truncate, "image file is truncated"),
+    "not an image": (lambda path: path.write_text("not a jpeg"), "not an image file PIL can read"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_IMAGES))
+def test_bad_image_is_reported_when_met(quirky_copy, case):
+    damage, reason = BAD_IMAGES[case]
+    path = quirky_copy / "val2017" / "img_999.jpg"
+    damage(path)
+    ds = coco_utils.get_coco(quirky_copy, "val", transforms=None)  # start-up only checks that the file is there
+    ds[0]
+    with pytest.raises(coco_utils.DataError) as error:
+        ds[ds.ids.index(999)]
+    _assert_one_line_naming(error, path, [f"cannot use image 999 ({reason}", "--skip-bad-images"])
+
+
+def test_image_of_another_size_than_listed(quirky_copy, edit_annotations):
+    edit_annotations(quirky_copy, "val", lambda d: d["images"][2].update(width=91))  # image 999 is 90x90
+    ds = coco_utils.get_coco(quirky_copy, "val", transforms=None)
+    with pytest.raises(coco_utils.DataError) as error:
+        ds[ds.ids.index(999)]
+    _assert_one_line_naming(error, quirky_copy / "val2017" / "img_999.jpg", ["it is 90x90 but instances_val2017.json says 91x90"])
+
+
+def test_rle_of_another_size_than_its_image(quirky_copy, edit_annotations):
+    path = edit_annotations(quirky_copy, "val", lambda d: d["annotations"][3]["segmentation"].update(size=[60, 72]))
+    ds = coco_utils.get_coco(quirky_copy, "val", transforms=None)
+    with pytest.raises(coco_utils.DataError) as error:
+        ds[ds.ids.index(1500000)]
+    _assert_one_line_naming(error, path, ["annotation id 907039 has a segmentation that cannot be drawn", "[60, 72]", "[120, 72]"])
+    assert len(coco_utils.get_coco(quirky_copy, "val", transforms=None, with_masks=False)[ds.ids.index(1500000)][1]["boxes"]) == 2
+
+
+def test_bad_image_raised_in_a_worker_still_reads_as_one_line(quirky_copy):
+    _truncate(quirky_copy / "val2017" / "img_999.jpg")
+    ds = coco_utils.get_coco(quirky_copy, "val", transforms=None)
+    with pytest.raises(coco_utils.DataError) as direct:
+        ds[ds.ids.index(999)]
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=1, collate_fn=lambda batch: batch)
+    with pytest.raises(coco_utils.DataError) as through_worker:
+        list(loader)
+    assert str(through_worker.value) == str(direct.value)
+
+
+def test_skip_bad_images_substitutes_the_next_readable_image(quirky_copy, capsys):
+    bad_path = quirky_copy / "train2017" / "img_12.jpg"
+    _truncate(bad_path)
+    ds = coco_utils.get_coco(quirky_copy, "train", transforms=None, skip_bad_images=True)
+    clean = coco_utils.get_coco(quirky_copy, "train", transforms=None, with_masks=True)
+    bad = ds.ids.index(12)
+    image, target = ds[bad]
+    expected_image, expected_target = clean[bad + 1]
+    assert target["image_id"] == ds.ids[bad + 1]
+    assert image.tobytes() == expected_image.tobytes()
+    assert torch.equal(target["masks"], expected_target["masks"])
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings) == 1 and warnings[0].startswith("warning: skipping") and str(bad_path) in warnings[0]
+    ds[bad]
+    assert capsys.readouterr().err == ""  # once per file
+    loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=lambda batch: batch)
+    assert [len(batch) for batch in loader] == [2, 1]
+
+
+def test_skip_bad_images_wraps_around_to_the_first_image(quirky_copy):
+    _truncate(quirky_copy / "train2017" / "img_500001.jpg")  # the last training image
+    ds = coco_utils.get_coco(quirky_copy, "train", transforms=None, skip_bad_images=True)
+    assert ds[len(ds) - 1][1]["image_id"] == ds.ids[0]
+
+
+def test_skip_bad_images_leaves_missing_files_out(quirky_copy, capsys):
+    (quirky_copy / "train2017" / "img_12.jpg").unlink()
+    ds = coco_utils.get_coco(quirky_copy, "train", transforms=None, skip_bad_images=True)
+    assert ds.ids == [987654, 500001]
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings) == 1 and "img_12.jpg" in warnings[0] and "leaving out 1 of the 3 images" in warnings[0]
+
+
+def test_skip_bad_images_with_no_readable_image_left(quirky_copy):
+    for name in ("img_987654.jpg", "img_12.jpg", "img_500001.jpg"):
+        _truncate(quirky_copy / "train2017" / name)
+    ds = coco_utils.get_coco(quirky_copy, "train", transforms=None, skip_bad_images=True)
+    with pytest.raises(coco_utils.DataError, match="none of the 3 images"):
+        ds[0]
+
+
+@pytest.mark.parametrize(
+    "texts, packed",
+    [
+        ([b"[[1.5, 2,3.25,4,5,6]]", b"[]", b"[[0,0,10,0,10,10],[-1.0, 2.5,3,4,5,6]]"], True),
+        ([b"[[1,2,3,4,5,6]]", b'{"size":[2,3],"counts":"0c1"}', b"[[1e-05,2,3,4,5,6]]"], False),
+        ([], True),
+    ],
+    ids=["polygons", "rle and exponents", "none"],
+)
+def test_packed_texts_round_trip(texts, packed):
+    store = coco_utils.PackedTexts(texts)
+    assert store.packed is packed
+    assert len(store) == len(texts)
+    assert [t.rstrip(b" ") for t in store[0 : len(texts)]] == texts
+    assert [t.rstrip(b" ") for t in store[1:2]] == texts[1:2]
+    assert store.first_bytes() == bytes(t[0] for t in texts)
+
+
+def test_polygon_only_dataset_is_packed_and_draws_the_same_masks(quirky_copy, edit_annotations):
+    """Without RLE, segmentations are held two characters a byte; the masks must not change."""
+    edit_annotations(quirky_copy, "val", lambda d: d.update(annotations=[a for a in d["annotations"] if is_polygon(a)]))
+    ds = coco_utils.get_coco(quirky_copy, "val", transforms=None)
+    assert ds._segmentations.packed
+    coco = pycoco(quirky_copy, "val")
+    for index in range(len(ds)):
+        _, target = ds[index]
+        np.testing.assert_array_equal(target["masks"].numpy(), expected_target(coco, ds.ids[index])[2])
+
+
+def test_data_path_pointing_inside_the_coco_root(quirky_copy):
+    with pytest.raises(coco_utils.DataError) as error:
+        coco_utils.get_coco(quirky_copy / "val2017", "val", transforms=None)
+    _assert_one_line_naming(error, quirky_copy, ["val2017/ is a folder inside a COCO root: pass " + str(quirky_copy)])
+
+
+def test_file_names_that_repeat_the_image_folder(quirky_copy, edit_annotations):
+    def prefix(data):
+        for image in data["images"]:
+            image["file_name"] = "val2017/" + image["file_name"]
+
+    path = edit_annotations(quirky_copy, "val", prefix)
+    with pytest.raises(coco_utils.DataError) as error:
+        coco_utils.get_coco(quirky_copy, "val", transforms=None)
+    _assert_one_line_naming(error, path, ["file_name val2017/img_2000003.jpg is relative to", "remove the folder from"])

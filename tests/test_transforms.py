@@ -44,7 +44,7 @@ def assert_plain_outputs(image, target):
     assert target["labels"].dtype == torch.int64
     if "masks" in target:
         assert type(target["masks"]) is torch.Tensor
-        assert target["masks"].dtype == torch.uint8
+        assert target["masks"].dtype in (torch.bool, torch.uint8)  # the dataset gives bool masks, as the reference does
     if "keypoints" in target:
         assert type(target["keypoints"]) is torch.Tensor
         assert target["keypoints"].dtype == torch.float32
