@@ -17,7 +17,6 @@ Every case checks that ours gives the baseline's 12 numbers exactly.
     python benchmarks/bench_eval.py --images 1000 --detections 100    # the issue's size
 """
 
-import argparse
 import contextlib
 import copy
 import io
@@ -40,6 +39,7 @@ import detections  # noqa: E402
 import report  # noqa: E402
 
 import coco_eval  # noqa: E402
+from coco_utils import coco_from_dict  # noqa: E402
 
 # pycocotools' encoder reads torch tensors through numpy's deprecated __array__ path: not ours to fix
 warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy keyword")
@@ -114,29 +114,15 @@ def _finish(evaluator) -> dict[str, np.ndarray]:
     return {t: np.array(e.stats) for t, e in evaluator.coco_eval.items()}
 
 
-def _quiet_index(data: dict) -> COCO:
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = report.parser(__doc__, device_help="where the model's outputs are (cpu or cuda): pasting happens there")
     parser.add_argument("--images", type=int, default=100, help="images evaluated")
     parser.add_argument("--detections", type=int, default=100, help="detections per image")
-    parser.add_argument("--device", default="cpu", help="where the model's outputs are (cpu or cuda): pasting happens there")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help=report.THREADS_HELP)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    print(f"Machine: {report.machine(device)}")
+    args, device = report.setup(parser, argv)
 
     data, instances = detections.ground_truth(args.images, seed=args.seed)
     outputs = detections.raw_detections(data, instances, per_image=args.detections, seed=args.seed)
-    gt = _quiet_index(data)
+    gt = coco_from_dict(data)
     print(f"{args.images} images, {len(data['annotations'])} ground-truth instances, {args.detections} detections per image")
 
     evaluators = {

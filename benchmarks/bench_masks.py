@@ -11,7 +11,6 @@ differ, and the pixels.
     python benchmarks/bench_masks.py --size 480x640 --size 800x1216 --images 100 --device cuda
 """
 
-import argparse
 import statistics
 import sys
 import time
@@ -82,17 +81,11 @@ def run(image_size: tuple[int, int], num_masks: int, images: int, device: torch.
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = report.parser(__doc__, device_help="where the masks are pasted: cpu or cuda")
     parser.add_argument("--size", action="append", type=_size, help="image HEIGHTxWIDTH (repeatable); default 480x640")
     parser.add_argument("--masks", type=int, default=100, help="masks per image")
     parser.add_argument("--images", type=int, default=30, help="images (rounds) timed per size")
-    parser.add_argument("--device", default="cpu", help="where the masks are pasted: cpu or cuda")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help=report.THREADS_HELP)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    print(f"Machine: {report.machine(device)}")
+    args, device = report.setup(parser, argv)
     rows, checks = [], []
     for height, width in args.size or [(480, 640)]:
         baseline, ours, same = run((height, width), args.masks, args.images, device, args.seed)

@@ -1,5 +1,6 @@
 """Printing for the benchmarks: what machine they ran on, and the markdown table of results."""
 
+import argparse
 import datetime
 import os
 import platform
@@ -50,3 +51,21 @@ def table(rows: list[tuple[str, float, float, float | None]], unit: str) -> str:
             goal_text, verdict = f">= {goal:g}x", "yes" if ratio >= goal else "NO"
         lines.append(f"| {case} | {baseline:.4g} | {ours:.4g} | {ratio:.1f}x | {goal_text} | {verdict} |")
     return "\n".join(lines)
+
+
+def parser(description: str, device_help: str) -> argparse.ArgumentParser:
+    """The flags every benchmark here shares: --device, --seed, --threads."""
+    result = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    result.add_argument("--device", default="cpu", help=device_help)
+    result.add_argument("--seed", type=int, default=0)
+    result.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    return result
+
+
+def setup(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argparse.Namespace, torch.device]:
+    """Parse the flags, set torch's threads and print the machine line; returns the flags and the device."""
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(f"Machine: {machine(device)}")
+    return args, device
