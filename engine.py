@@ -139,7 +139,9 @@ def training_record(epoch: int, iteration: int, iters_per_epoch: int, numbers: d
     return record | {"timestamp": time.time()}
 
 
-def _record_writer(write_metrics: Callable[[dict], None] | None, epoch: int, iters_per_epoch: int):
+def _record_writer(
+    write_metrics: Callable[[dict], None] | None, epoch: int, iters_per_epoch: int
+) -> Callable[[int, dict[str, float]], None] | None:
     """MetricLogger.log_every's on_print: each log line's numbers, as a training_record, to write_metrics."""
     if write_metrics is None:
         return None
