@@ -58,7 +58,10 @@ def _parse(line: str) -> dict | None:
         return None
     if not isinstance(record, dict) or record.get("type") not in REQUIRED_FIELDS:
         return None
-    return record if all(field in record for field in REQUIRED_FIELDS[record["type"]]) else None
+    if not all(field in record for field in REQUIRED_FIELDS[record["type"]]):
+        return None
+    positions = [record[field] for field in ("epoch", "iteration", "global_iteration") if field in record]
+    return record if all(isinstance(value, int) for value in positions) else None
 
 
 def _number(value) -> float:

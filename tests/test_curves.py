@@ -95,7 +95,7 @@ def _run_cli(capsys, *argv: str) -> tuple[int, list[str], list[str]]:
         (None, "no such file"),
         ("", "no metrics records in it"),
         ("epoch 0 loss 1.5\n\x00\xff binary junk\n", "no metrics records in it"),
-        ('{"type": "train"}\n[1, 2]\n"text"\n', "no metrics records in it"),
+        ('{"type": "train"}\n[1, 2]\n"text"\n{"type": "eval", "epoch": "one"}\n', "no metrics records in it"),
     ],
     ids=["missing", "empty", "not JSON", "JSON but not records"],
 )

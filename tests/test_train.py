@@ -261,6 +261,8 @@ def test_torchrun_trains_with_two_processes(quirky_root, trained, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert len(_ap_table(result.stdout)) == 24
     assert result.stdout.count("Epoch: [0] Total time") == 1  # only rank 0 prints
+    iterations = [r["iteration"] for r in _metrics(tmp_path) if r["type"] == "train"]
+    assert iterations == [int(i) for _, i, _, _ in TRAIN_LINE.findall(result.stdout)]  # ... and only rank 0 writes metrics.jsonl
     assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["epoch"] == 0
 
 
