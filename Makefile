@@ -1,4 +1,4 @@
-# make demo: set up .venv, write the synthetic dataset, train Mask R-CNN on the CPU, print the AP tables.
+# make demo: set up .venv, write the synthetic dataset, train Mask R-CNN on the CPU, print the AP tables, draw the curves.
 # make test: set up .venv and run the whole test suite (what CI runs).
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,9 +15,9 @@ DEMO_FLAGS := --data-path $(DATA) --output-dir $(OUT) --device cpu --weights-bac
 
 .PHONY: setup data demo test lint clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-extras.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt -r requirements-extras.txt
 	touch $@
 
 setup: $(VENV)/.installed
@@ -30,6 +30,8 @@ data: $(DATA)/annotations/instances_val2017.json
 demo: setup data
 	rm -rf $(OUT)  # a fresh run each time (train.py refuses to overwrite an earlier run's checkpoint)
 	$(PY) train.py $(DEMO_FLAGS)
+	@if $(PY) -c "import matplotlib" 2>/dev/null; then $(PY) curves.py $(OUT); \
+	else echo "No curves: matplotlib is missing; pip install -r requirements-extras.txt, then python curves.py $(OUT)"; fi
 
 test: setup
 	$(PY) -m pytest -q

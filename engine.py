@@ -120,6 +120,52 @@ def _clip(optimizer: torch.optim.Optimizer, max_norm: float) -> torch.Tensor:
     return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
+# The numbers of a training log line that are not loss terms (train_one_epoch logs these and the losses, nothing else).
+TRAINING_NUMBERS = ("lr", "loss", "grad_norm", "iter_time", "data_time", "max_mem_mb")
+
+
+def training_record(epoch: int, iteration: int, iters_per_epoch: int, numbers: dict[str, float]) -> dict:
+    """The metrics.jsonl record of one training iteration, from the numbers behind its log line."""
+    record = {
+        "type": "train",
+        "epoch": epoch,
+        "iteration": iteration,
+        "global_iteration": epoch * iters_per_epoch + iteration,
+        "lr": numbers["lr"],
+        "loss": numbers["loss"],
+        "losses": {name: value for name, value in numbers.items() if name not in TRAINING_NUMBERS},
+    }
+    # grad_norm comes with --clip-grad-norm only, max_mem_mb with CUDA only.
+    record |= {name: numbers[name] for name in ("grad_norm", "iter_time", "data_time", "max_mem_mb") if name in numbers}
+    return record | {"timestamp": time.time()}
+
+
+def _record_writer(
+    write_metrics: Callable[[dict], None] | None, epoch: int, iters_per_epoch: int
+) -> Callable[[int, dict[str, float]], None] | None:
+    """MetricLogger.log_every's on_print: each log line's numbers, as a training_record, to write_metrics."""
+    if write_metrics is None:
+        return None
+    return lambda iteration, numbers: write_metrics(training_record(epoch, iteration, iters_per_epoch, numbers))
+
+
+# The names of COCOeval.stats, in its order (pycocotools' summarize()).
+COCO_STAT_NAMES = {
+    "bbox": ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"),
+    "segm": ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"),
+    "keypoints": ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"),
+}
+
+
+def evaluation_record(evaluator: CocoEvaluator, epoch: int, global_iteration: int) -> dict:
+    """The metrics.jsonl record of an evaluation after `epoch` (`global_iteration` iterations trained):
+    each IoU type's summary numbers, by name."""
+    record = {"type": "eval", "epoch": epoch, "global_iteration": global_iteration}
+    for iou_type, coco_eval in evaluator.coco_eval.items():
+        record[iou_type] = {name: float(value) for name, value in zip(COCO_STAT_NAMES[iou_type], coco_eval.stats)}
+    return record | {"timestamp": time.time()}
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -133,20 +179,24 @@ def train_one_epoch(
     clip_grad_norm: float | None = None,
     stop: utils.StopSignal | None = None,
     after_step: Callable[[int], None] | None = None,
+    write_metrics: Callable[[dict], None] | None = None,
 ) -> utils.MetricLogger:
     """Train for one pass over `data_loader`; with a `scaler`, under autocast (mixed precision).
 
     A resumed epoch passes the iterations already done as `first_iteration` (the loader yields
     only the rest). `after_step(iterations_done)` runs after every step (periodic checkpoints).
+    `write_metrics(record)` gets a training_record with every log line (every `print_freq` iterations).
     When any rank has received a stop signal, every rank finishes the same iteration and raises
     TrainingStopped; a non-finite loss raises NonFiniteLossError before the optimizer step.
     """
     model.train()
     metric_logger = utils.MetricLogger(delimiter="  ")
     metric_logger.add_meter("lr", utils.SmoothedValue(window_size=1, fmt="{value:.6f}"))
-    warmup = LinearWarmup(optimizer, first_iteration + len(data_loader)) if epoch == 0 else None
+    iters_per_epoch = first_iteration + len(data_loader)
+    warmup = LinearWarmup(optimizer, iters_per_epoch) if epoch == 0 else None
 
-    batches = metric_logger.log_every(data_loader, print_freq, f"Epoch: [{epoch}]", start=first_iteration)
+    on_print = _record_writer(write_metrics, epoch, iters_per_epoch)
+    batches = metric_logger.log_every(data_loader, print_freq, f"Epoch: [{epoch}]", start=first_iteration, on_print=on_print)
     for iteration, (images, targets) in enumerate(batches, start=first_iteration):
         if warmup is not None:
             warmup.set_lr(iteration)

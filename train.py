@@ -30,7 +30,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 import coco_eval
 import utils
 from coco_utils import get_coco
-from engine import NonFiniteLossError, TrainingStopped, evaluate, train_one_epoch
+from engine import NonFiniteLossError, TrainingStopped, evaluate, evaluation_record, train_one_epoch
 from group_by_aspect_ratio import GroupedBatchSampler, create_aspect_ratio_groups
 from transforms import DATA_AUGMENTATIONS, copypaste_allowed, copypaste_collate_fn, get_transform
 
@@ -75,8 +75,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument("--lr-step-size", default=8, type=int, help="kept for command-line compatibility; unused, as upstream")
     parser.add_argument("--lr-steps", default=[16, 22], nargs="+", type=int, help="epochs at which multisteplr decays the lr")
     parser.add_argument("--lr-gamma", default=0.1, type=float, help="lr decay factor of multisteplr")
-    parser.add_argument("--print-freq", default=20, type=int, help="iterations between log lines")
-    parser.add_argument("--output-dir", default=".", help="where checkpoints are saved")
+    parser.add_argument("--print-freq", default=20, type=int, help="iterations between log lines (and metrics.jsonl records)")
+    parser.add_argument("--output-dir", default=".", help="where checkpoints and metrics.jsonl are saved")
     parser.add_argument("--resume", default="", help="checkpoint to resume from (training continues at the next epoch)")
     parser.add_argument("--start-epoch", "--start_epoch", default=0, type=int, dest="start_epoch", help="first epoch")
     parser.add_argument("--aspect-ratio-group-factor", default=3, type=int, help="aspect-ratio bins per side of 1; < 0 disables grouping")
@@ -112,6 +112,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "--auto-resume", action="store_true", help="resume from <output-dir>/checkpoint.pth if it exists (for requeued jobs)"
     )
     parser.add_argument("--clip-grad-norm", default=None, type=float, metavar="MAX", help="clip the gradient norm to MAX")
+    parser.add_argument("--tensorboard", action="store_true", help="also log metrics.jsonl's numbers to <output-dir>/tensorboard/")
     parser.add_argument(
         "--dist-timeout",
         default=utils.DEFAULT_DIST_TIMEOUT,
@@ -154,6 +155,10 @@ def _validate_args(args: argparse.Namespace) -> None:
         raise utils.UsageError("--use-copypaste: works only with --data-augmentation lsj and a Mask R-CNN model (it pastes masks)")
     if args.auto_resume and not args.output_dir:
         raise utils.UsageError("--auto-resume: needs --output-dir, where it looks for checkpoint.pth")
+    if args.tensorboard and not args.output_dir:
+        raise utils.UsageError("--tensorboard: needs --output-dir, where it writes tensorboard/")
+    if args.tensorboard and not utils.tensorboard_available():
+        raise utils.UsageError(f"--tensorboard: {utils.TENSORBOARD_HINT}")
     if any(b <= a for a, b in zip(args.lr_steps, args.lr_steps[1:])):
         raise utils.UsageError(f"--lr-steps: epochs must increase, got {' '.join(map(str, args.lr_steps))}")
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
@@ -574,7 +579,8 @@ def main(args: argparse.Namespace) -> int:
     start_time = time.time()
     iters_per_epoch = len(batch_sampler.batch_sampler)
     _restore_random_state(checkpoint)
-    with utils.catching_stop_signals() as stop:
+    metrics = utils.MetricsWriter(args.output_dir, args.tensorboard, first_step=args.start_epoch * iters_per_epoch + first_iteration)
+    with utils.catching_stop_signals() as stop, metrics:
         for epoch in range(args.start_epoch, args.epochs):
             first = first_iteration if epoch == args.start_epoch else 0
             train_sampler.set_epoch(epoch)
@@ -584,13 +590,15 @@ def main(args: argparse.Namespace) -> int:
                 train_one_epoch(
                     model, optimizer, data_loader, device, epoch, args.print_freq, scaler,
                     first_iteration=first, clip_grad_norm=args.clip_grad_norm, stop=stop, after_step=after_step,
+                    write_metrics=metrics.write,
                 )  # fmt: skip
             except TrainingStopped as stopped:
                 path = save(epoch, stopped.iteration)
                 return _report_stop(path, stop.signum, f"at epoch {epoch}, iteration {stopped.iteration}/{iters_per_epoch}")
             lr_scheduler.step()
             path = save(epoch)
-            evaluate(model_without_ddp, data_loader_test, device, backend=args.eval_backend)
+            evaluator = evaluate(model_without_ddp, data_loader_test, device, backend=args.eval_backend)
+            metrics.write(evaluation_record(evaluator, epoch, global_iteration=(epoch + 1) * iters_per_epoch))
             if utils.any_rank(stop.received):
                 return _report_stop(path, stop.signum, f"after epoch {epoch}")
     print(f"Training time {time.strftime('%H:%M:%S', time.gmtime(time.time() - start_time))}")

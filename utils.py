@@ -1,11 +1,13 @@
-"""Shared helpers: console logging, batching and resumable sampling, distributed set-up and
-collectives, stop signals, RNG state, and safe file I/O (atomic checkpoints).
+"""Shared helpers: console logging, the metrics log (metrics.jsonl, TensorBoard), batching and resumable
+sampling, distributed set-up and collectives, stop signals, RNG state, and safe file I/O (atomic checkpoints).
 
 Nothing here knows about detection; engine.py and train.py build on these pieces.
 """
 
 import contextlib
 import datetime
+import json
+import math
 import os
 import pickle
 import random
@@ -15,7 +17,7 @@ import signal
 import sys
 import time
 from collections import defaultdict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,9 +108,18 @@ class MetricLogger:
         for meter in self.meters.values():
             meter.synchronize_between_processes()
 
-    def log_every(self, iterable: Iterable, print_freq: int, header: str = "", start: int = 0) -> Iterator:
+    def log_every(
+        self,
+        iterable: Iterable,
+        print_freq: int,
+        header: str = "",
+        start: int = 0,
+        on_print: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> Iterator:
         """Yield from `iterable`, printing ETA, losses, iteration/data time and CUDA memory as it goes.
-        `start` numbers the lines of an epoch resumed after that many iterations."""
+        `start` numbers the lines of an epoch resumed after that many iterations. With each line,
+        on_print(iteration, numbers) gets the numbers behind it, unsmoothed: every meter's latest value,
+        this iteration's `iter_time` and `data_time` (seconds) and, with CUDA, `max_mem_mb`."""
         remaining = len(iterable)
         total = start + remaining
         width = len(str(total))
@@ -121,12 +132,140 @@ class MetricLogger:
             if i % print_freq == 0 or i == total - 1:
                 eta = datetime.timedelta(seconds=int(iter_time.global_avg * (total - i - 1)))
                 parts = [header, f"[{i:{width}d}/{total}]", f"eta: {eta}", str(self), f"time: {iter_time}", f"data: {data_time}"]
-                if torch.cuda.is_available():
-                    parts.append(f"max mem: {torch.cuda.max_memory_allocated() / 2**20:.0f} MB")
+                max_mem_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+                if max_mem_mb is not None:
+                    parts.append(f"max mem: {max_mem_mb:.0f} MB")
                 print(self.delimiter.join(p for p in parts if p))
+                if on_print is not None:
+                    numbers = {name: meter.value for name, meter in self.meters.items()}
+                    numbers |= {"iter_time": iter_time.value, "data_time": data_time.value}
+                    on_print(i, numbers if max_mem_mb is None else numbers | {"max_mem_mb": max_mem_mb})
             end = time.time()
         elapsed = datetime.timedelta(seconds=int(time.time() - started))
         print(f"{header} Total time: {elapsed} ({(time.time() - started) / max(remaining, 1):.4f} s / it)")
+
+
+# ----------------------------------------------------------------------------- metrics log
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+TENSORBOARD_HINT = "needs the tensorboard package: pip install tensorboard (or pip install -r requirements-extras.txt)"
+
+
+def _finite_or_none(value: Any) -> Any:
+    """NaN and infinities become None (JSON null): strict JSON readers (jq, JavaScript) reject NaN and Infinity."""
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class JsonlWriter:
+    """Appends records to a JSON Lines file, one object per line, flushed at once: a run killed at any
+    moment (kill -9 included) keeps every line written before. The file is opened at the first write."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._file = None
+
+    def _ends_mid_line(self) -> bool:
+        """Whether the file's last line was cut off (an earlier run killed while writing it)."""
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return False
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+
+    def _open(self) -> None:
+        ends_mid_line = self._ends_mid_line()
+        self._file = open(self.path, "a", encoding="utf-8")
+        if ends_mid_line:  # start on a line of our own; readers skip the cut-off one
+            self._file.write("\n")
+
+    def write(self, record: dict) -> None:
+        if self._file is None:
+            self._open()
+        self._file.write(json.dumps(_finite_or_none(record)) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def tensorboard_available() -> bool:
+    """Whether torch.utils.tensorboard can be imported: the tensorboard package is an optional extra."""
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _scalars(values: dict, prefix: str) -> Iterator[tuple[str, float]]:
+    """(tag, value) for every number in `values`, nested dicts giving "prefix/key/subkey" tags."""
+    for key, value in values.items():
+        if isinstance(value, dict):
+            yield from _scalars(value, f"{prefix}/{key}")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            yield f"{prefix}/{key}", float(value)
+
+
+class TensorBoardWriter:
+    """Writes a record's numbers as TensorBoard scalars tagged "<type>/<key>" (train/lr, eval/bbox/AP) at step
+    record["global_iteration"], into an event file created at the first write. `first_step` is where this
+    run starts: what an earlier, killed run logged from there on is hidden (SummaryWriter's purge_step),
+    since this run logs those steps again."""
+
+    BOOKKEEPING = ("type", "epoch", "iteration", "global_iteration", "timestamp")
+
+    def __init__(self, log_dir: str | Path, first_step: int = 0):
+        self.log_dir, self.first_step = Path(log_dir), first_step
+        self._writer = None
+
+    def write(self, record: dict) -> None:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # imported here: tensorboard is an optional extra
+
+            self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=self.first_step)
+        numbers = {k: v for k, v in record.items() if k not in self.BOOKKEEPING}
+        for tag, value in _scalars(numbers, record["type"]):
+            self._writer.add_scalar(tag, value, global_step=record["global_iteration"], walltime=record.get("timestamp"))
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class MetricsWriter:
+    """The run's metrics log: records appended to <output_dir>/metrics.jsonl and, with `tensorboard`, the same
+    numbers to <output_dir>/tensorboard/. Only rank 0 writes; without an output_dir nothing is written.
+    Use it as a context manager; both files are opened at the first record."""
+
+    def __init__(self, output_dir: str | Path | None, tensorboard: bool = False, first_step: int = 0):
+        self._sinks: list[JsonlWriter | TensorBoardWriter] = []
+        if output_dir and is_main_process():
+            self._sinks.append(JsonlWriter(Path(output_dir) / METRICS_FILE))
+            if tensorboard:
+                self._sinks.append(TensorBoardWriter(Path(output_dir) / TENSORBOARD_DIR, first_step))
+
+    def write(self, record: dict) -> None:
+        for sink in self._sinks:
+            sink.write(record)
+
+    def close(self) -> None:
+        for sink in self._sinks:
+            sink.close()
+
+    def __enter__(self) -> "MetricsWriter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 # ----------------------------------------------------------------------------- batching

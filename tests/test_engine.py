@@ -1,8 +1,11 @@
 """engine.py: the loss falls under train_one_epoch, warm-up follows the reference, a NaN stops the run,
-a stop signal ends the epoch after a whole step, gradients clip, evaluate() encodes the model's masks as its own
-pasting does and scores every image with either backend."""
+a stop signal ends the epoch after a whole step, gradients clip, each log line comes with a metrics record,
+evaluate() encodes the model's masks as its own pasting does and scores every image with either backend."""
 
+import json
 import math
+import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +16,16 @@ from pycocotools import mask as mask_utils
 import utils
 from coco_eval import CocoEvaluator
 from coco_utils import get_coco
-from engine import LinearWarmup, NonFiniteLossError, TrainingStopped, evaluate, images_to_device, iou_types_of, train_one_epoch
+from engine import (
+    LinearWarmup,
+    NonFiniteLossError,
+    TrainingStopped,
+    evaluate,
+    evaluation_record,
+    images_to_device,
+    iou_types_of,
+    train_one_epoch,
+)
 from transforms import get_transform
 
 SMALL_RCNN = dict(
@@ -157,6 +169,85 @@ def test_clip_grad_norm_bounds_each_step():
     logger = train_one_epoch(model, optimizer, _tiny_loader(1), torch.device("cpu"), 1, 100, clip_grad_norm=0.5)
     assert model.w.item() == pytest.approx(0.5)  # the gradient -6 was clipped to norm 0.5
     assert logger.meters["grad_norm"].value == pytest.approx(6.0)
+
+
+def _expected_losses(lr: float, iterations: int) -> list[float]:
+    """_TinyDetector's loss at each SGD step: (w - 3)^2, with w -= lr * 2 (w - 3) and w starting at 0."""
+    w, losses = 0.0, []
+    for _ in range(iterations):
+        losses.append((w - 3) ** 2)
+        w -= lr * 2 * (w - 3)
+    return losses
+
+
+def test_a_metrics_record_goes_with_every_log_line_holding_the_logged_values(capsys):
+    model = _TinyDetector()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    records = []
+    train_one_epoch(model, optimizer, _tiny_loader(5), torch.device("cpu"), 3, print_freq=2, write_metrics=records.append)
+    logged = [line for line in capsys.readouterr().out.splitlines() if "]  eta: " in line]
+    assert [r["iteration"] for r in records] == [0, 2, 4] and len(logged) == 3  # one record per console line
+    expected = _expected_losses(0.1, 5)
+    for record, line in zip(records, logged):
+        i = record["iteration"]
+        assert (record["type"], record["epoch"], record["global_iteration"]) == ("train", 3, 3 * 5 + i)
+        assert record["losses"] == {"loss_a": pytest.approx(expected[i])} and record["loss"] == pytest.approx(expected[i])
+        assert record["lr"] == 0.1 and f"lr: {record['lr']:.6f}" in line
+        assert record["iter_time"] >= record["data_time"] >= 0 and abs(record["timestamp"] - time.time()) < 60
+        assert "grad_norm" not in record and ("max_mem_mb" in record) == torch.cuda.is_available()
+
+
+def test_a_resumed_epoch_numbers_its_records_from_its_first_iteration():
+    model = _TinyDetector()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    records = []
+    train_one_epoch(model, optimizer, _tiny_loader(3), torch.device("cpu"), 2, 2, first_iteration=7, write_metrics=records.append)
+    # Iterations 7, 8, 9 of a 10-iteration epoch: lines at multiples of print_freq and at the last iteration.
+    assert [(r["iteration"], r["global_iteration"]) for r in records] == [(8, 28), (9, 29)]
+
+
+def test_metrics_records_carry_the_gradient_norm_when_clipping():
+    model = _TinyDetector()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    records = []
+    train_one_epoch(model, optimizer, _tiny_loader(1), torch.device("cpu"), 1, 100, clip_grad_norm=0.5, write_metrics=records.append)
+    assert records[0]["grad_norm"] == pytest.approx(6.0)  # before clipping, as logged
+
+
+class _SlowLoader:
+    """Batches that each take `delay` seconds to arrive."""
+
+    def __init__(self, batches: int, delay: float):
+        self.batches, self.delay = _tiny_loader(batches), delay
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            time.sleep(self.delay)
+            yield batch
+
+
+def test_metrics_records_measure_the_wait_for_data():
+    records = []
+    model = _TinyDetector()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_one_epoch(model, optimizer, _SlowLoader(2, 0.05), torch.device("cpu"), 1, 1, write_metrics=records.append)
+    assert len(records) == 2
+    assert all(r["iter_time"] >= r["data_time"] >= 0.05 for r in records)
+
+
+def test_evaluation_record_names_the_twelve_numbers_of_each_iou_type():
+    stats = {"bbox": [0.5 + i / 100 for i in range(12)], "segm": [0.25 + i / 100 for i in range(12)]}
+    evaluator = SimpleNamespace(coco_eval={t: SimpleNamespace(stats=np.array(v)) for t, v in stats.items()})
+    record = evaluation_record(evaluator, epoch=4, global_iteration=50)
+    assert (record["type"], record["epoch"], record["global_iteration"]) == ("eval", 4, 50)
+    names = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")  # pycocotools' order
+    assert record["bbox"] == dict(zip(names, stats["bbox"]))
+    assert list(record["segm"].values()) == stats["segm"] and list(record["segm"]) == list(record["bbox"])
+    assert all(type(v) is float for v in record["bbox"].values())  # numpy floats would not serialize to JSON
+    json.dumps(record)
 
 
 @pytest.mark.slow

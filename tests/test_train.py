@@ -1,6 +1,7 @@
 """train.py: flags, the local ResNet-50 backbone, checkpoints, and end-to-end runs (train, --resume,
 --test-only, torchrun with 2 processes) on a COCO-format dataset the generator did not write."""
 
+import json
 import os
 import re
 import subprocess
@@ -139,9 +140,57 @@ def trained(quirky_root, tmp_path_factory):
     backbone = output / "resnet50.pth"
     _write_random_resnet50(backbone)
     flags = ["--data-path", str(quirky_root), "--weights-backbone", str(backbone), "-b", "2", "--lr", "0.001", *SMALL_RUN]
-    result = _run(*flags, "--epochs", "1", "--output-dir", str(output))
+    tensorboard = ["--tensorboard"] if utils.tensorboard_available() else []  # an optional extra
+    result = _run(*flags, "--epochs", "1", "--output-dir", str(output), *tensorboard)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return output, flags, result
+
+
+def _metrics(output: Path) -> list[dict]:
+    return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+
+
+TRAIN_LINE = re.compile(r"Epoch: \[(\d+)\]  \[ *(\d+)/(\d+)\]  eta: \S+  lr: ([\d.]+)")
+MASK_RCNN_LOSSES = {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
+
+
+@pytest.mark.slow
+def test_training_writes_a_metrics_record_per_log_line_and_per_evaluation(trained):
+    output, _, result = trained
+    records = _metrics(output)
+    training = [r for r in records if r["type"] == "train"]
+    lines = TRAIN_LINE.findall(result.stdout)
+    iters_per_epoch = int(lines[0][2])
+    # --print-freq 1: a record for every iteration, with the lr its console line shows.
+    assert [(r["epoch"], r["iteration"], f"{r['lr']:.6f}") for r in training] == [(int(e), int(i), lr) for e, i, _, lr in lines]
+    assert [r["global_iteration"] for r in training] == list(range(iters_per_epoch))
+    for record in training:
+        assert set(record["losses"]) == MASK_RCNN_LOSSES
+        assert record["loss"] == pytest.approx(sum(record["losses"].values()))
+        assert record["iter_time"] >= record["data_time"] >= 0
+    (evaluation,) = [r for r in records if r["type"] == "eval"]
+    assert (evaluation["epoch"], evaluation["global_iteration"]) == (0, iters_per_epoch)
+    assert records[-1] == evaluation  # after the epoch's training records
+    printed = [float(line.rsplit("= ", 1)[1]) for line in _ap_table(result.stdout)]  # 12 bbox, then 12 segm
+    assert [*evaluation["bbox"].values(), *evaluation["segm"].values()] == pytest.approx(printed, abs=0.00051)
+
+
+@pytest.mark.slow
+def test_tensorboard_gets_the_numbers_of_metrics_jsonl(trained):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    output, _, _ = trained
+    events = EventAccumulator(str(output / "tensorboard"))
+    events.Reload()
+    records = _metrics(output)
+    training = [r for r in records if r["type"] == "train"]
+    logged = [(e.step, e.value) for e in events.Scalars("train/losses/loss_mask")]
+    assert logged == [(r["global_iteration"], pytest.approx(r["losses"]["loss_mask"], rel=1e-6)) for r in training]
+    evaluation = records[-1]
+    assert [(e.step, e.value) for e in events.Scalars("eval/segm/AP50")] == [
+        (evaluation["global_iteration"], pytest.approx(evaluation["segm"]["AP50"], rel=1e-6))
+    ]
 
 
 @pytest.mark.slow
@@ -170,6 +219,9 @@ def test_resume_continues_at_the_next_epoch(trained, tmp_path):
     assert "Epoch: [1]" in result.stdout and "Epoch: [0]" not in result.stdout
     after = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert after["epoch"] == 1 and (tmp_path / "model_1.pth").exists() and not (tmp_path / "model_0.pth").exists()
+    iters_per_epoch = sum(r["type"] == "train" for r in _metrics(output))
+    first = _metrics(tmp_path)[0]
+    assert (first["epoch"], first["iteration"], first["global_iteration"]) == (1, 0, iters_per_epoch)
     assert after["lr_scheduler"]["last_epoch"] == before["lr_scheduler"]["last_epoch"] + 1
     name = "roi_heads.box_predictor.cls_score.weight"
     assert not torch.equal(before["model"][name], after["model"][name])
@@ -210,6 +262,8 @@ def test_torchrun_trains_with_two_processes(quirky_root, trained, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert len(_ap_table(result.stdout)) == 24
     assert result.stdout.count("Epoch: [0] Total time") == 1  # only rank 0 prints
+    iterations = [r["iteration"] for r in _metrics(tmp_path) if r["type"] == "train"]
+    assert iterations == [int(i) for _, i, _, _ in TRAIN_LINE.findall(result.stdout)]  # ... and only rank 0 writes metrics.jsonl
     assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["epoch"] == 0
 
 
@@ -281,6 +335,7 @@ BAD_INPUTS = {
     "dist timeout 0": (lambda d, t: ["--dist-timeout", "0"], "--dist-timeout: must be positive"),
     "copy-paste without lsj": (lambda d, t: ["--use-copypaste"], "--use-copypaste: works only with --data-augmentation lsj"),
     "auto-resume without output dir": (lambda d, t: ["--auto-resume", "--output-dir", ""], "--auto-resume: needs --output-dir"),
+    "tensorboard without output dir": (lambda d, t: ["--tensorboard", "--output-dir", ""], "--tensorboard: needs --output-dir"),
     "output dir is a file": (lambda d, t: ["--output-dir", str(t / "file.txt")], "is a file, not a folder"),
     "output dir under a file": (lambda d, t: ["--output-dir", str(t / "file.txt" / "sub")], "--output-dir: cannot write to"),
     "output dir of an earlier run": (_earlier_run, "already holds checkpoint.pth from an earlier run"),
@@ -303,6 +358,18 @@ def test_bad_input_gets_one_line_and_status_2_and_overwrites_nothing(case, synth
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == {p: p.read_bytes() for p in before if p.exists()}
+
+
+def test_tensorboard_without_its_package_is_a_usage_error_before_any_work(synthetic_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # what a missing package looks like to import
+    output = tmp_path / "out"
+    flags = ["--data-path", str(synthetic_root), "--weights-backbone", "none", "--output-dir", str(output), *SMALL_RUN, "--tensorboard"]
+    assert train.cli(flags) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "error: --tensorboard: needs the tensorboard package: pip install tensorboard (or pip install -r requirements-extras.txt)"
+    ]
+    assert not output.exists()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import curves
 import synthetic_coco
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,6 +113,14 @@ def test_kill_9_after_a_mid_epoch_checkpoint_loses_only_the_work_since(tiny_root
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Epoch: [1]  [3/8]" in resumed.stdout and "Epoch: [1]  [2/8]" not in resumed.stdout
     assert _max_difference(_final_weights(tmp_path), uninterrupted) == 0
+
+    # Both runs appended to metrics.jsonl: iteration 3 of epoch 1 is there twice, with the same losses (an exact resume).
+    records = curves.read_records(tmp_path / "metrics.jsonl")
+    killed_3, resumed_3 = [r for r in records if r["type"] == "train" and (r["epoch"], r["iteration"]) == (1, 3)]
+    assert killed_3["losses"] == resumed_3["losses"] and killed_3["timestamp"] < resumed_3["timestamp"]
+    history = curves.latest_history(records)
+    assert [r["global_iteration"] for r in history if r["type"] == "train"] == list(range(2 * ITERS_PER_EPOCH))
+    assert [r["epoch"] for r in history if r["type"] == "eval"] == [0, 1]
 
 
 def test_a_non_finite_loss_exits_1_and_keeps_the_last_good_checkpoint(tiny_root, tmp_path):
