@@ -67,15 +67,16 @@ class TrainingStopped(Exception):
         self.epoch, self.iteration, self.signum = epoch, iteration, signum
 
 
-def _reduce_losses_and_stop(loss_dict: dict[str, torch.Tensor], stop: utils.StopSignal | None) -> tuple[dict[str, torch.Tensor], int]:
-    """Average the losses over ranks and learn whether any rank received a stop signal, in one collective.
-    Returns the averaged losses and the signal to stop for (this rank's own, or SIGTERM for another's), or 0."""
+def _reduce_losses_and_stop(loss_dict: dict[str, torch.Tensor], stop: utils.StopSignal | None) -> tuple[dict[str, float], int]:
+    """Average the losses over ranks and learn whether any rank received a stop signal: one collective and
+    one copy to the host (the one device sync of an iteration). Returns the averaged losses as floats and
+    the signal to stop for (this rank's own, or SIGTERM for another rank's), or 0."""
     signum = stop.signum if stop is not None and stop.received else 0
     if utils.get_world_size() < 2:
-        return loss_dict, signum
+        return _to_floats(loss_dict), signum
     flag = next(iter(loss_dict.values())).detach().new_tensor(float(signum > 0))
-    reduced = utils.reduce_dict(loss_dict | {STOP_KEY: flag})
-    if reduced.pop(STOP_KEY).item() > 0:
+    reduced = _to_floats(utils.reduce_dict(loss_dict | {STOP_KEY: flag}))
+    if reduced.pop(STOP_KEY) > 0:
         return reduced, signum or signal.SIGTERM
     return reduced, 0
 
@@ -207,8 +208,7 @@ def train_one_epoch(
             loss = sum(loss_dict.values())
 
         # Every rank checks the same averaged losses, and learns of any rank's stop signal, so all act together.
-        loss_dict_reduced, signum = _reduce_losses_and_stop(loss_dict, stop)
-        losses = _to_floats(loss_dict_reduced)  # the one host-device sync of an iteration
+        losses, signum = _reduce_losses_and_stop(loss_dict, stop)
         loss_value = sum(losses.values())
         _check_finite(loss_value, losses, epoch, iteration)
         grad_norm = _backward_and_step(loss, optimizer, scaler, clip_grad_norm)
