@@ -225,14 +225,38 @@ class _PastedColumns:
         values = torch.take(self.values, (columns * self.size)[:, None] + sources)
         return (values[:, 0] * weights[:, 0] + values[:, 1] * weights[:, 1] > threshold) & inside
 
-    def _uncertain_segments(self, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(column, segment) pairs whose pixels are not all on one side of the threshold for sure.
-        Between source rows j and j + 1 a column's pixels are weighted means of its values at both:
-        when both lie clearly on one side (by far more than float rounding), so do the pixels."""
+    def _segments_to_compute(self, threshold: float) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """(columns, segments) where a column's pixels between source rows j and j + 1 may not all lie
+        on one side of the threshold. They are weighted means of the column's values at both rows:
+        - crossing: the values lie clearly on either side (by far more than float rounding), so the
+          pixels cross the threshold once, at a row that follows from the values;
+        - near: a value lies on the threshold or close to it, so that rounding decides (masks at
+          exactly 0.5, from saturated or untrained models): every pixel must be computed."""
         side = torch.where(self.values > threshold + UNCERTAIN, 1, torch.where(self.values < threshold - UNCERTAIN, -1, 0))
-        uncertain = (side[:, 1:] != side[:, :-1]) | (side[:, 1:] == 0)
-        pairs = _flat_nonzero(uncertain).to(self.values.device)
-        return pairs // (self.size - 1), pairs % (self.size - 1)
+        product = side[:, 1:] * side[:, :-1]
+        found = []
+        for pairs in (_flat_nonzero(product < 0), _flat_nonzero(product == 0)):
+            pairs = pairs.to(self.values.device)
+            found.append((pairs // (self.size - 1), pairs % (self.size - 1)))
+        return found[0], found[1]
+
+    def _first_rows_past(self, columns: torch.Tensor, segments: torch.Tensor, threshold: float) -> torch.Tensor:
+        """Where a column's values, linear between source rows `segments` and `segments` + 1, cross the
+        threshold: the first crop row whose source coordinate is at or past the crossing."""
+        flat = self.values.view(-1)
+        low = flat.index_select(0, columns * self.size + segments).double()
+        high = flat.index_select(0, columns * self.size + segments + 1).double()
+        crossing = segments.double() + (threshold - low) / (high - low)
+        mask = self.column_mask.index_select(0, columns)
+        scale, offset = self.scale[:, 1].double().index_select(0, mask), self.offset[:, 1].index_select(0, mask)
+        return torch.ceil((crossing + 0.5) / scale - 0.5 - offset).long()
+
+    def _changes_at_crossings(self, columns: torch.Tensor, segments: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Changes where values clearly on either side of the threshold cross it: at the first row past
+        the crossing, or (float rounding, several crossings between two rows of a small box) a row
+        before or after it. Pixels further away are clearly on one side."""
+        first = self._first_rows_past(columns, segments, threshold) - 2
+        return self._changes_in_windows(columns, first, torch.full_like(first, 4), 4, threshold)
 
     def _changes_in_segments(self, columns: torch.Tensor, segments: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Every change among the rows of the given segments, each computed, with the row before and
@@ -272,7 +296,12 @@ class _PastedColumns:
     def changes(self, threshold: float) -> tuple[np.ndarray, np.ndarray]:
         """(column, crop row) of every pixel that differs from the one above it (the crop's first
         row from 0, the row past its end back to 0), in column-major order."""
-        changes = [self._changes_in_segments(*self._uncertain_segments(threshold), threshold), *self._cut_edges(threshold)]
+        crossing, near = self._segments_to_compute(threshold)
+        changes = [
+            self._changes_at_crossings(*crossing, threshold),
+            self._changes_in_segments(*near, threshold),
+            *self._cut_edges(threshold),
+        ]
         keys = torch.cat([c * (self.row_count + 1) + r for c, r in changes])
         keys = np.sort(keys.cpu().numpy(), kind="stable")  # nearly sorted already: a few merges
         keys = keys[np.diff(keys, prepend=-1) != 0]  # a change found twice
