@@ -543,7 +543,11 @@ class CocoEvaluator:
                     coco_eval.accumulate()
 
     def summarize(self) -> None:
-        """Print the 12-number table per IoU type and fill coco_eval[iou_type].stats."""
+        """Print pycocotools' 12-number table per IoU type and fill coco_eval[iou_type].stats."""
         for iou_type, coco_eval in self.coco_eval.items():
             print(f"IoU metric: {iou_type}")
-            coco_eval.summarize()
+            table = io.StringIO()
+            with contextlib.redirect_stdout(table):
+                coco_eval.summarize()
+            # faster-coco-eval prints two more lines (AR at IoU 0.5 and 0.75) after the table's
+            print("".join(table.getvalue().splitlines(keepends=True)[: len(coco_eval.stats)]), end="")
