@@ -251,8 +251,8 @@ def evaluate(
 
     Pass the model without its DistributedDataParallel wrapper: ranks may hold different numbers
     of images, and DDP's forward would wait on the other ranks. Mask R-CNN's masks are pasted and
-    encoded box by box on `device` (see coco_eval.unpasted_masks); `backend` scores them:
-    "faster_coco_eval" or "pycocotools", with the same numbers.
+    RLE-encoded on `device`, only where they change value (see coco_eval.unpasted_masks);
+    `backend` scores the detections: "faster_coco_eval" or "pycocotools", with the same numbers.
     """
     model.eval()
     iou_types = iou_types_of(model)

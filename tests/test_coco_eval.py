@@ -147,6 +147,23 @@ def test_matches_pycocotools(any_root, tmp_path, seed, backend):
     assert evaluator.img_ids == sorted(ds.ids)
 
 
+def test_both_backends_print_pycocotools_table(quirky_root, capsys):
+    ds = coco_utils.get_coco(quirky_root, "val", transforms=None)
+    detections = Detections(ds, list(range(len(ds))), seed=9)
+    printed = {}
+    for backend in coco_eval.BACKENDS:
+        evaluator = CocoEvaluator(ds.coco, ["bbox", "segm"], backend=backend)
+        for update in detections.chunks(2):
+            evaluator.update(update)
+        evaluator.accumulate()
+        capsys.readouterr()
+        evaluator.summarize()
+        printed[backend] = capsys.readouterr().out.splitlines()
+    assert printed["faster_coco_eval"] == printed["pycocotools"]
+    assert len(printed["pycocotools"]) == 2 * 13  # a title and 12 numbers per IoU type
+    assert printed["pycocotools"][1].startswith(" Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = ")
+
+
 def test_perfect_detections_score_one(synthetic_root, backend):
     ds = coco_utils.get_coco(synthetic_root, "val", transforms=None)
     outputs = {}
