@@ -610,6 +610,9 @@ def _replace_atomically(path: Path, write) -> None:
     """Run write(tmp) on a temporary file beside `path`, then rename it over `path`: at every moment
     `path` is either the old complete file or the new complete one."""
     tmp = path.with_name(f".{path.name}.tmp")  # one fixed name: a write cut off by kill -9 is overwritten next time
+    # A temporary file left by a killed save may be a hard link to an epoch file: writing into it would
+    # change that file too, so it goes first.
+    tmp.unlink(missing_ok=True)
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -489,11 +489,20 @@ def test_save_checkpoint_writes_the_epoch_file_and_links_the_latest(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == ["model_2.pth", "model_3.pth", "model_4.pth"]
 
 
-def _save_forever(folder: str) -> None:
+def test_a_stale_temporary_link_from_a_killed_save_does_not_change_the_epoch_file(tmp_path):
+    utils.save_checkpoint({"step": 3}, tmp_path, epoch=3)
+    os.link(tmp_path / "model_3.pth", tmp_path / ".checkpoint.pth.tmp")  # killed between linking and renaming
+    utils.save_checkpoint({"step": 4}, tmp_path)  # the next, mid-epoch, save
+    assert torch.load(tmp_path / "model_3.pth", weights_only=True) == {"step": 3}
+    assert torch.load(tmp_path / "checkpoint.pth", weights_only=True) == {"step": 4}
+
+
+def _save_forever(folder: str, saved_once) -> None:
     """The child of the kill -9 test: save ever-growing checkpoints, each internally consistent."""
     for step in range(1, 10**9):
         weights = torch.full((step % 7 + 1, 50_000), float(step))
         utils.save_checkpoint({"model": {"w": weights}, "step": step}, folder, epoch=step if step % 3 == 0 else None, keep=2)
+        saved_once.set()
 
 
 def test_kill_9_at_any_moment_of_a_save_loop_leaves_a_loadable_checkpoint(tmp_path):
@@ -504,9 +513,14 @@ def test_kill_9_at_any_moment_of_a_save_loop_leaves_a_loadable_checkpoint(tmp_pa
     context = multiprocessing.get_context("fork")
     trials = 25
     for trial in range(trials):
-        child = context.Process(target=_save_forever, args=(str(tmp_path),))
+        saved_once = context.Event()
+        child = context.Process(target=_save_forever, args=(str(tmp_path), saved_once))
         child.start()
-        time.sleep(rng.uniform(0.02, 0.4))
+        # Most trials kill at a random moment once the loop is under way (however loaded the machine);
+        # every fifth one right after the start, possibly before any save completes.
+        if trial % 5:
+            assert saved_once.wait(timeout=120), "the saver never completed a checkpoint"
+        time.sleep(rng.uniform(0.0, 0.3))
         os.kill(child.pid, signal.SIGKILL)
         child.join()
         latest = tmp_path / "checkpoint.pth"
