@@ -499,6 +499,8 @@ def test_a_stale_temporary_link_from_a_killed_save_does_not_change_the_epoch_fil
 
 def _save_forever(folder: str, saved_once) -> None:
     """The child of the kill -9 test: save ever-growing checkpoints, each internally consistent."""
+    # A forked child must not enter the OpenMP pool its parent started (it would wait forever): one thread.
+    torch.set_num_threads(1)
     for step in range(1, 10**9):
         weights = torch.full((step % 7 + 1, 50_000), float(step))
         utils.save_checkpoint({"model": {"w": weights}, "step": step}, folder, epoch=step if step % 3 == 0 else None, keep=2)
