@@ -11,6 +11,7 @@ every geometric transform moves them, with their visibility beside them; the pip
 steps put them back together, with visibility 0 for keypoints that left the image.
 """
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -52,6 +53,27 @@ COCO_PERSON_KEYPOINT_NAMES = (
 )
 # After a horizontal flip, keypoint k of the flipped person is keypoint COCO_PERSON_KEYPOINT_FLIP_INDICES[k] of the original.
 COCO_PERSON_KEYPOINT_FLIP_INDICES = (0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15)
+
+# "left" or "right" as a whole word: not inside a longer one ("leftover"), but between "_", "-", spaces or the ends.
+_SIDE_WORD = re.compile(r"(?<![^\W_])(left|right)(?![^\W_])")
+
+
+def _mirror_name(name: str) -> str:
+    """`name` with "left" and "right" swapped, in lower case (names are matched case-insensitively)."""
+    return _SIDE_WORD.sub(lambda m: "right" if m.group(0) == "left" else "left", name.lower())
+
+
+def keypoint_flip_indices(names: Sequence[str]) -> tuple[int, ...]:
+    """For each keypoint name, the index of its mirror image ("left_eye" <-> "right_eye"), or its own index when
+    the name has no side or its counterpart is missing: the flip order of a dataset, from its category's "keypoints"."""
+    index = {}
+    for i, name in enumerate(names):
+        if name.lower() in index:
+            # Two names differing only in case would make the counterpart ambiguous.
+            raise ValueError(f"keypoint names must differ ignoring case, got {name!r} twice")
+        index[name.lower()] = i
+    return tuple(index.get(_mirror_name(name), i) for i, name in enumerate(names))
+
 
 # Per-object entries that must be dropped together with their boxes (masks are found by SanitizeBoundingBoxes itself).
 _VISIBILITY = "keypoints_visibility"

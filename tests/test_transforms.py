@@ -20,6 +20,7 @@ from transforms import (
     copypaste_allowed,
     copypaste_collate_fn,
     get_transform,
+    keypoint_flip_indices,
 )
 
 
@@ -296,6 +297,18 @@ def test_coco_person_flip_indices_swap_left_and_right():
     for name, flipped_from in zip(names, COCO_PERSON_KEYPOINT_FLIP_INDICES):
         mirrored = name.replace("left", "RIGHT").replace("right", "left").replace("RIGHT", "right")
         assert names[flipped_from] == mirrored
+
+
+def test_keypoint_flip_indices_from_names():
+    assert keypoint_flip_indices(COCO_PERSON_KEYPOINT_NAMES) == COCO_PERSON_KEYPOINT_FLIP_INDICES
+    # Case, hyphens and spaces; "left"/"right" at either end or in the middle.
+    names = ["Left Wrist", "tip", "RIGHT-eye", "left-Eye", "Right Wrist", "hand_left_thumb", "HAND_RIGHT_THUMB"]
+    assert keypoint_flip_indices(names) == (4, 1, 3, 2, 0, 6, 5)
+    # Only whole words count, and a side without its counterpart stays where it is.
+    assert keypoint_flip_indices(["leftover", "rightover", "left_knee", "brightness", "left", "right"]) == (0, 1, 2, 3, 5, 4)
+    assert keypoint_flip_indices([]) == ()
+    with pytest.raises(ValueError, match="ignoring case"):
+        keypoint_flip_indices(["left_eye", "Left_Eye"])
 
 
 def test_flip_moves_keypoints_like_boxes_and_swaps_pairs():
