@@ -1,4 +1,5 @@
-"""Shared fixtures: the generator's synthetic dataset, a hand-written COCO dataset with other quirks, and copies of it to break."""
+"""Shared fixtures: the generator's synthetic datasets (shapes; stick figures with keypoints), a hand-written COCO dataset
+with other quirks, and copies of it to break."""
 
 import json
 import shutil
@@ -27,6 +28,12 @@ QUIRKY_CATEGORIES = [
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
     return synthetic_coco.generate(tmp_path_factory.mktemp("synthetic"), num_train=24, num_val=8, seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_kp_root(tmp_path_factory) -> Path:
+    """The keypoint variant (stick figures with COCO person keypoints), small."""
+    return synthetic_coco.generate_keypoints(tmp_path_factory.mktemp("synthetic_kp"), num_train=24, num_val=8, seed=0)
 
 
 def _ellipse_mask(width: int, height: int, box: tuple[int, int, int, int]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The synthetic dataset generator: determinism, the quirks it promises, referential integrity."""
+"""The synthetic dataset generator: determinism, the quirks it promises, referential integrity; and its keypoint variant."""
 
 import json
 from pathlib import Path
@@ -7,8 +7,10 @@ import numpy as np
 import PIL.Image
 import pytest
 from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
 
 import synthetic_coco
+from transforms import COCO_PERSON_KEYPOINT_FLIP_INDICES, COCO_PERSON_KEYPOINT_NAMES, keypoint_flip_indices
 
 SPLITS = ("train", "val")
 
@@ -177,3 +179,139 @@ def test_references_resolve(which, synthetic_root, default_root):
         for img in data["images"]:
             assert (root / f"{split}2017" / img["file_name"]).is_file()
         assert "info" in data
+
+
+# ----------------------------------------------------------------------------- keypoint variant
+
+KP = {name: k for k, name in enumerate(COCO_PERSON_KEYPOINT_NAMES)}
+
+
+def load_kp(root: Path, split: str) -> dict:
+    with open(root / "annotations" / f"person_keypoints_{split}2017.json") as f:
+        return json.load(f)
+
+
+def keypoints_of(ann: dict) -> np.ndarray:
+    return np.asarray(ann["keypoints"], dtype=float).reshape(-1, 3)
+
+
+def kp_annotations(root: Path) -> list[dict]:
+    return [a for split in SPLITS for a in load_kp(root, split)["annotations"]]
+
+
+def test_keypoint_variant_writes_the_coco_layout(synthetic_kp_root):
+    assert {p.name for p in (synthetic_kp_root / "annotations").iterdir()} == {
+        f"{kind}_{split}2017.json" for kind in ("person_keypoints", "instances") for split in SPLITS
+    }
+    assert len(list((synthetic_kp_root / "train2017").glob("*.jpg"))) == 24
+    assert len(list((synthetic_kp_root / "val2017").glob("*.jpg"))) == 8
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_keypoint_files_load_with_pycocotools(synthetic_kp_root, split):
+    coco = COCO(str(synthetic_kp_root / "annotations" / f"person_keypoints_{split}2017.json"))
+    (category,) = coco.loadCats(coco.getCatIds())
+    assert (category["id"], category["name"], category["supercategory"]) == (1, "person", "person")
+    assert tuple(category["keypoints"]) == COCO_PERSON_KEYPOINT_NAMES
+    assert keypoint_flip_indices(category["keypoints"]) == COCO_PERSON_KEYPOINT_FLIP_INDICES
+    assert len(category["skeleton"]) == 19
+    assert all(1 <= k <= 17 for pair in category["skeleton"] for k in pair)
+    ann_ids = coco.getAnnIds(catIds=[1])
+    assert ann_ids
+    for ann in coco.loadAnns(ann_ids):
+        mask = coco.annToMask(ann)  # the polygon is valid for frPyObjects
+        assert mask.sum() == pytest.approx(ann["area"]) and ann["area"] > 0
+    # The instances file holds the same images and objects.
+    instances = load(synthetic_kp_root, split)
+    keypoints = load_kp(synthetic_kp_root, split)
+    assert instances["images"] == keypoints["images"]
+    assert [(a["id"], a["image_id"], a["bbox"], a["segmentation"]) for a in instances["annotations"]] == [
+        (a["id"], a["image_id"], a["bbox"], a["segmentation"]) for a in keypoints["annotations"]
+    ]
+
+
+def test_keypoint_annotations_are_consistent(synthetic_kp_root):
+    for split in SPLITS:
+        data = load_kp(synthetic_kp_root, split)
+        images = {img["id"]: img for img in data["images"]}
+        for ann in data["annotations"]:
+            assert len(ann["keypoints"]) == 51
+            assert (ann["category_id"], ann["iscrowd"]) == (1, 0)
+            kps = keypoints_of(ann)
+            assert set(kps[:, 2]) <= {0, 1, 2}
+            assert ann["num_keypoints"] == int((kps[:, 2] > 0).sum())
+            assert (kps[kps[:, 2] == 0, :2] == 0).all()
+            labelled = kps[kps[:, 2] > 0]
+            x, y, w, h = ann["bbox"]
+            image = images[ann["image_id"]]
+            assert ((labelled[:, 0] >= x) & (labelled[:, 0] <= x + w) & (labelled[:, 1] >= y) & (labelled[:, 1] <= y + h)).all()
+            assert (
+                (labelled[:, 0] >= 0) & (labelled[:, 0] < image["width"]) & (labelled[:, 1] >= 0) & (labelled[:, 1] < image["height"])
+            ).all()
+    # The small fixture already has keypoints of all three kinds: visible, occluded, outside the image.
+    counts = np.bincount(np.concatenate([keypoints_of(a)[:, 2] for a in kp_annotations(synthetic_kp_root)]).astype(int), minlength=3)
+    assert counts[2] > 10 * counts[1] > 0 and counts[0] > 0
+
+
+def test_figures_face_the_viewer(synthetic_kp_root):
+    """The person's left is on the image's right, so a flip with the left/right swap keeps the rule."""
+    pairs = 0
+    for ann in kp_annotations(synthetic_kp_root):
+        kps = keypoints_of(ann)
+        for joint in ("shoulder", "hip"):
+            left, right = kps[KP[f"left_{joint}"]], kps[KP[f"right_{joint}"]]
+            if left[2] > 0 and right[2] > 0:
+                assert left[0] > right[0]
+                pairs += 1
+    assert pairs > 20
+
+
+def test_keypoints_lie_on_the_drawn_figures(synthetic_kp_root):
+    """The pixel under each visible keypoint is the bright figure, far from the dark plain background (JPEG noise allowed)."""
+    checked = 0
+    for split in SPLITS:
+        data = load_kp(synthetic_kp_root, split)
+        files = {img["id"]: img["file_name"] for img in data["images"]}
+        for ann in data["annotations"]:
+            with PIL.Image.open(synthetic_kp_root / f"{split}2017" / files[ann["image_id"]]) as f:
+                pixels = np.asarray(f.convert("RGB"), dtype=float)
+            background = np.median(pixels.reshape(-1, 3), axis=0)
+            for x, y, v in keypoints_of(ann):
+                if v == 2:
+                    assert np.abs(pixels[int(y), int(x)] - background).max() > 80, (split, ann["id"], x, y)
+                    checked += 1
+    assert checked > 300
+
+
+def test_keypoint_variant_same_seed_gives_identical_files(synthetic_kp_root, tmp_path):
+    again = synthetic_coco.generate_keypoints(tmp_path / "again", num_train=24, num_val=8, seed=0)
+    first, second = all_files(synthetic_kp_root), all_files(again)
+    assert len(first) == 24 + 8 + 4
+    assert first == second
+    other = synthetic_coco.generate_keypoints(tmp_path / "other", num_train=3, num_val=1, seed=1)
+    assert load_kp(other, "train")["annotations"] != load_kp(synthetic_kp_root, "train")["annotations"][:3]
+
+
+def test_keypoint_training_images_have_enough_keypoints(tmp_path):
+    """The reference drops training images with fewer than 10 labelled keypoints; only the every-50th empty image goes."""
+    root = synthetic_coco.generate_keypoints(tmp_path / "fifty", num_train=50, num_val=1, seed=2)
+    data = load_kp(root, "train")
+    per_image = {img["id"]: 0 for img in data["images"]}
+    for ann in data["annotations"]:
+        per_image[ann["image_id"]] += ann["num_keypoints"]
+    ids = [img["id"] for img in data["images"]]
+    assert ids == sorted(ids) and ids != list(range(1, len(ids) + 1))  # sparse, as in COCO
+    assert per_image[ids[49]] == 0
+    assert all(per_image[i] >= 10 for i in ids[:49])
+    persons = [sum(a["image_id"] == i for a in data["annotations"]) for i in ids[:49]]
+    assert set(persons) == {1, 2}
+
+
+def test_keypoint_command_line(tmp_path, capsys):
+    args = synthetic_coco.get_args_parser().parse_args(
+        ["--keypoints", "--output", str(tmp_path / "cli"), "--num-train", "2", "--num-val", "1", "--seed", "3"]
+    )
+    synthetic_coco.main(args)
+    assert "wrote 2 training and 1 validation images" in capsys.readouterr().out
+    assert len(load_kp(tmp_path / "cli", "train")["images"]) == 2
+    assert len(load(tmp_path / "cli", "val")["images"]) == 1
