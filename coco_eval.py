@@ -409,6 +409,15 @@ def coco_results(image_id: int, result: dict[str, Any], iou_type: str) -> list[d
     ]
 
 
+def results_file_entries(image_id: int, result: dict[str, Any], iou_types: Sequence[str]) -> list[dict]:
+    """One image's detections for a results file: one entry per detection, with every IoU type's field."""
+    entries = coco_results(image_id, result, iou_types[0])
+    for iou_type in iou_types[1:]:
+        for entry, other in zip(entries, coco_results(image_id, result, iou_type)):
+            entry.update(other)
+    return entries
+
+
 def _add_what_load_res_adds(detections: list[dict], iou_type: str) -> None:
     """What COCO.loadRes adds to box and mask results before evaluation (an id in order, iscrowd 0,
     the area; a mask's box), with one pycocotools call for all masks instead of two per mask."""
@@ -489,7 +498,9 @@ def _without_cyclic_gc() -> Iterator[None]:
 class CocoEvaluator:
     """Collects detections per image and scores them against `coco_gt` (a pycocotools-style COCO index)."""
 
-    def __init__(self, coco_gt: Any, iou_types: Sequence[str], backend: str = DEFAULT_BACKEND):
+    def __init__(
+        self, coco_gt: Any, iou_types: Sequence[str], backend: str = DEFAULT_BACKEND, label_to_category_id: Sequence[int] | None = None
+    ):
         unknown = [t for t in iou_types if t not in IOU_TYPES]
         if unknown:
             raise ValueError(f"unknown iou types {unknown}; expected some of {IOU_TYPES}")
@@ -501,6 +512,8 @@ class CocoEvaluator:
         # Created up front, so callers may adjust .params before accumulate(), as with the reference.
         self.coco_eval = {t: _new_coco_eval(coco_eval_class, self._gt, t) for t in self.iou_types}
         self.results: dict[int, dict[str, Any]] = {}
+        # Models predict labels; results files hold category ids (the same numbers when labels are category ids).
+        self._category_ids = None if label_to_category_id is None else np.asarray(label_to_category_id, dtype=np.int64)
 
     @property
     def img_ids(self) -> list[int]:
@@ -509,7 +522,10 @@ class CocoEvaluator:
     def update(self, predictions: dict[int, dict[str, Any]]) -> None:
         """Keep each image's detections (a later result for the same image id replaces the earlier one)."""
         for image_id, prediction in predictions.items():
-            self.results[int(image_id)] = compact_result(prediction, self.iou_types)
+            result = compact_result(prediction, self.iou_types)
+            if self._category_ids is not None:
+                result["labels"] = self._category_ids[result["labels"]]
+            self.results[int(image_id)] = result
 
     def synchronize_between_processes(self) -> None:
         """Give every rank the union of all ranks' results (numpy arrays and RLE strings, not dicts per detection)."""
@@ -540,6 +556,11 @@ class CocoEvaluator:
                 with contextlib.redirect_stdout(io.StringIO()):
                     coco_eval.evaluate()
                     coco_eval.accumulate()
+
+    def detections(self) -> list[dict]:
+        """Every image's detections as one COCO results list, each entry with all the IoU types' fields
+        (bbox, segmentation, keypoints), as detectron2's results files have them."""
+        return [entry for image_id in self.img_ids for entry in results_file_entries(image_id, self.results[image_id], self.iou_types)]
 
     def summarize(self) -> None:
         """Print pycocotools' 12-number table per IoU type and fill coco_eval[iou_type].stats."""

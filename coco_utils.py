@@ -1,7 +1,10 @@
 """The COCO dataset wrapper: annotation files to (image, target) pairs, and the ground truth for evaluation.
 
-Targets follow torchvision's detection models: boxes in xyxy pixels, labels (the dataset's
-category ids, so num_classes = largest id + 1, as in the reference), boolean instance masks, image_id.
+Targets follow torchvision's detection models: boxes in xyxy pixels, labels, boolean instance
+masks, keypoints (N, K, 3) for keypoint datasets, image_id. Labels are either the category ids
+themselves (num_classes = largest id + 1, as in the reference, so torchvision's COCO weights fit)
+or contiguous 1..K in category id order (num_classes = K + 1, as detectron2 and mmdetection map
+a user's own categories); `label_to_category_id` maps them back for evaluation and predictions.
 Crowd regions and degenerate boxes are kept out of targets; the evaluator still sees crowd
 regions through the ground truth, which is read from the annotation file, never rebuilt by
 running the dataset (vision #1888).
@@ -39,7 +42,11 @@ from utils import UsageError
 
 SPLITS = {"train": "train2017", "val": "val2017"}
 COCO_FOLDERS = {*SPLITS.values(), "annotations"}
+# --dataset: the annotation files' prefix in the 2017 layout, and whether targets carry keypoints.
+ANNOTATION_PREFIXES = {"coco": "instances", "coco_kp": "person_keypoints"}
 LAYOUT_HINT = "should hold train2017/, val2017/ and annotations/instances_*2017.json (make data writes a synthetic one)"
+# The reference's rule for keypoint training images: at least this many visible keypoints among their people.
+MIN_KEYPOINTS_PER_IMAGE = 10
 # What pycocotools raises for a segmentation it cannot draw (wrong nesting, non-numbers, a bad RLE).
 SEGMENTATION_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError)
 # What PIL raises for a file that is not a readable image (truncated, corrupt, not an image at all).
@@ -154,8 +161,17 @@ def clamp_boxes_xywh(boxes: np.ndarray, heights: np.ndarray | int, widths: np.nd
     return xyxy, (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
 
 
-def make_target(boxes: np.ndarray, labels: np.ndarray, image_id: int, height: int, width: int, masks: np.ndarray | None) -> dict:
-    """A detection target from xyxy boxes, labels and (optionally) masks; copies, so no transform can write into the dataset."""
+def make_target(
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    image_id: int,
+    height: int,
+    width: int,
+    masks: np.ndarray | None,
+    keypoints: np.ndarray | None = None,
+) -> dict:
+    """A detection target from xyxy boxes, labels and (optionally) masks and (N, K, 3) keypoints;
+    copies, so no transform can write into the dataset."""
     boxes_tensor = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
     target = {
         "boxes": tv_tensors.BoundingBoxes(boxes_tensor, format="XYXY", canvas_size=(height, width)),
@@ -166,6 +182,8 @@ def make_target(boxes: np.ndarray, labels: np.ndarray, image_id: int, height: in
         # bool, as the reference's masks: torch indexes bool masks 30x faster than uint8 ones (SanitizeBoundingBoxes
         # does masks[valid] on every sample: 0.07 ms against 2 ms at 640x480); the 0/1 bytes are reinterpreted, not copied.
         target["masks"] = tv_tensors.Mask(torch.from_numpy(masks).view(torch.bool))
+    if keypoints is not None:
+        target["keypoints"] = torch.tensor(keypoints, dtype=torch.float32)
     return target
 
 
@@ -197,11 +215,14 @@ class _AnnotationEntry(msgspec.Struct, gc=False):
     # Kept as its JSON text: decoding 860k polygons into Python floats is most of what a JSON parse costs.
     segmentation: msgspec.Raw = msgspec.Raw(b"[]")
     iscrowd: int | bool = 0
+    keypoints: list[float] | None = None  # x1, y1, v1, x2, ... in person_keypoints files
 
 
 class _CategoryEntry(msgspec.Struct, gc=False):
     id: int
     name: str = ""
+    keypoints: list[str] = []  # keypoint names, in person_keypoints files
+    skeleton: list[tuple[int, int]] = []  # pairs of keypoints to join when drawing, 1-based
 
 
 class _AnnotationFile(msgspec.Struct, gc=False):
@@ -305,6 +326,50 @@ def _check_references(ann_file: Path, ann_ids: np.ndarray, wanted: np.ndarray, f
             f"{ann_file}: annotation id {ann_ids[first]} refers to {field} {wanted[first]}, which is not in its {listed} list "
             f"({int((~found).sum())} of the {len(found)} annotations refer to missing ones); fix or remove them"
         )
+
+
+def label_to_category_ids(category_ids: Sequence[int], contiguous: bool) -> list[int]:
+    """The category id of each label (label 0, the background, maps to 0): contiguous labels 1..K in
+    category id order, or the category ids themselves (then num_classes is the largest id + 1)."""
+    ids = sorted(int(i) for i in category_ids)
+    return [0, *ids] if contiguous else list(range(ids[-1] + 1))
+
+
+def _category_lookup(label_to_category_id: Sequence[int]) -> dict[int, int]:
+    return {int(category_id): label for label, category_id in enumerate(label_to_category_id) if label > 0}
+
+
+def _keypoint_names(ann_file: Path, categories: list[_CategoryEntry]) -> list[str]:
+    """The keypoint names of a keypoint dataset's categories (one list shared by all: torchvision's Keypoint R-CNN has one)."""
+    lists = {tuple(c.keypoints) for c in categories if c.keypoints}
+    if not lists:
+        raise DataError(
+            f'{ann_file}: no category lists "keypoints" names, so this is not a keypoint annotation file; --dataset coco_kp reads '
+            "person_keypoints_*.json files, whose categories name their keypoints and whose annotations have keypoints"
+        )
+    if len(lists) > 1:
+        raise DataError(f"{ann_file}: categories name different keypoints; Keypoint R-CNN predicts one set of keypoints for every class")
+    return list(lists.pop())
+
+
+def _keypoint_array(ann_file: Path, annotations: list[_AnnotationEntry], rows: np.ndarray, count: int) -> np.ndarray:
+    """The keypoints of annotations `rows` as (len(rows), count, 3) float32: x, y, visibility."""
+    keypoints = np.zeros((len(rows), count, 3), dtype=np.float32)
+    for position, row in enumerate(rows.tolist()):
+        values = annotations[row].keypoints
+        if values is None or len(values) != 3 * count:
+            found = "no keypoints" if values is None else f"{len(values)} keypoint numbers"
+            raise DataError(
+                f"{ann_file}: annotation id {annotations[row].id} has {found}; every annotation of a keypoint dataset needs "
+                f"{3 * count} numbers (x, y, visibility for each of its category's {count} keypoints)"
+            )
+        keypoints[position] = np.asarray(values, dtype=np.float32).reshape(count, 3)
+    return keypoints
+
+
+def _visible_keypoints(annotations: list[_AnnotationEntry]) -> np.ndarray:
+    """How many keypoints of each annotation are labelled (visibility > 0)."""
+    return np.fromiter((sum(v > 0 for v in (a.keypoints or ())[2::3]) for a in annotations), dtype=np.int64, count=len(annotations))
 
 
 @dataclass
@@ -459,16 +524,25 @@ class CocoDetection(torch.utils.data.Dataset):
         remove_images_without_annotations: bool = False,
         with_masks: bool = True,
         skip_bad_images: bool = False,
+        with_keypoints: bool = False,
+        contiguous_labels: bool = False,
+        label_to_category_id: Sequence[int] | None = None,
     ):
         self.img_folder = Path(img_folder)
         self.ann_file = Path(ann_file)
         self.transforms = transforms
         self.with_masks = with_masks
+        self.with_keypoints = with_keypoints
         self.skip_bad_images = skip_bad_images
         self._coco: COCO | None = None
         self._reported_bad: set[int] = set()
         data = read_annotation_file(self.ann_file)
         self.categories = {c.id: c.name for c in data.categories}
+        self.keypoint_names = _keypoint_names(self.ann_file, data.categories) if with_keypoints else []
+        self.keypoint_skeleton = next(([list(pair) for pair in c.skeleton] for c in data.categories if c.keypoints), [])
+        if label_to_category_id is None:  # else given: another split's, or a trained model's
+            label_to_category_id = label_to_category_ids(self.categories, contiguous_labels)
+        self.label_to_category_id = [int(i) for i in label_to_category_id]
         self._index(data, remove_images_without_annotations)
         del data
         _release_freed_memory()
@@ -479,9 +553,13 @@ class CocoDetection(torch.utils.data.Dataset):
         boxes, non_empty = clamp_boxes_xywh(columns.boxes_xywh, columns.heights[columns.image_of_ann], columns.widths[columns.image_of_ann])
         keep_image = np.ones(len(columns.image_ids), dtype=bool)
         if remove_images_without_annotations:
-            # The reference's rule for training images: at least one non-crowd box larger than one pixel.
+            # The reference's rules for training images: at least one non-crowd box larger than one pixel,
+            # and in keypoint datasets at least MIN_KEYPOINTS_PER_IMAGE labelled keypoints.
             usable = ~columns.crowd & (columns.boxes_xywh[:, 2] > 1) & (columns.boxes_xywh[:, 3] > 1)
             keep_image = np.bincount(columns.image_of_ann[usable], minlength=len(keep_image)) > 0
+            if self.with_keypoints:
+                visible = np.bincount(columns.image_of_ann, weights=_visible_keypoints(data.annotations), minlength=len(keep_image))
+                keep_image &= visible >= MIN_KEYPOINTS_PER_IMAGE
         keep_image &= ~self._missing_images(columns.file_names, keep_image, columns.image_ids)
         self._check_not_empty(len(keep_image), int(keep_image.sum()))
         self._keep_images(columns, np.flatnonzero(keep_image))
@@ -491,9 +569,29 @@ class CocoDetection(torch.utils.data.Dataset):
         rows = rows[np.argsort(new_position[columns.image_of_ann[rows]], kind="stable")]
         counts = np.bincount(new_position[columns.image_of_ann[rows]], minlength=len(self._image_ids))
         self._ann_offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-        self._boxes, self._labels, self._ann_ids = boxes[rows], columns.labels[rows], columns.ann_ids[rows]
+        self._boxes, self._ann_ids = boxes[rows], columns.ann_ids[rows]
+        self._labels = self._labels_of(columns.labels[rows])
         self._segmentations = PackedTexts([data.annotations[i].segmentation for i in rows.tolist()] if self.with_masks else [])
         self._check_segmentations()
+        if self.with_keypoints:
+            self._keypoints = _keypoint_array(self.ann_file, data.annotations, rows, len(self.keypoint_names))
+
+    def _labels_of(self, category_ids: np.ndarray) -> np.ndarray:
+        """The labels of annotations' category ids; an id with no label stops the run, naming it."""
+        lookup = _category_lookup(self.label_to_category_id)
+        labels = np.fromiter((lookup.get(i, -1) for i in category_ids.tolist()), dtype=np.int64, count=len(category_ids))
+        if (labels < 0).any():
+            first = int(category_ids[np.flatnonzero(labels < 0)[0]])
+            if first == 0 and 0 not in lookup:
+                raise DataError(
+                    f"{self.ann_file}: category id 0 ({self.categories.get(0, '?')}) would be label 0, which detection models "
+                    "keep for the background; pass --label-mapping contiguous to number the categories from 1"
+                )
+            raise DataError(
+                f"{self.ann_file}: category id {first} ({self.categories.get(first, '?')}) is not among the model's categories "
+                f"(ids {sorted(lookup)}); train and evaluate on annotation files with the same categories"
+            )
+        return labels
 
     def _keep_images(self, columns: _Columns, kept: np.ndarray) -> None:
         self._image_ids, self._widths, self._heights = columns.image_ids[kept], columns.widths[kept], columns.heights[kept]
@@ -573,8 +671,17 @@ class CocoDetection(torch.utils.data.Dataset):
 
     @property
     def num_classes(self) -> int:
-        """Labels are category ids, so the classifier needs max id + 1 outputs (0 is background)."""
-        return max(self.categories) + 1
+        """The classifier's outputs: one per label, with 0 the background."""
+        return len(self.label_to_category_id)
+
+    def class_names(self) -> dict[str, Any]:
+        """What a checkpoint keeps so that predictions can be named and mapped back to category ids (plain data)."""
+        return {
+            "label_to_category_id": list(self.label_to_category_id),
+            "categories": [{"id": int(i), "name": name} for i, name in sorted(self.categories.items())],
+            "keypoint_names": list(self.keypoint_names),
+            "keypoint_skeleton": self.keypoint_skeleton if self.with_keypoints else [],
+        }
 
     @property
     def aspect_ratios(self) -> list[float]:
@@ -649,7 +756,8 @@ class CocoDetection(torch.utils.data.Dataset):
             except SEGMENTATION_ERRORS:
                 self._raise_for_bad_segmentation(segmentations, start, height, width)
         image_id = int(self._image_ids[index])
-        return make_target(self._boxes[start:end], self._labels[start:end], image_id, height, width, masks)
+        keypoints = self._keypoints[start:end] if self.with_keypoints else None
+        return make_target(self._boxes[start:end], self._labels[start:end], image_id, height, width, masks, keypoints)
 
     def _raise_for_bad_segmentation(self, segmentations: list, start: int, height: int, width: int) -> None:
         for offset, segmentation in enumerate(segmentations):
@@ -690,28 +798,65 @@ def _warn(message: str) -> None:
 
 
 def get_coco(
-    root: str | Path, image_set: str, transforms: Callable | None, with_masks: bool = True, skip_bad_images: bool = False
+    root: str | Path,
+    image_set: str,
+    transforms: Callable | None,
+    with_masks: bool = True,
+    skip_bad_images: bool = False,
+    *,
+    dataset: str = "coco",
+    img_folder: str | Path | None = None,
+    ann_file: str | Path | None = None,
+    contiguous_labels: bool = False,
+    label_to_category_id: Sequence[int] | None = None,
 ) -> CocoDetection:
-    """The `image_set` ("train" or "val") split of a COCO 2017 layout under `root`."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"--data-path: {root} {'is a file' if root.exists() else 'does not exist'}; it {LAYOUT_HINT}")
-    folder = SPLITS[image_set]
-    ann_file = root / "annotations" / f"instances_{folder}.json"
-    for path in (ann_file, root / folder):
-        if not path.exists():
-            inside = f" ({root.name}/ is a folder inside a COCO root: pass {root.parent})" if root.name in COCO_FOLDERS else ""
-            raise DataError(f"--data-path: {path} is missing; {root} {LAYOUT_HINT}{inside}")
-    if not (root / folder).is_dir():
-        raise DataError(f"--data-path: {root / folder} is a file, not a folder of images; {root} {LAYOUT_HINT}")
+    """The `image_set` ("train" or "val") split: of the COCO 2017 layout under `root` (`dataset` "coco"
+    reads instances_*.json, "coco_kp" person_keypoints_*.json), or of a user's own annotation file and
+    image folder when both `ann_file` and `img_folder` are given (--train-annotations/--train-images...)."""
+    if img_folder is None or ann_file is None:
+        img_folder, ann_file = _layout_paths(Path(root), image_set, ANNOTATION_PREFIXES[dataset])
+    else:
+        img_folder, ann_file = _own_paths(Path(img_folder), Path(ann_file), image_set)
     return CocoDetection(
-        root / folder,
+        img_folder,
         ann_file,
         transforms=transforms,
         remove_images_without_annotations=image_set == "train",
         with_masks=with_masks,
         skip_bad_images=skip_bad_images,
+        with_keypoints=dataset == "coco_kp",
+        contiguous_labels=contiguous_labels,
+        label_to_category_id=label_to_category_id,
     )
+
+
+def _layout_paths(root: Path, image_set: str, prefix: str) -> tuple[Path, Path]:
+    """The image folder and annotation file of a split of the COCO 2017 layout, checked."""
+    if not root.is_dir():
+        raise DataError(f"--data-path: {root} {'is a file' if root.exists() else 'does not exist'}; it {LAYOUT_HINT}")
+    folder = SPLITS[image_set]
+    ann_file = root / "annotations" / f"{prefix}_{folder}.json"
+    for path in (ann_file, root / folder):
+        if not path.exists():
+            inside = f" ({root.name}/ is a folder inside a COCO root: pass {root.parent})" if root.name in COCO_FOLDERS else ""
+            hint = LAYOUT_HINT.replace("instances", prefix)
+            raise DataError(f"--data-path: {path} is missing; {root} {hint}{inside}")
+    if not (root / folder).is_dir():
+        raise DataError(f"--data-path: {root / folder} is a file, not a folder of images; {root} {LAYOUT_HINT}")
+    return root / folder, ann_file
+
+
+def _own_paths(img_folder: Path, ann_file: Path, image_set: str) -> tuple[Path, Path]:
+    """A user's own image folder and annotation file, checked, with the flags that named them in any message."""
+    if not ann_file.is_file():
+        what = "is a folder" if ann_file.is_dir() else "does not exist"
+        raise DataError(f"--{image_set}-annotations: {ann_file} {what}; pass a COCO-format annotation file (.json)")
+    if not img_folder.is_dir():
+        what = "is a file" if img_folder.exists() else "does not exist"
+        raise DataError(
+            f"--{image_set}-images: {img_folder} {what}; pass the folder that the annotation file's file_name values are relative to"
+        )
+    return img_folder, ann_file
 
 
 def _unwrap_subsets(dataset: torch.utils.data.Dataset) -> tuple[torch.utils.data.Dataset, list[int] | None]:
@@ -722,6 +867,11 @@ def _unwrap_subsets(dataset: torch.utils.data.Dataset) -> tuple[torch.utils.data
         indices = outer if indices is None else [outer[i] for i in indices]
         dataset = dataset.dataset
     return dataset, indices
+
+
+def base_dataset(dataset: torch.utils.data.Dataset) -> torch.utils.data.Dataset:
+    """The dataset under any (nested) Subsets."""
+    return _unwrap_subsets(dataset)[0]
 
 
 def get_coco_api_from_dataset(dataset: torch.utils.data.Dataset) -> COCO:

@@ -10,7 +10,7 @@ import torch
 
 import utils
 from coco_eval import DEFAULT_BACKEND, CocoEvaluator, unpasted_masks
-from coco_utils import get_coco_api_from_dataset
+from coco_utils import base_dataset, get_coco_api_from_dataset
 
 WARMUP_FACTOR = 1.0 / 1000
 WARMUP_MAX_ITERS = 1000
@@ -256,7 +256,8 @@ def evaluate(
     """
     model.eval()
     iou_types = iou_types_of(model)
-    evaluator = CocoEvaluator(get_coco_api_from_dataset(data_loader.dataset), iou_types, backend=backend)
+    label_to_category_id = getattr(base_dataset(data_loader.dataset), "label_to_category_id", None)
+    evaluator = CocoEvaluator(get_coco_api_from_dataset(data_loader.dataset), iou_types, backend, label_to_category_id)
     metric_logger = utils.MetricLogger(delimiter="  ")
     masks_kept_small = unpasted_masks(model) if "segm" in iou_types else contextlib.nullcontext()
     with masks_kept_small:

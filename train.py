@@ -29,10 +29,10 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 import coco_eval
 import utils
-from coco_utils import get_coco
+from coco_utils import ANNOTATION_PREFIXES, get_coco
 from engine import NonFiniteLossError, TrainingStopped, evaluate, evaluation_record, train_one_epoch
 from group_by_aspect_ratio import GroupedBatchSampler, create_aspect_ratio_groups
-from transforms import DATA_AUGMENTATIONS, copypaste_allowed, copypaste_collate_fn, get_transform
+from transforms import DATA_AUGMENTATIONS, copypaste_allowed, copypaste_collate_fn, get_transform, keypoint_flip_indices
 
 # Models whose ResNet-50 backbone can be read from a torchvision ImageNet state dict.
 RESNET50_FPN_MODELS = {
@@ -60,7 +60,9 @@ def _model_kwarg(text: str) -> tuple[str, object]:
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="PyTorch detection training (Mask R-CNN on COCO)", add_help=add_help)
     parser.add_argument("--data-path", default="data/synthetic", help="COCO root with train2017/, val2017/, annotations/")
-    parser.add_argument("--dataset", default="coco", choices=["coco"], help="dataset type")
+    parser.add_argument(
+        "--dataset", default="coco", choices=list(ANNOTATION_PREFIXES), help="coco: instances_*.json; coco_kp: person_keypoints_*.json"
+    )
     parser.add_argument("--model", default="maskrcnn_resnet50_fpn", help="torchvision detection model name")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
     parser.add_argument("-b", "--batch-size", default=2, type=int, help="images per process; total batch = this x processes")
@@ -124,6 +126,20 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "--skip-bad-images", action="store_true", help="log and skip missing or unreadable training images instead of stopping"
     )
+    parser.add_argument(
+        "--save-predictions", action="store_true", help="write each evaluation's detections to <output-dir>/predictions_*.json"
+    )
+    # Your own data: any COCO-format annotation file and image folder per split, instead of --data-path's 2017 layout.
+    for split, role in (("train", "training"), ("val", "evaluation")):
+        parser.add_argument(f"--{split}-images", default=None, metavar="DIR", help=f"{role} images (file_name values are relative to it)")
+        parser.add_argument(f"--{split}-annotations", default=None, metavar="FILE", help=f"{role} annotations, a COCO-format .json")
+    parser.add_argument(
+        "--label-mapping",
+        default="auto",
+        choices=["auto", "category-ids", "contiguous"],
+        help="labels are the category ids (the reference's, num_classes = largest id + 1) or 1..K in id order; "
+        "auto: category ids for --data-path, contiguous for your own annotation files",
+    )
     return parser
 
 
@@ -132,10 +148,9 @@ def _validate_args(args: argparse.Namespace) -> None:
     detection_models = torchvision.models.list_models(module=torchvision.models.detection)
     if args.model not in detection_models:
         raise utils.UsageError(f"--model: unknown model {args.model!r}; choose one of {', '.join(sorted(detection_models))}")
-    if args.model.startswith("keypointrcnn"):
-        raise utils.UsageError(
-            f"--model: {args.model} needs keypoint annotations (--dataset coco_kp), which this version does not read yet"
-        )
+    if args.model.startswith("keypointrcnn") and args.dataset != "coco_kp":
+        raise utils.UsageError(f"--model: {args.model} needs keypoint annotations; add --dataset coco_kp")
+    _validate_own_data(args)
     lowest = {
         "-b/--batch-size": (args.batch_size, 1),
         "--epochs": (args.epochs, 1),
@@ -155,6 +170,8 @@ def _validate_args(args: argparse.Namespace) -> None:
         raise utils.UsageError("--use-copypaste: works only with --data-augmentation lsj and a Mask R-CNN model (it pastes masks)")
     if args.auto_resume and not args.output_dir:
         raise utils.UsageError("--auto-resume: needs --output-dir, where it looks for checkpoint.pth")
+    if args.save_predictions and not args.output_dir:
+        raise utils.UsageError("--save-predictions: needs --output-dir, where it writes predictions_*.json")
     if args.tensorboard and not args.output_dir:
         raise utils.UsageError("--tensorboard: needs --output-dir, where it writes tensorboard/")
     if args.tensorboard and not utils.tensorboard_available():
@@ -164,6 +181,25 @@ def _validate_args(args: argparse.Namespace) -> None:
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise utils.UsageError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
     coco_eval.backend_classes(args.eval_backend)  # a missing package stops the run now, not after the first epoch
+
+
+def _validate_own_data(args: argparse.Namespace) -> None:
+    """--train-images/--train-annotations/--val-images/--val-annotations come in pairs, and for every split that runs."""
+    for split in ("train", "val"):
+        images, annotations = getattr(args, f"{split}_images"), getattr(args, f"{split}_annotations")
+        if (images is None) != (annotations is None):
+            given, needed = ("images", "annotations") if annotations is None else ("annotations", "images")
+            raise utils.UsageError(f"--{split}-{given}: needs --{split}-{needed} too (a split is an image folder and its annotation file)")
+    if _own_data(args) and not args.test_only and (args.train_images is None or args.val_images is None):
+        split = "val" if args.val_images is None else "train"
+        raise utils.UsageError(
+            f"--{split}-images/--{split}-annotations: missing; training on your own data needs both splits "
+            "(--train-images, --train-annotations, --val-images, --val-annotations)"
+        )
+
+
+def _own_data(args: argparse.Namespace) -> bool:
+    return any(getattr(args, f"{split}_{kind}") is not None for split in ("train", "val") for kind in ("images", "annotations"))
 
 
 # ----------------------------------------------------------------------------- model
@@ -208,11 +244,15 @@ def _model_kwargs(args: argparse.Namespace) -> dict:
     return {k: v for k, v in flags.items() if v is not None} | dict(args.model_kwargs)
 
 
-def build_model(args: argparse.Namespace, num_classes: int, backbone_state: dict[str, torch.Tensor] | None) -> torch.nn.Module:
+def build_model(
+    args: argparse.Namespace, num_classes: int, backbone_state: dict[str, torch.Tensor] | None, num_keypoints: int | None = None
+) -> torch.nn.Module:
     """The detection model, built as torchvision builds it: with trained weights (an ImageNet backbone in
     `backbone_state`, or whole-model `--weights` to come), frozen BatchNorm and 3 trainable ResNet stages;
-    from scratch, trainable BatchNorm everywhere."""
+    from scratch, trainable BatchNorm everywhere. A keypoint model predicts `num_keypoints` (the dataset's)."""
     kwargs = _model_kwargs(args)
+    if num_keypoints is not None and args.model.startswith("keypointrcnn"):
+        kwargs.setdefault("num_keypoints", num_keypoints)
     trained = backbone_state is not None or args.weights is not None
     if not trained or args.model not in RESNET50_FPN_MODELS:
         if args.trainable_backbone_layers is not None:
@@ -236,9 +276,9 @@ def _accepted_model_kwargs(model: torch.nn.Module, builder_name: str) -> set[str
     return names - {"self"}
 
 
-def _build_model_or_explain(args: argparse.Namespace, num_classes: int, backbone_state) -> torch.nn.Module:
+def _build_model_or_explain(args: argparse.Namespace, num_classes: int, backbone_state, num_keypoints: int | None = None):
     try:
-        model = build_model(args, num_classes, backbone_state)
+        model = build_model(args, num_classes, backbone_state, num_keypoints)
     except TypeError as e:
         raise utils.UsageError(
             f"{args.model} does not take {_model_kwargs(args) or 'its arguments'} ({e}); drop or fix these flags"
@@ -287,7 +327,9 @@ def _mismatch(model: torch.nn.Module, state: dict) -> str:
     problems = []
     if CLASSIFIER_KEY in misshapen:
         saved, needed = state[CLASSIFIER_KEY].shape[0], expected[CLASSIFIER_KEY].shape[0]
-        problems.append(f"it was trained for num_classes={saved} and this dataset needs {needed} (its largest category id + 1)")
+        problems.append(
+            f"it was trained for num_classes={saved} and this dataset needs {needed} (labels and the background; see --label-mapping)"
+        )
         misshapen = [k for k in misshapen if not k.startswith(CLASS_DEPENDENT_PREFIXES)]
     problems += [
         f"{len(keys)} {what} keys ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
@@ -338,6 +380,39 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, args: argparse.Namespac
 
 
 # ----------------------------------------------------------------------------- data
+
+
+def _contiguous_labels(args: argparse.Namespace) -> bool:
+    if args.label_mapping == "auto":
+        return _own_data(args)  # the reference's category-id labels for COCO itself, so torchvision's COCO weights fit
+    return args.label_mapping == "contiguous"
+
+
+def _trained_label_mapping(args: argparse.Namespace, weights: dict | None, checkpoint: dict | None) -> list[int] | None:
+    """The labels a trained model already has, when this run must keep them: resuming, or evaluating it."""
+    source = checkpoint if checkpoint is not None else (weights if args.test_only else None)
+    return None if source is None else source.get("label_to_category_id")
+
+
+def load_datasets(args: argparse.Namespace, label_to_category_id: list[int] | None):
+    """The training split (None with --test-only) and the evaluation split, labelled alike: with
+    `label_to_category_id` when given (a trained model's), else as the training annotations say."""
+    common = {"dataset": args.dataset, "contiguous_labels": _contiguous_labels(args)}
+    dataset_train = None
+    if not args.test_only:
+        dataset_train = get_coco(
+            args.data_path, "train", None, with_masks="maskrcnn" in args.model, skip_bad_images=args.skip_bad_images,
+            img_folder=args.train_images, ann_file=args.train_annotations, label_to_category_id=label_to_category_id, **common,
+        )  # fmt: skip
+        flip_indices = keypoint_flip_indices(dataset_train.keypoint_names) if dataset_train.keypoint_names else None
+        dataset_train.transforms = get_transform(True, args.data_augmentation, flip_indices)
+        label_to_category_id = dataset_train.label_to_category_id
+    # Evaluation reads its ground truth from the annotation file: its targets need no masks. Nor do box-only models' (vision #7489).
+    dataset_test = get_coco(
+        args.data_path, "val", get_transform(train=False), with_masks=False,
+        img_folder=args.val_images, ann_file=args.val_annotations, label_to_category_id=label_to_category_id, **common,
+    )  # fmt: skip
+    return dataset_train, dataset_test
 
 
 def build_data_loaders(args: argparse.Namespace, dataset_train, dataset_test, device: torch.device, seed: int):
@@ -425,13 +500,17 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _save_checkpoint(args, model, optimizer, lr_scheduler, scaler, train_sampler, epoch: int, iteration: int | None = None) -> Path:
+def _save_checkpoint(
+    args, model, optimizer, lr_scheduler, scaler, train_sampler, classes: dict, epoch: int, iteration: int | None = None
+) -> Path:
     """Save the run; call it on every rank (it gathers each rank's random state), rank 0 writes.
 
     Plain data only (tensors, numbers, strings), so torch.load(weights_only=True) reads it.
+    `classes` is the dataset's class_names() (labels to category ids and names, for predict.py).
     `iteration` is None at the end of an epoch, else the iterations done in `epoch` so far.
     """
     checkpoint = {
+        **classes,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "lr_scheduler": lr_scheduler.state_dict(),
@@ -498,6 +577,13 @@ def _periodic_saver(args: argparse.Namespace, save, epoch: int, iters_per_epoch:
     return after_step
 
 
+def _save_predictions(args: argparse.Namespace, evaluator: coco_eval.CocoEvaluator, name: str) -> None:
+    """--save-predictions: the evaluation's detections as a COCO results file in --output-dir (rank 0 writes)."""
+    if args.save_predictions and args.output_dir and utils.is_main_process():
+        path = utils.save_json(evaluator.detections(), Path(args.output_dir) / name)
+        print(f"Saved the detections to {path}")
+
+
 def _report_stop(path: Path | None, own_signum: int | None, where: str) -> int:
     """Say where training stopped and how to go on; the exit status is 128 + the signal (SIGTERM's when another rank got it)."""
     name = signal.Signals(own_signum).name if own_signum else "a signal to another rank"
@@ -529,20 +615,14 @@ def main(args: argparse.Namespace) -> int:
         torch.use_deterministic_algorithms(True)
 
     print("Loading data")
-    # Evaluation reads its ground truth from the annotation file: its targets need no masks. Nor do box-only models' (vision #7489).
-    dataset_test = get_coco(args.data_path, "val", get_transform(train=False), with_masks=False)
-    train_transform = get_transform(True, args.data_augmentation)
-    dataset_train = (
-        None
-        if args.test_only
-        else get_coco(args.data_path, "train", train_transform, with_masks="maskrcnn" in args.model, skip_bad_images=args.skip_bad_images)
-    )
+    dataset_train, dataset_test = load_datasets(args, _trained_label_mapping(args, weights, checkpoint))
     seed = _data_seed(args, checkpoint)
     train_sampler, batch_sampler, data_loader, data_loader_test = build_data_loaders(args, dataset_train, dataset_test, device, seed)
-    num_classes = (dataset_train or dataset_test).num_classes
+    classes = dataset_test.class_names()
+    num_keypoints = len(dataset_test.keypoint_names) or None
 
     print("Creating model")
-    model = _build_model_or_explain(args, num_classes, backbone_state)
+    model = _build_model_or_explain(args, dataset_test.num_classes, backbone_state, num_keypoints)
     model.to(device)
     if args.distributed and args.sync_bn:
         if device.type == "cpu":
@@ -567,13 +647,14 @@ def main(args: argparse.Namespace) -> int:
         if weights is None and checkpoint is None:
             print("Warning: --test-only without --resume or --weights evaluates an untrained model")
         torch.backends.cudnn.deterministic = True
-        evaluate(model_without_ddp, data_loader_test, device, backend=args.eval_backend)
+        evaluator = evaluate(model_without_ddp, data_loader_test, device, backend=args.eval_backend)
+        _save_predictions(args, evaluator, "predictions.json")
         return 0
 
     def save(epoch: int, iteration: int | None = None) -> Path | None:
         if not args.output_dir:
             return None
-        return _save_checkpoint(args, model_without_ddp, optimizer, lr_scheduler, scaler, train_sampler, epoch, iteration)
+        return _save_checkpoint(args, model_without_ddp, optimizer, lr_scheduler, scaler, train_sampler, classes, epoch, iteration)
 
     print("Start training")
     start_time = time.time()
@@ -599,6 +680,7 @@ def main(args: argparse.Namespace) -> int:
             path = save(epoch)
             evaluator = evaluate(model_without_ddp, data_loader_test, device, backend=args.eval_backend)
             metrics.write(evaluation_record(evaluator, epoch, global_iteration=(epoch + 1) * iters_per_epoch))
+            _save_predictions(args, evaluator, f"predictions_{epoch}.json")
             if utils.any_rank(stop.received):
                 return _report_stop(path, stop.signum, f"after epoch {epoch}")
     print(f"Training time {time.strftime('%H:%M:%S', time.gmtime(time.time() - start_time))}")

@@ -628,6 +628,20 @@ def _write_torch_file(obj: Any, tmp: Path) -> None:
         os.fsync(f.fileno())
 
 
+def save_json(obj: Any, path: str | Path) -> Path:
+    """Write `obj` as JSON to `path`, atomically (a reader never sees half a file); returns the path."""
+    path = Path(path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _replace_atomically(path, write)
+    return path
+
+
 def _link_or_copy(source: Path, tmp: Path) -> None:
     """A second name for a file just written: a hard link costs nothing; copy where links are not supported."""
     try:

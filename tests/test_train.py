@@ -425,7 +425,8 @@ def test_weights_for_other_classes_explain_num_classes(five_class_weights, synth
     assert train.cli(flags) == 2
     err = capsys.readouterr().err.strip()
     assert f"--weights: {five_class_weights} does not fit MaskRCNN: it was trained for num_classes=5" in err
-    assert "this dataset needs 18 (its largest category id + 1); use one trained on the same categories" in err and "\n" not in err
+    assert "this dataset needs 18 (labels and the background; see --label-mapping); use one trained on the same categories" in err
+    assert "\n" not in err
 
 
 def test_weights_of_another_model_name_the_keys(five_class_weights, synthetic_root, tmp_path, capsys):
