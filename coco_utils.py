@@ -332,7 +332,7 @@ def label_to_category_ids(category_ids: Sequence[int], contiguous: bool) -> list
     """The category id of each label (label 0, the background, maps to 0): contiguous labels 1..K in
     category id order, or the category ids themselves (then num_classes is the largest id + 1)."""
     ids = sorted(int(i) for i in category_ids)
-    return [0, *ids] if contiguous else list(range(ids[-1] + 1))
+    return [0, *ids] if contiguous else list(range(max(ids, default=0) + 1))
 
 
 def _category_lookup(label_to_category_id: Sequence[int]) -> dict[int, int]:
