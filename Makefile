@@ -1,4 +1,6 @@
-# make demo: set up .venv, write the synthetic dataset, train Mask R-CNN on the CPU, print the AP tables, draw the curves.
+# make demo: set up .venv, write the synthetic dataset, train Mask R-CNN on the CPU, print the AP tables, draw the curves
+#            and pictures of the trained model's predictions (output/demo/pictures/).
+# make demo-kp: the same for Keypoint R-CNN on synthetic person keypoints (--dataset coco_kp).
 # make test: set up .venv and run the whole test suite (what CI runs).
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,9 +13,15 @@ DEMO_MODEL_KWARGS := box_batch_size_per_image=32 rpn_batch_size_per_image=64 \
 	rpn_pre_nms_top_n_train=300 rpn_post_nms_top_n_train=300 rpn_pre_nms_top_n_test=300 rpn_post_nms_top_n_test=300
 DEMO_FLAGS := --data-path $(DATA) --output-dir $(OUT) --device cpu --weights-backbone none \
 	--min-size 128 --max-size 128 -b 4 -j 1 --epochs 3 --lr-steps 2 --opt adamw --lr 0.0005 \
+	--print-freq 16 --seed 0 --save-predictions --model-kwargs $(DEMO_MODEL_KWARGS)
+KP_DATA ?= data/synthetic_kp
+KP_OUT ?= output/demo_kp
+KP_FLAGS := --dataset coco_kp --model keypointrcnn_resnet50_fpn --data-path $(KP_DATA) --output-dir $(KP_OUT) --device cpu \
+	--weights-backbone none --min-size 128 --max-size 128 -b 4 -j 1 --epochs 3 --lr-steps 2 --opt adamw --lr 0.0005 \
 	--print-freq 16 --seed 0 --model-kwargs $(DEMO_MODEL_KWARGS)
+PICTURES := --max-images 8 --upscale-to 256
 
-.PHONY: setup data demo test lint clean
+.PHONY: setup data data-kp demo demo-kp test lint clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-extras.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,11 +35,22 @@ $(DATA)/annotations/instances_val2017.json: synthetic_coco.py | setup
 
 data: $(DATA)/annotations/instances_val2017.json
 
+$(KP_DATA)/annotations/person_keypoints_val2017.json: synthetic_coco.py | setup
+	$(PY) synthetic_coco.py --keypoints --output $(KP_DATA) --num-train 256 --num-val 64 --seed 0
+
+data-kp: $(KP_DATA)/annotations/person_keypoints_val2017.json
+
 demo: setup data
 	rm -rf $(OUT)  # a fresh run each time (train.py refuses to overwrite an earlier run's checkpoint)
 	$(PY) train.py $(DEMO_FLAGS)
 	@if $(PY) -c "import matplotlib" 2>/dev/null; then $(PY) curves.py $(OUT); \
 	else echo "No curves: matplotlib is missing; pip install -r requirements-extras.txt, then python curves.py $(OUT)"; fi
+	$(PY) predict.py --checkpoint $(OUT)/checkpoint.pth $(DATA)/val2017 --output-dir $(OUT)/pictures $(PICTURES)
+
+demo-kp: setup data-kp
+	rm -rf $(KP_OUT)
+	$(PY) train.py $(KP_FLAGS)
+	$(PY) predict.py --checkpoint $(KP_OUT)/checkpoint.pth $(KP_DATA)/val2017 --output-dir $(KP_OUT)/pictures $(PICTURES)
 
 test: setup
 	$(PY) -m pytest -q
@@ -41,4 +60,4 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf $(DATA) $(OUT)
+	rm -rf $(DATA) $(OUT) $(KP_DATA) $(KP_OUT)

@@ -477,8 +477,20 @@ def _ground_truth_for(coco_gt: Any, coco_class: type) -> Any:
 def _new_coco_eval(coco_eval_class: type, coco_gt: Any, iou_type: str) -> Any:
     if coco_eval_class.__module__.startswith("faster_coco_eval"):
         # its default reports through logging; summarize() should print its table as pycocotools does
-        return coco_eval_class(coco_gt, iouType=iou_type, print_function=print)
-    return coco_eval_class(coco_gt, iouType=iou_type)
+        coco_eval = coco_eval_class(coco_gt, iouType=iou_type, print_function=print)
+    else:
+        coco_eval = coco_eval_class(coco_gt, iouType=iou_type)
+    if iou_type == "keypoints":
+        _fit_oks_sigmas(coco_eval.params, coco_gt)
+    return coco_eval
+
+
+def _fit_oks_sigmas(params: Any, coco_gt: Any) -> None:
+    """OKS needs one sigma per keypoint and the backends carry COCO's 17 person ones: a dataset with
+    another number of keypoints gets their mean for each of its own (no per-keypoint values exist for it)."""
+    count = max((len(c.get("keypoints", [])) for c in coco_gt.dataset.get("categories", [])), default=0)
+    if count and count != len(params.kpt_oks_sigmas):
+        params.kpt_oks_sigmas = np.full(count, float(np.mean(params.kpt_oks_sigmas)))
 
 
 @contextlib.contextmanager

@@ -200,8 +200,12 @@ def test_training_writes_plain_checkpoints_and_evaluates(trained):
     assert len(_ap_table(result.stdout)) == 24  # 12 bbox + 12 segm
     for name in ("model_0.pth", "checkpoint.pth"):
         checkpoint = torch.load(output / name, weights_only=True)
-        assert set(checkpoint) == {"model", "optimizer", "lr_scheduler", "epoch", "args", "train_state"}
+        classes = {"label_to_category_id", "categories", "keypoint_names", "keypoint_skeleton"}
+        assert set(checkpoint) == {"model", "optimizer", "lr_scheduler", "epoch", "args", "train_state"} | classes
         assert checkpoint["epoch"] == 0
+        # the quirky dataset's categories 1, 3, 44 with the reference's labels: the category ids themselves
+        assert checkpoint["label_to_category_id"] == list(range(45))
+        assert [c["id"] for c in checkpoint["categories"]] == [1, 3, 44] and checkpoint["keypoint_names"] == []
         state = checkpoint["train_state"]
         assert state["iteration"] is None and state["seed"] == 0 and len(state["rng"]) == 1
         assert sorted(state["order"].tolist()) == list(range(len(state["order"])))
