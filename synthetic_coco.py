@@ -176,7 +176,8 @@ def _make_image(rng, np_rng, image_id: int, split_dir: Path, with_objects: bool)
     return {"id": image_id, "file_name": file_name, "width": width, "height": height}, annotations
 
 
-def write_split(root: Path, split: str, num_images: int, rng: random.Random, first_image_id: int, first_ann_id: int) -> dict:
+def _write_images(root: Path, split: str, num_images: int, rng: random.Random, first_image_id: int, first_ann_id: int, make_image):
+    """Draw a split's images with make_image(rng, np_rng, image_id, split_dir, with_objects); return its images and annotations."""
     split_dir = root / f"{split}2017"
     split_dir.mkdir(parents=True, exist_ok=True)
     np_rng = np.random.default_rng(rng.randrange(2**32))
@@ -184,13 +185,19 @@ def write_split(root: Path, split: str, num_images: int, rng: random.Random, fir
     image_id, ann_id = first_image_id, first_ann_id
     for index in range(num_images):
         # Every 50th image has no objects: dropped for training, kept for evaluation.
-        image, anns = _make_image(rng, np_rng, image_id, split_dir, with_objects=index % 50 != 49)
+        image, anns = make_image(rng, np_rng, image_id, split_dir, index % 50 != 49)
         images.append(image)
         for ann in anns:
             ann.update(id=ann_id, image_id=image_id)
             annotations.append(ann)
             ann_id += rng.randint(1, 3)
         image_id += rng.randint(1, 7)  # sparse ids, as in COCO
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    return images, annotations
+
+
+def write_split(root: Path, split: str, num_images: int, rng: random.Random, first_image_id: int, first_ann_id: int) -> dict:
+    images, annotations = _write_images(root, split, num_images, rng, first_image_id, first_ann_id, _make_image)
     categories = [{"id": cid, "name": name, "supercategory": "shape"} for cid, (name, _) in CATEGORIES.items()]
     data = {
         "info": {"description": f"synthetic shapes, {split} split", "version": "1.0"},
@@ -199,7 +206,6 @@ def write_split(root: Path, split: str, num_images: int, rng: random.Random, fir
         "annotations": annotations,
         "categories": categories,
     }
-    (root / "annotations").mkdir(parents=True, exist_ok=True)
     with open(root / "annotations" / f"instances_{split}2017.json", "w") as f:
         json.dump(data, f)
     return data
@@ -450,20 +456,7 @@ def _without_keypoints(data: dict) -> dict:
 
 def write_keypoint_split(root: Path, split: str, num_images: int, rng: random.Random, first_image_id: int, first_ann_id: int) -> dict:
     """Write one split's images, person_keypoints_{split}2017.json and instances_{split}2017.json; return the former's data."""
-    split_dir = root / f"{split}2017"
-    split_dir.mkdir(parents=True, exist_ok=True)
-    np_rng = np.random.default_rng(rng.randrange(2**32))
-    images, annotations = [], []
-    image_id, ann_id = first_image_id, first_ann_id
-    for index in range(num_images):
-        # Every 50th image has no person: dropped for training, kept for evaluation.
-        image, anns = _make_keypoint_image(rng, np_rng, image_id, split_dir, with_persons=index % 50 != 49)
-        images.append(image)
-        for ann in anns:
-            ann.update(id=ann_id, image_id=image_id)
-            annotations.append(ann)
-            ann_id += rng.randint(1, 3)
-        image_id += rng.randint(1, 7)  # sparse ids, as in COCO
+    images, annotations = _write_images(root, split, num_images, rng, first_image_id, first_ann_id, _make_keypoint_image)
     data = {
         "info": {"description": f"synthetic stick figures, {split} split", "version": "1.0"},
         "licenses": [],
@@ -471,7 +464,6 @@ def write_keypoint_split(root: Path, split: str, num_images: int, rng: random.Ra
         "annotations": annotations,
         "categories": [PERSON_CATEGORY],
     }
-    (root / "annotations").mkdir(parents=True, exist_ok=True)
     with open(root / "annotations" / f"person_keypoints_{split}2017.json", "w") as f:
         json.dump(data, f)
     with open(root / "annotations" / f"instances_{split}2017.json", "w") as f:
