@@ -211,12 +211,13 @@ def write_split(root: Path, split: str, num_images: int, rng: random.Random, fir
     return data
 
 
-def generate(root: str | Path, num_train: int = 512, num_val: int = 64, seed: int = 0) -> Path:
-    """Write `root/{train2017,val2017,annotations}`; the same seed gives the same files."""
+def generate(root: str | Path, num_train: int = 512, num_val: int = 64, seed: int = 0, keypoints: bool = False) -> Path:
+    """Write `root/{train2017,val2017,annotations}` (with `keypoints`, the person keypoint variant); the same seed gives the same files."""
     root = Path(root)
     rng = random.Random(seed)
-    write_split(root, "train", num_train, rng, first_image_id=1, first_ann_id=1)
-    write_split(root, "val", num_val, rng, first_image_id=100000, first_ann_id=500000)
+    write = write_keypoint_split if keypoints else write_split
+    write(root, "train", num_train, rng, first_image_id=1, first_ann_id=1)
+    write(root, "val", num_val, rng, first_image_id=100000, first_ann_id=500000)
     return root
 
 
@@ -473,11 +474,7 @@ def write_keypoint_split(root: Path, split: str, num_images: int, rng: random.Ra
 
 def generate_keypoints(root: str | Path, num_train: int = 256, num_val: int = 64, seed: int = 0) -> Path:
     """Write the keypoint variant to `root/{train2017,val2017,annotations}`; the same seed gives the same files."""
-    root = Path(root)
-    rng = random.Random(seed)
-    write_keypoint_split(root, "train", num_train, rng, first_image_id=1, first_ann_id=1)
-    write_keypoint_split(root, "val", num_val, rng, first_image_id=100000, first_ann_id=500000)
-    return root
+    return generate(root, num_train, num_val, seed, keypoints=True)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
