@@ -253,7 +253,9 @@ def build_model(
     kwargs = _model_kwargs(args)
     if num_keypoints is not None and args.model.startswith("keypointrcnn"):
         kwargs.setdefault("num_keypoints", num_keypoints)
-    trained = backbone_state is not None or args.weights is not None
+    # --test-only --resume evaluates a whole trained model, as --weights does (backbone_weights_path reads no backbone for
+    # either): build it alike, not with trainable BatchNorm (and torchvision's warning when --trainable-backbone-layers is given).
+    trained = backbone_state is not None or args.weights is not None or bool(args.test_only and args.resume)
     if not trained or args.model not in RESNET50_FPN_MODELS:
         if args.trainable_backbone_layers is not None:
             kwargs["trainable_backbone_layers"] = args.trainable_backbone_layers

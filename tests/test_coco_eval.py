@@ -22,6 +22,7 @@ import coco_eval
 import coco_utils
 import utils
 from coco_eval import CocoEvaluator
+from transforms import keypoint_flip_indices
 
 
 @pytest.fixture(params=coco_eval.BACKENDS)
@@ -688,3 +689,122 @@ def test_sharded_evaluation_over_gloo_equals_one_process(synthetic_root, tmp_pat
         for iou_type in ("bbox", "segm"):
             assert 0 < result["stats"][iou_type][0] < 1
             assert_stats_equal(np.array(result["stats"][iou_type]), single.coco_eval[iou_type].stats)
+
+
+# ----------------------------------------------------------------------------- labels that are not category ids
+
+
+def perfect_outputs(dataset: coco_utils.CocoDetection, iou_types: tuple[str, ...] = ("bbox", "segm")) -> dict[int, dict]:
+    """The targets as detections, in the dataset's labels."""
+    outputs = {}
+    for index in range(len(dataset)):
+        _, target = dataset[index]
+        n = len(target["labels"])
+        output = {"boxes": target["boxes"].as_subclass(torch.Tensor), "scores": torch.linspace(0.9, 0.5, n), "labels": target["labels"]}
+        if "segm" in iou_types:
+            output["masks"] = target["masks"][:, None].float()
+        if "keypoints" in iou_types:
+            output["keypoints"] = target["keypoints"]
+        outputs[target["image_id"]] = output
+    return outputs
+
+
+def relabelled(outputs: dict[int, dict], label_of: dict[int, int]) -> dict[int, dict]:
+    return {i: {**o, "labels": torch.tensor([label_of[int(v)] for v in o["labels"]], dtype=torch.int64)} for i, o in outputs.items()}
+
+
+def test_contiguous_labels_are_scored_as_their_category_ids(synthetic_root, backend):
+    contiguous = coco_utils.get_coco(synthetic_root, "val", transforms=None, contiguous_labels=True)
+    assert contiguous.label_to_category_id == [0, 2, 5, 11, 17]
+    outputs = perfect_outputs(contiguous)
+    assert {int(v) for o in outputs.values() for v in o["labels"]} == {1, 2, 3, 4}
+    mapped = run_evaluator(
+        CocoEvaluator(contiguous.coco, ["bbox", "segm"], backend=backend, label_to_category_id=contiguous.label_to_category_id), [outputs]
+    )
+    unmapped = run_evaluator(CocoEvaluator(contiguous.coco, ["bbox", "segm"], backend=backend), [outputs])
+    for iou_type in ("bbox", "segm"):
+        assert mapped.coco_eval[iou_type].stats[0] == pytest.approx(1.0)
+        assert unmapped.coco_eval[iou_type].stats[0] < 0.5  # labels 1, 3, 4 are no category; label 2 is another one
+
+
+def test_mapped_labels_score_exactly_as_category_ids(synthetic_root, tmp_path, backend):
+    ds = coco_utils.get_coco(synthetic_root, "val", transforms=None)
+    detections = Detections(ds, list(range(len(ds))), seed=0)
+    label_to_category_id = [0, 2, 5, 11, 17]
+    contiguous_outputs = relabelled(detections.outputs, {c: label for label, c in enumerate(label_to_category_id)})
+    mapped = run_evaluator(
+        CocoEvaluator(ds.coco, ["bbox", "segm"], backend=backend, label_to_category_id=label_to_category_id), [contiguous_outputs]
+    )
+    direct = run_evaluator(CocoEvaluator(ds.coco, ["bbox", "segm"], backend=backend), detections.chunks(3))
+    unmapped = run_evaluator(CocoEvaluator(ds.coco, ["bbox", "segm"], backend=backend), [contiguous_outputs])
+    for iou_type in ("bbox", "segm"):
+        stats = mapped.coco_eval[iou_type].stats
+        assert len(stats) == 12 and 0 < stats[0] < 1
+        assert stats.tolist() == direct.coco_eval[iou_type].stats.tolist()  # exactly
+        assert unmapped.coco_eval[iou_type].stats[0] < stats[0]
+
+
+def test_detections_are_a_results_file_with_category_ids_that_pycocotools_scores_alike(synthetic_root, tmp_path, backend):
+    ds = coco_utils.get_coco(synthetic_root, "val", transforms=None)
+    detections = Detections(ds, list(range(len(ds))), seed=1)
+    label_to_category_id = [0, 2, 5, 11, 17]
+    outputs = relabelled(detections.outputs, {c: label for label, c in enumerate(label_to_category_id)})
+    evaluator = run_evaluator(
+        CocoEvaluator(ds.coco, ["bbox", "segm"], backend=backend, label_to_category_id=label_to_category_id), [outputs]
+    )
+    entries = evaluator.detections()
+    # One entry per detection, each with both IoU types' fields and the category id (not the label).
+    assert len(entries) == len(detections.bbox) == sum(len(o["labels"]) for o in outputs.values())
+    assert all(set(e) == {"image_id", "category_id", "score", "bbox", "segmentation"} for e in entries)
+    assert {e["category_id"] for e in entries} == {2, 5, 11, 17}
+
+    def key(entry: dict) -> tuple:
+        return entry["image_id"], entry["score"]
+
+    expected = [{**b, **s} for b, s in zip(sorted(detections.bbox, key=key), sorted(detections.segm, key=key))]
+    assert sorted(entries, key=key) == expected
+    # A results file pycocotools reads: the same numbers as the evaluator's. As detectron2 does for segm,
+    # drop the bbox there, else loadRes takes each mask's area from its box.
+    results = json.loads(json.dumps(entries))
+    gt = load_coco(ann_file(synthetic_root))
+    assert_stats_equal(evaluator.coco_eval["bbox"].stats, pycocotools_stats(gt, results, "bbox", tmp_path))
+    masks_only = [{k: v for k, v in e.items() if k != "bbox"} for e in results]
+    assert_stats_equal(evaluator.coco_eval["segm"].stats, pycocotools_stats(gt, masks_only, "segm", tmp_path))
+
+
+def test_results_file_entries_carry_every_iou_types_field():
+    prediction = {
+        "boxes": torch.tensor([[1.0, 2.0, 4.5, 8.0], [0.0, 0.0, 2.0, 2.0]]),
+        "scores": torch.tensor([0.75, 0.5]),
+        "labels": torch.tensor([1, 1]),
+        "keypoints": torch.arange(2 * 17 * 3, dtype=torch.float32).reshape(2, 17, 3),
+    }
+    result = coco_eval.compact_result(prediction, ["bbox", "keypoints"])
+    entries = coco_eval.results_file_entries(7, result, ["bbox", "keypoints"])
+    assert entries == [
+        {"image_id": 7, "category_id": 1, "score": 0.75, "bbox": [1.0, 2.0, 3.5, 6.0], "keypoints": list(range(51))},
+        {"image_id": 7, "category_id": 1, "score": 0.5, "bbox": [0.0, 0.0, 2.0, 2.0], "keypoints": list(range(51, 102))},
+    ]
+    assert coco_eval.results_file_entries(7, coco_eval.compact_result({k: v[:0] for k, v in prediction.items()}, ["bbox"]), ["bbox"]) == []
+
+
+def test_ground_truth_keypoints_score_one_on_the_synthetic_keypoint_dataset(synthetic_kp_root, backend):
+    ds = coco_utils.get_coco(synthetic_kp_root, "val", transforms=None, dataset="coco_kp", with_masks=False)
+    outputs = perfect_outputs(ds, ("bbox", "keypoints"))
+    for output in outputs.values():
+        output["scores"] = torch.ones(len(output["labels"]))
+    gt = coco_utils.get_coco_api_from_dataset(ds)
+    evaluator = run_evaluator(
+        CocoEvaluator(gt, ["bbox", "keypoints"], backend=backend, label_to_category_id=ds.label_to_category_id), [outputs]
+    )
+    stats = evaluator.coco_eval["keypoints"].stats
+    assert len(stats) == 10
+    assert stats[0] == pytest.approx(1.0) and stats[5] == pytest.approx(1.0)  # AP and AR
+    assert evaluator.coco_eval["bbox"].stats[0] == pytest.approx(1.0)
+    entries = evaluator.detections()
+    assert len(entries) == len(gt.dataset["annotations"]) and all(len(e["keypoints"]) == 51 and e["category_id"] == 1 for e in entries)
+    # Each person's keypoints swapped left for right: the same boxes, keypoints off by a body's width.
+    flip = torch.tensor(keypoint_flip_indices(ds.keypoint_names))
+    swapped = {i: {**o, "keypoints": o["keypoints"][:, flip]} for i, o in outputs.items()}
+    worse = run_evaluator(CocoEvaluator(gt, ["keypoints"], backend=backend, label_to_category_id=ds.label_to_category_id), [swapped])
+    assert worse.coco_eval["keypoints"].stats[0] < 0.9

@@ -772,3 +772,279 @@ def test_file_names_that_repeat_the_image_folder(quirky_copy, edit_annotations):
     with pytest.raises(coco_utils.DataError) as error:
         coco_utils.get_coco(quirky_copy, "val", transforms=None)
     _assert_one_line_naming(error, path, ["file_name val2017/img_2000003.jpg is relative to", "remove the folder from"])
+
+
+# ----------------------------------------------------------------------------- keypoints (--dataset coco_kp)
+
+
+def kp_file(root: Path, split: str) -> Path:
+    return root / "annotations" / f"person_keypoints_{split}2017.json"
+
+
+def edit_kp_file(root: Path, split: str, change) -> Path:
+    path = kp_file(root, split)
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture
+def kp_copy(synthetic_kp_root, tmp_path) -> Path:
+    """A private copy of the synthetic keypoint dataset, for a test to edit."""
+    return Path(shutil.copytree(synthetic_kp_root, tmp_path / "kp_copy"))
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_keypoint_targets_are_the_annotation_files_keypoints(synthetic_kp_root, split):
+    ds = coco_utils.get_coco(synthetic_kp_root, split, transforms=None, dataset="coco_kp")
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(kp_file(synthetic_kp_root, split)))
+    assert ds.keypoint_names == coco.cats[1]["keypoints"] == list(synthetic_coco.COCO_PERSON_KEYPOINT_NAMES)
+    assert ds.keypoint_skeleton == coco.cats[1]["skeleton"] and ds.keypoint_skeleton
+    assert (ds.label_to_category_id, ds.num_classes) == ([0, 1], 2)
+    people = 0
+    for index in range(len(ds)):
+        _, target = ds[index]
+        image_id = target["image_id"]
+        boxes, labels, masks = expected_target(coco, image_id)
+        anns = coco.imgToAnns[image_id]
+        assert all(not a["iscrowd"] and a["bbox"][2] > 1 and a["bbox"][3] > 1 for a in anns)  # so every one is in the target
+        expected = torch.tensor([a["keypoints"] for a in anns], dtype=torch.float32).reshape(-1, 17, 3)
+        keypoints = target["keypoints"]
+        assert keypoints.dtype == torch.float32 and keypoints.shape == (len(anns), 17, 3)
+        assert torch.equal(keypoints, expected)
+        assert target["labels"].tolist() == labels == [1] * len(anns)  # person
+        torch.testing.assert_close(target["boxes"].as_subclass(torch.Tensor), boxes)
+        np.testing.assert_array_equal(target["masks"].numpy(), masks)
+        people += len(anns)
+    assert people > len(ds)  # some images hold two people
+    visibilities = {v for a in coco.dataset["annotations"] for v in a["keypoints"][2::3]}
+    assert visibilities == {0, 1, 2}  # unlabelled, labelled but hidden, and visible keypoints all occur
+
+
+def _leave_labelled(ann: dict, count: int, occluded: int = 0) -> None:
+    """Keep the first `count` labelled keypoints of `ann` (the first `occluded` of them as v=1), the rest 0, 0, 0."""
+    kept = 0
+    for i in range(0, len(ann["keypoints"]), 3):
+        if ann["keypoints"][i + 2] > 0 and kept < count:
+            ann["keypoints"][i + 2] = 1 if kept < occluded else 2
+            kept += 1
+        else:
+            ann["keypoints"][i : i + 3] = [0, 0, 0]
+    assert kept == count, "the fixture's person has too few labelled keypoints"
+    ann["num_keypoints"] = count
+
+
+def test_keypoint_training_split_drops_images_with_fewer_than_10_labelled_keypoints(kp_copy):
+    data = json.loads(kp_file(kp_copy, "train").read_text())
+    by_image: dict[int, list[dict]] = {}
+    for ann in data["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    two_people = [i for i, anns in by_image.items() if len(anns) == 2]
+    one_person = [i for i, anns in by_image.items() if len(anns) == 1]
+    nine, ten, nine_of_two = one_person[0], one_person[1], two_people[0]
+    before = coco_utils.get_coco(kp_copy, "train", transforms=None, dataset="coco_kp").ids
+    assert {nine, ten, nine_of_two} <= set(before)
+
+    def change(data):
+        anns = {a["id"]: a for a in data["annotations"]}
+        _leave_labelled(anns[by_image[nine][0]["id"]], 9)
+        _leave_labelled(anns[by_image[ten][0]["id"]], 10, occluded=4)  # v=1 (labelled, not visible) counts too
+        _leave_labelled(anns[by_image[nine_of_two][0]["id"]], 5)
+        _leave_labelled(anns[by_image[nine_of_two][1]["id"]], 4)  # 9 over the image's two people
+
+    path = edit_kp_file(kp_copy, "train", change)
+    train = coco_utils.get_coco(kp_copy, "train", transforms=None, dataset="coco_kp")
+    assert train.ids == [i for i in before if i not in (nine, nine_of_two)]
+    # Evaluation keeps every image, whatever its keypoints; so does a detection dataset of the same images.
+    as_val = coco_utils.get_coco(kp_copy, "val", transforms=None, dataset="coco_kp", img_folder=kp_copy / "train2017", ann_file=path)
+    assert {nine, ten, nine_of_two} <= set(as_val.ids)
+    _, target = as_val[as_val.ids.index(nine)]
+    assert int((target["keypoints"][..., 2] > 0).sum()) == 9
+    assert {nine, nine_of_two} <= set(coco_utils.get_coco(kp_copy, "train", transforms=None).ids)  # instances_*: no keypoint rule
+
+
+def test_class_names_of_a_keypoint_dataset(synthetic_kp_root):
+    names = coco_utils.get_coco(synthetic_kp_root, "val", transforms=None, dataset="coco_kp", with_masks=False).class_names()
+    assert names["label_to_category_id"] == [0, 1]
+    assert names["categories"] == [{"id": 1, "name": "person"}]
+    assert names["keypoint_names"] == list(synthetic_coco.COCO_PERSON_KEYPOINT_NAMES) and len(names["keypoint_names"]) == 17
+    assert names["keypoint_skeleton"] == synthetic_coco.PERSON_CATEGORY["skeleton"]
+    json.dumps(names)  # plain data, as a checkpoint keeps it
+
+
+def _drop_keypoint_names(data):
+    for category in data["categories"]:
+        del category["keypoints"]
+
+
+def _cut_keypoints(data):
+    data["annotations"][1]["keypoints"] = data["annotations"][1]["keypoints"][:-3]
+
+
+def _no_keypoints(data):
+    del data["annotations"][1]["keypoints"]
+
+
+BAD_KEYPOINT_FILES = {
+    "categories name no keypoints": (_drop_keypoint_names, ['no category lists "keypoints" names', "--dataset coco_kp reads"]),
+    "48 keypoint numbers": (_cut_keypoints, ["has 48 keypoint numbers", "needs 51 numbers (x, y, visibility for each of"]),
+    "no keypoints": (_no_keypoints, ["has no keypoints", "needs 51 numbers"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_KEYPOINT_FILES))
+def test_bad_keypoint_file_is_one_line_naming_it(case, kp_copy):
+    change, fragments = BAD_KEYPOINT_FILES[case]
+    path = edit_kp_file(kp_copy, "val", change)
+    data = json.loads(path.read_text())
+    if case != "categories name no keypoints":
+        fragments = [f"annotation id {data['annotations'][1]['id']} ", *fragments]
+    with pytest.raises(coco_utils.DataError) as error:
+        coco_utils.get_coco(kp_copy, "val", transforms=None, dataset="coco_kp")
+    _assert_one_line_naming(error, path, fragments)
+
+
+def test_an_instances_file_is_not_a_keypoint_file(synthetic_root):
+    path = synthetic_root / "annotations" / "instances_val2017.json"
+    with pytest.raises(coco_utils.DataError) as error:
+        coco_utils.get_coco(synthetic_root, "val", None, dataset="coco_kp", img_folder=synthetic_root / "val2017", ann_file=path)
+    _assert_one_line_naming(error, path, ['no category lists "keypoints" names', "person_keypoints_*.json"])
+
+
+def test_keypoint_dataset_on_a_root_without_person_keypoints_files(synthetic_root):
+    with pytest.raises(coco_utils.DataError) as error:
+        coco_utils.get_coco(synthetic_root, "train", transforms=None, dataset="coco_kp")
+    _assert_one_line_naming(
+        error, synthetic_root / "annotations" / "person_keypoints_train2017.json", ["--data-path: ", "is missing", "person_keypoints_*2017"]
+    )
+
+
+# ----------------------------------------------------------------------------- label mapping
+
+
+def test_label_to_category_ids():
+    assert coco_utils.label_to_category_ids([17, 2, 11, 5], contiguous=True) == [0, 2, 5, 11, 17]
+    assert coco_utils.label_to_category_ids([17, 2, 11, 5], contiguous=False) == list(range(18))
+    assert coco_utils.label_to_category_ids([], contiguous=True) == coco_utils.label_to_category_ids([], contiguous=False) == [0]
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_contiguous_labels_number_the_categories_in_id_order(synthetic_root, split):
+    contiguous = coco_utils.get_coco(synthetic_root, split, transforms=None, contiguous_labels=True)
+    identity = coco_utils.get_coco(synthetic_root, split, transforms=None)
+    assert (contiguous.label_to_category_id, contiguous.num_classes) == ([0, 2, 5, 11, 17], 5)
+    assert (identity.label_to_category_id, identity.num_classes) == (list(range(18)), 18)
+    coco = pycoco(synthetic_root, split)
+    assert contiguous.ids == identity.ids
+    seen = set()
+    for index in range(len(contiguous)):
+        _, target = contiguous[index]
+        _, same = identity[index]
+        expected_labels = expected_target(coco, target["image_id"])[1]
+        assert same["labels"].tolist() == expected_labels  # labels are the category ids
+        assert [contiguous.label_to_category_id[label] for label in target["labels"].tolist()] == expected_labels
+        assert torch.equal(target["boxes"], same["boxes"]) and torch.equal(target["masks"], same["masks"])
+        seen |= set(target["labels"].tolist())
+    assert seen == {1, 2, 3, 4}
+    assert contiguous.class_names() == {
+        "label_to_category_id": [0, 2, 5, 11, 17],
+        "categories": [{"id": 2, "name": "disc"}, {"id": 5, "name": "square"}, {"id": 11, "name": "triangle"}, {"id": 17, "name": "bars"}],
+        "keypoint_names": [],
+        "keypoint_skeleton": [],
+    }
+
+
+def test_a_given_label_mapping_labels_the_second_split(synthetic_root):
+    train = coco_utils.get_coco(synthetic_root, "train", transforms=None, contiguous_labels=True)
+    val = coco_utils.get_coco(synthetic_root, "val", transforms=None, label_to_category_id=train.label_to_category_id)
+    assert val.label_to_category_id == [0, 2, 5, 11, 17] and val.num_classes == 5
+    # Any order, and categories the file does not list: the given mapping wins over contiguous_labels and the file.
+    mapping = [0, 17, 11, 5, 2, 23]
+    shuffled = coco_utils.get_coco(synthetic_root, "val", transforms=None, contiguous_labels=True, label_to_category_id=mapping)
+    assert shuffled.label_to_category_id == mapping and shuffled.num_classes == 6
+    coco = pycoco(synthetic_root, "val")
+    for index in range(len(shuffled)):
+        _, target = shuffled[index]
+        assert [mapping[label] for label in target["labels"].tolist()] == expected_target(coco, target["image_id"])[1]
+        assert [mapping.index(c) for c in expected_target(coco, target["image_id"])[1]] == target["labels"].tolist()
+
+
+def test_a_category_missing_from_a_given_mapping_is_one_line_naming_the_file(synthetic_root):
+    with pytest.raises(coco_utils.DataError) as error:
+        coco_utils.get_coco(synthetic_root, "val", transforms=None, label_to_category_id=[0, 2, 5, 11])
+    path = synthetic_root / "annotations" / "instances_val2017.json"
+    _assert_one_line_naming(error, path, ["category id 17 (bars) is not among the model's categories (ids [2, 5, 11])", "same categories"])
+
+
+def _person_is_category_0(data):
+    for item in [*data["categories"], *data["annotations"]]:
+        key = "id" if "name" in item else "category_id"
+        if item[key] == 1:
+            item[key] = 0
+
+
+def test_category_id_0_needs_contiguous_labels(quirky_copy, edit_annotations):
+    path = edit_annotations(quirky_copy, "val", _person_is_category_0)
+    with pytest.raises(coco_utils.DataError) as error:
+        coco_utils.get_coco(quirky_copy, "val", transforms=None)
+    _assert_one_line_naming(error, path, ["category id 0 (person) would be label 0", "background", "--label-mapping contiguous"])
+    ds = coco_utils.get_coco(quirky_copy, "val", transforms=None, contiguous_labels=True)
+    assert ds.label_to_category_id == [0, 0, 3, 44]
+    _, target = ds[ds.ids.index(1500000)]  # an RLE car (3), then a polygon person (0)
+    assert target["labels"].tolist() == [2, 1]
+
+
+# ----------------------------------------------------------------------------- own data (--train-images, --train-annotations, ...)
+
+
+def own_copy(root: Path, dest: Path) -> Path:
+    """A dataset's files outside the 2017 layout: dest/{train,val}/pics/ and dest/{train,val}/labels.json."""
+    for split in ("train", "val"):
+        shutil.copytree(root / f"{split}2017", dest / split / "pics")
+        shutil.copy(root / "annotations" / f"instances_{split}2017.json", dest / split / "labels.json")
+    return dest
+
+
+@pytest.fixture
+def own_layout(synthetic_root, tmp_path) -> Path:
+    return own_copy(synthetic_root, tmp_path / "mine")
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_own_image_folder_and_annotation_file_load_as_the_2017_layout(any_root, tmp_path, split):
+    own_layout = own_copy(any_root, tmp_path / "mine")
+    layout = coco_utils.get_coco(any_root, split, transforms=None)
+    own = coco_utils.get_coco(
+        tmp_path / "nowhere", split, transforms=None, img_folder=own_layout / split / "pics", ann_file=own_layout / split / "labels.json"
+    )
+    assert own.img_folder == own_layout / split / "pics" and own.ann_file == own_layout / split / "labels.json"
+    assert own.ids == layout.ids  # with the training split's rules: quirky's train split drops 3 of its 6 images
+    assert own.label_to_category_id == layout.label_to_category_id
+    for index in range(len(own)):
+        image, target = own[index]
+        expected_image, expected = layout[index]
+        assert image.tobytes() == expected_image.tobytes()
+        assert target["image_id"] == expected["image_id"]
+        assert torch.equal(target["labels"], expected["labels"]) and torch.equal(target["boxes"], expected["boxes"])
+        assert torch.equal(target["masks"], expected["masks"])
+
+
+OWN_PATH_ERRORS = {
+    "annotation file missing": ("train", "images", "gone.json", "--train-annotations: {ann} does not exist"),
+    "annotation file is a folder": ("train", "images", "pics", "--train-annotations: {ann} is a folder"),
+    "image folder missing": ("val", "nowhere", "labels.json", "--val-images: {img} does not exist"),
+    "image folder is a file": ("val", "labels.json", "labels.json", "--val-images: {img} is a file"),
+}
+
+
+@pytest.mark.parametrize("case", list(OWN_PATH_ERRORS))
+def test_own_paths_that_are_wrong_name_their_flag(own_layout, case):
+    split, images, annotations, expected = OWN_PATH_ERRORS[case]
+    img_folder = own_layout / split / ("pics" if images == "images" else images)
+    ann_file = own_layout / split / annotations
+    with pytest.raises(coco_utils.DataError) as error:
+        coco_utils.get_coco(own_layout, split, transforms=None, img_folder=img_folder, ann_file=ann_file)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(expected.format(ann=ann_file, img=img_folder)), message

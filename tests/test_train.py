@@ -1,18 +1,25 @@
 """train.py: flags, the local ResNet-50 backbone, checkpoints, and end-to-end runs (train, --resume,
 --test-only, torchrun with 2 processes) on a COCO-format dataset the generator did not write."""
 
+import contextlib
+import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import torchvision
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+import synthetic_coco
 import train
 import utils
 
@@ -151,6 +158,8 @@ def _metrics(output: Path) -> list[dict]:
 
 
 TRAIN_LINE = re.compile(r"Epoch: \[(\d+)\]  \[ *(\d+)/(\d+)\]  eta: \S+  lr: ([\d.]+)")
+# What a checkpoint keeps of the dataset's classes (CocoDetection.class_names()), for predictions.
+CLASS_KEYS = {"label_to_category_id", "categories", "keypoint_names", "keypoint_skeleton"}
 MASK_RCNN_LOSSES = {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
 
 
@@ -200,12 +209,10 @@ def test_training_writes_plain_checkpoints_and_evaluates(trained):
     assert len(_ap_table(result.stdout)) == 24  # 12 bbox + 12 segm
     for name in ("model_0.pth", "checkpoint.pth"):
         checkpoint = torch.load(output / name, weights_only=True)
-        classes = {"label_to_category_id", "categories", "keypoint_names", "keypoint_skeleton"}
-        assert set(checkpoint) == {"model", "optimizer", "lr_scheduler", "epoch", "args", "train_state"} | classes
+        assert set(checkpoint) == {"model", "optimizer", "lr_scheduler", "epoch", "args", "train_state", *CLASS_KEYS}
         assert checkpoint["epoch"] == 0
-        # the quirky dataset's categories 1, 3, 44 with the reference's labels: the category ids themselves
-        assert checkpoint["label_to_category_id"] == list(range(45))
-        assert [c["id"] for c in checkpoint["categories"]] == [1, 3, 44] and checkpoint["keypoint_names"] == []
+        assert checkpoint["label_to_category_id"] == list(range(45))  # --data-path: the labels are the category ids
+        assert checkpoint["categories"] == [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 44, "name": "bottle"}]
         state = checkpoint["train_state"]
         assert state["iteration"] is None and state["seed"] == 0 and len(state["rng"]) == 1
         assert sorted(state["order"].tolist()) == list(range(len(state["order"])))
@@ -284,6 +291,16 @@ def test_whole_model_weights_get_the_pretrained_architecture(tmp_path):
     model.load_state_dict(scratch.state_dict())
 
 
+def test_test_only_resume_builds_the_model_as_whole_model_weights_do(tmp_path):
+    """--test-only --resume reads no backbone (the checkpoint replaces it): the model is still built as a trained one."""
+    flags = ["--min-size", "64", "--max-size", "64", "--trainable-backbone-layers", "0"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torchvision warns when trainable_backbone_layers goes to a model built from scratch
+        model = train.build_model(_args("--test-only", "--resume", str(tmp_path / "checkpoint.pth"), *flags), 3, backbone_state=None)
+    assert isinstance(model.backbone.body.bn1, FrozenBatchNorm2d)
+    assert train.backbone_weights_path(_args("--test-only", "--resume", str(tmp_path / "checkpoint.pth"))) is None
+
+
 def test_resume_from_a_plain_state_dict_is_a_usage_error(tmp_path, synthetic_root):
     path = tmp_path / "weights_only.pth"
     model = torchvision.models.get_model("maskrcnn_resnet50_fpn", weights=None, weights_backbone=None, num_classes=18)
@@ -316,6 +333,15 @@ def test_a_box_only_model_trains_and_evaluates_boxes(trained, tmp_path):
     assert "roi_heads.mask_head.mask_fcn1.0.weight" not in torch.load(tmp_path / "checkpoint.pth", weights_only=True)["model"]
 
 
+def _own_flags(root: Path) -> list[str]:
+    """A COCO layout's files given as your own data."""
+    flags = []
+    for split in ("train", "val"):
+        ann_file = root / "annotations" / f"instances_{split}2017.json"
+        flags += [f"--{split}-images", str(root / f"{split}2017"), f"--{split}-annotations", str(ann_file)]
+    return flags
+
+
 def _earlier_run(d: Path, t: Path) -> list[str]:
     (t / "out" / "checkpoint.pth").write_text("an earlier run's checkpoint")
     return []
@@ -331,7 +357,39 @@ BAD_INPUTS = {
     "lr 0": (lambda d, t: ["--lr", "0"], "--lr: must be positive"),
     "lr steps decreasing": (lambda d, t: ["--lr-steps", "5", "3"], "--lr-steps: epochs must increase, got 5 3"),
     "unknown model": (lambda d, t: ["--model", "maskrcnn_resnet51_fpn"], "--model: unknown model 'maskrcnn_resnet51_fpn'"),
-    "keypoint model": (lambda d, t: ["--model", "keypointrcnn_resnet50_fpn"], "needs keypoint annotations"),
+    "keypoint model": (
+        lambda d, t: ["--model", "keypointrcnn_resnet50_fpn"],
+        "--model: keypointrcnn_resnet50_fpn needs keypoint annotations; add --dataset coco_kp",
+    ),
+    "keypoints without person_keypoints files": (
+        lambda d, t: ["--dataset", "coco_kp", "--model", "keypointrcnn_resnet50_fpn"],
+        "annotations/person_keypoints_train2017.json is missing",
+    ),
+    "keypoints from instances files": (
+        lambda d, t: ["--dataset", "coco_kp", "--model", "keypointrcnn_resnet50_fpn", *_own_flags(d)],
+        'instances_train2017.json: no category lists "keypoints" names, so this is not a keypoint annotation file; --dataset coco_kp',
+    ),
+    "train images without annotations": (
+        lambda d, t: ["--train-images", str(d / "train2017")],
+        "--train-images: needs --train-annotations too",
+    ),
+    "val annotations without images": (
+        lambda d, t: ["--val-annotations", str(d / "annotations" / "instances_val2017.json")],
+        "--val-annotations: needs --val-images too",
+    ),
+    "own training data without val": (
+        lambda d, t: _own_flags(d)[:4],
+        "--val-images/--val-annotations: missing; training on your own data needs both splits",
+    ),
+    "own val data without train": (lambda d, t: _own_flags(d)[4:], "--train-images/--train-annotations: missing"),
+    "own annotation file missing": (
+        lambda d, t: [*_own_flags(d)[:6], "--val-annotations", "no_such_labels.json"],
+        "--val-annotations: no_such_labels.json does not exist; pass a COCO-format annotation file",
+    ),
+    "save predictions without output dir": (
+        lambda d, t: ["--save-predictions", "--output-dir", ""],
+        "--save-predictions: needs --output-dir, where it writes predictions_*.json",
+    ),
     "misspelt model kwarg": (lambda d, t: ["--model-kwargs", "box_batch_size_per_imag=3"], "has no argument box_batch_size_per_imag"),
     "checkpoint every -1": (lambda d, t: ["--checkpoint-every", "-1"], "--checkpoint-every: must be at least 0"),
     "keep 0 checkpoints": (lambda d, t: ["--keep-checkpoints", "0"], "--keep-checkpoints: must be at least 1"),
@@ -448,3 +506,183 @@ def test_weights_saved_from_a_ddp_wrapper_load(tmp_path):
     wrapped |= {f"module.{k}": v for k, v in model.state_dict().items() if not v.is_floating_point()}
     train.load_model_weights(model, {"model": wrapped}, "ddp.pth", "--weights")
     assert all(torch.equal(v, wrapped[f"module.{k}"]) for k, v in model.state_dict().items())
+
+
+# ----------------------------------------------------------------------------- keypoints, your own data, predictions
+
+# SMALL_RUN with fewer sampled boxes and detections (the keypoint head, 8 convolutions of 512 channels, runs on each of
+# them) and a frozen backbone: a run of 2 iterations and 4 to 8 evaluated images takes seconds. No score threshold, so
+# that a model trained this little still detects something.
+FAST_RUN = [
+    *SMALL_RUN[: SMALL_RUN.index("--model-kwargs")], "--trainable-backbone-layers", "0", "--model-kwargs", "box_batch_size_per_image=4",
+    "box_detections_per_img=5", "box_score_thresh=0.0", "rpn_pre_nms_top_n_train=50", "rpn_post_nms_top_n_train=50",
+    "rpn_pre_nms_top_n_test=50", "rpn_post_nms_top_n_test=50",
+]  # fmt: skip
+KEYPOINT_STAT_NAMES = ["AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"]
+
+
+def _cli(flags: list[str]) -> tuple[int, str, str]:
+    """train.cli in this process: its exit status, stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = train.cli([str(flag) for flag in flags])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def random_backbone(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("backbone") / "resnet50.pth"
+    _write_random_resnet50(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_kp_root(tmp_path_factory) -> Path:
+    """The keypoint variant with 8 training images (2 iterations of 4) and 4 for evaluation."""
+    return synthetic_coco.generate_keypoints(tmp_path_factory.mktemp("small_kp"), num_train=8, num_val=4, seed=0)
+
+
+@pytest.mark.slow
+def test_keypoint_rcnn_trains_and_evaluates_keypoints(small_kp_root, random_backbone, tmp_path):
+    model = ["--dataset", "coco_kp", "--model", "keypointrcnn_resnet50_fpn"]
+    flags = [*model, "--data-path", small_kp_root, "--weights-backbone", random_backbone, "--epochs", "1", "-b", "4", "--lr", "0.001"]
+    code, out, err = _cli([*flags, "--output-dir", tmp_path, *FAST_RUN])
+    assert code == 0, out[-3000:] + err[-3000:]
+    assert "Epoch: [0]" in out and "IoU metric: segm" not in out
+    lines = list(AP_LINE.finditer(out.split("IoU metric: keypoints", 1)[1]))
+    assert len(lines) == 10
+    assert [m.group(1) for m in lines] == ["Precision"] * 5 + ["Recall"] * 5 and {m.group(5) for m in lines} == {"20"}
+    printed = [float(m.group(6)) for m in lines]
+    assert all(value == -1 or 0 <= value <= 1 for value in printed)
+    records = _metrics(tmp_path)
+    assert all("loss_keypoint" in r["losses"] for r in records if r["type"] == "train")
+    evaluation = records[-1]
+    assert evaluation["type"] == "eval" and set(evaluation) == {"type", "epoch", "global_iteration", "bbox", "keypoints", "timestamp"}
+    assert list(evaluation["keypoints"]) == KEYPOINT_STAT_NAMES
+    assert list(evaluation["keypoints"].values()) == pytest.approx(printed, abs=0.00051)
+    checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert checkpoint["keypoint_names"] == list(synthetic_coco.COCO_PERSON_KEYPOINT_NAMES) and len(checkpoint["keypoint_names"]) == 17
+    assert checkpoint["categories"] == [{"id": 1, "name": "person"}] and checkpoint["label_to_category_id"] == [0, 1]
+    assert checkpoint["keypoint_skeleton"] == synthetic_coco.PERSON_CATEGORY["skeleton"]
+    assert checkpoint["model"]["roi_heads.keypoint_predictor.kps_score_lowres.weight"].shape[1] == 17  # one heatmap per keypoint
+
+
+def _subset(data: dict, count: int) -> dict:
+    images = data["images"][:count]
+    kept = {image["id"] for image in images}
+    return {**data, "images": images, "annotations": [a for a in data["annotations"] if a["image_id"] in kept]}
+
+
+@pytest.fixture(scope="module")
+def own_data(synthetic_root, tmp_path_factory) -> tuple[Path, list[str]]:
+    """The synthetic dataset as one's own: pictures/{train,val}/ and {train,val}_labels.json, with 8 training
+    images (2 iterations of 4); the flags that name them."""
+    root = tmp_path_factory.mktemp("own")
+    flags = []
+    for split, count in (("train", 8), ("val", None)):
+        shutil.copytree(synthetic_root / f"{split}2017", root / "pictures" / split)
+        data = json.loads((synthetic_root / "annotations" / f"instances_{split}2017.json").read_text())
+        (root / f"{split}_labels.json").write_text(json.dumps(_subset(data, count) if count else data))
+        flags += [f"--{split}-images", str(root / "pictures" / split), f"--{split}-annotations", str(root / f"{split}_labels.json")]
+    return root, flags
+
+
+@pytest.fixture(scope="module")
+def own_trained(own_data, random_backbone, tmp_path_factory) -> tuple[Path, list[str], str]:
+    """One epoch on one's own data, with --save-predictions: the output dir, the flags, stdout."""
+    _, data_flags = own_data
+    output = tmp_path_factory.mktemp("own_run")
+    flags = ["--weights-backbone", str(random_backbone), "-b", "4", "--lr", "0.001", *FAST_RUN]
+    code, out, err = _cli([*data_flags, *flags, "--epochs", "1", "--save-predictions", "--output-dir", output])
+    assert code == 0, out[-3000:] + err[-3000:]
+    return output, flags, out
+
+
+@pytest.mark.slow
+def test_own_data_trains_with_contiguous_labels(own_trained):
+    output, _, out = own_trained
+    assert "Epoch: [0]  [1/2]" in out and len(_ap_table(out)) == 24
+    checkpoint = torch.load(output / "checkpoint.pth", weights_only=True)
+    assert checkpoint["label_to_category_id"] == [0, 2, 5, 11, 17]
+    assert [c["id"] for c in checkpoint["categories"]] == [2, 5, 11, 17] and checkpoint["categories"][0] == {"id": 2, "name": "disc"}
+    assert (checkpoint["keypoint_names"], checkpoint["keypoint_skeleton"]) == ([], [])
+    assert checkpoint["model"]["roi_heads.box_predictor.cls_score.weight"].shape[0] == 5
+    assert checkpoint["model"]["roi_heads.mask_predictor.mask_fcn_logits.weight"].shape[0] == 5
+
+
+def _pycocotools_bbox_stats(ann_file: Path, results: list[dict]) -> list[float]:
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(ann_file))
+        evaluation = COCOeval(gt, gt.loadRes(results), iouType="bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return evaluation.stats.tolist()
+
+
+@pytest.mark.slow
+def test_saved_predictions_hold_category_ids(own_data, own_trained):
+    root, _ = own_data
+    output, _, _ = own_trained
+    predictions = json.loads((output / "predictions_0.json").read_text())
+    assert predictions and set(predictions[0]) == {"image_id", "category_id", "score", "bbox", "segmentation"}
+    category_ids = {p["category_id"] for p in predictions}
+    assert category_ids <= {2, 5, 11, 17} and category_ids - {2}  # labels 1..4 mapped back, not written as they are
+    val = json.loads((root / "val_labels.json").read_text())
+    assert {p["image_id"] for p in predictions} <= {image["id"] for image in val["images"]}
+    # The results file scores as the run's own evaluation did.
+    evaluation = _metrics(output)[-1]
+    assert _pycocotools_bbox_stats(root / "val_labels.json", predictions) == pytest.approx(list(evaluation["bbox"].values()), abs=1e-12)
+
+
+@pytest.mark.slow
+def test_test_only_evaluates_with_the_checkpoints_label_mapping(own_data, own_trained, tmp_path):
+    root, data_flags = own_data
+    output, flags, trained_out = own_trained
+    # The evaluation file also lists a category with no annotations: labelled as it says, the model would need 6 classes.
+    val = json.loads((root / "val_labels.json").read_text())
+    val["categories"].append({"id": 23, "name": "extra", "supercategory": "shape"})
+    (tmp_path / "val_labels.json").write_text(json.dumps(val))
+    val_flags = [*data_flags[4:6], "--val-annotations", tmp_path / "val_labels.json"]
+    code, out, err = _cli(
+        [*val_flags, *flags, "--test-only", "--resume", output / "checkpoint.pth", "--save-predictions", "--output-dir", tmp_path]
+    )
+    assert code == 0, out[-3000:] + err[-3000:]
+    assert "Epoch" not in out and len(_ap_table(out)) == 24
+    assert _ap_table(out) == _ap_table(trained_out)  # the model evaluated right after training, scored alike
+    assert f"Saved the detections to {tmp_path / 'predictions.json'}" in out
+    predictions = json.loads((tmp_path / "predictions.json").read_text())
+    during_training = json.loads((output / "predictions_0.json").read_text())
+    assert predictions == during_training  # the same model as built for training, on the same images
+    assert not list(tmp_path.glob("predictions_*.json")) and not (tmp_path / "checkpoint.pth").exists()
+
+
+LABEL_MAPPINGS = [
+    ("own", "auto", [0, 2, 5, 11, 17]),
+    ("own", "category-ids", list(range(18))),
+    ("own", "contiguous", [0, 2, 5, 11, 17]),
+    ("data-path", "auto", list(range(18))),
+    ("data-path", "contiguous", [0, 2, 5, 11, 17]),
+]
+
+
+@pytest.mark.parametrize("data, mapping, expected", LABEL_MAPPINGS, ids=[f"{d}-{m}" for d, m, _ in LABEL_MAPPINGS])
+def test_label_mapping_sets_the_number_of_classes(synthetic_root, data, mapping, expected):
+    data_flags = _own_flags(synthetic_root) if data == "own" else ["--data-path", str(synthetic_root)]
+    args = _args(*data_flags, "--label-mapping", mapping, "--weights-backbone", "none", "--min-size", "64", "--max-size", "64")
+    dataset_train, dataset_test = train.load_datasets(args, None)
+    assert dataset_train.label_to_category_id == dataset_test.label_to_category_id == expected
+    assert dataset_test.num_classes == len(expected)
+    model = train._build_model_or_explain(args, dataset_test.num_classes, None)
+    assert model.roi_heads.box_predictor.cls_score.out_features == len(expected)
+    # A trained model's mapping (resuming, or evaluating it) wins over the flag.
+    assert train.load_datasets(args, [0, 17, 11, 5, 2])[1].label_to_category_id == [0, 17, 11, 5, 2]
+
+
+def test_the_trained_label_mapping_comes_from_the_checkpoint_or_evaluated_weights():
+    mapping = {"label_to_category_id": [0, 2, 5, 11, 17]}
+    assert train._trained_label_mapping(_args(), None, mapping) == [0, 2, 5, 11, 17]  # --resume
+    assert train._trained_label_mapping(_args("--test-only"), mapping, None) == [0, 2, 5, 11, 17]  # --test-only --weights
+    assert train._trained_label_mapping(_args(), mapping, None) is None  # fine-tuning --weights: the data's labels
+    assert train._trained_label_mapping(_args(), None, {"model": {}}) is None  # a checkpoint from before label mappings
+    assert train._trained_label_mapping(_args(), None, None) is None
