@@ -4,7 +4,7 @@ r"""Run a model trained by train.py on image files or folders: PNG pictures of i
 
 Each picture shows the detections scoring at least --score-thresh: masks, boxes, class names and
 scores (and keypoints, for a keypoint model), drawn with torchvision.utils. predictions.json holds
-every detection the model returns, as a COCO results list whose entries also name their file.
+every detection of a category the model returns, as a COCO results list whose entries also name their file.
 With --annotations (a COCO annotation file listing the images), image ids are that file's, so
 the results can be scored with pycocotools; otherwise images are numbered 1, 2, ... in input order.
 The checkpoint says which model to build and the names of its classes (train.py stores them).
@@ -81,13 +81,25 @@ def _image_ids(images: list[Path], annotations: str | None) -> list[int]:
     return [listed[path.name] for path in images]
 
 
+def _not_an_image(path: Path, error: Exception) -> utils.UsageError:
+    return utils.UsageError(f"{path}: not an image PIL can read ({utils.short_reason(error)})")
+
+
+def check_image(path: Path) -> None:
+    """A UsageError naming `path` if PIL does not recognise it as an image; reads only its header (fast)."""
+    try:
+        Image.open(path).close()
+    except IMAGE_READ_ERRORS as e:
+        raise _not_an_image(path, e) from None
+
+
 def read_image(path: Path) -> torch.Tensor:
     """An image file as a (3, H, W) uint8 tensor; a UsageError naming it if PIL cannot read it."""
     try:
         with Image.open(path) as image:
             return F.pil_to_tensor(image.convert("RGB"))
     except IMAGE_READ_ERRORS as e:
-        raise utils.UsageError(f"{path}: not an image PIL can read ({utils.short_reason(e)})") from None
+        raise _not_an_image(path, e) from None
 
 
 # ----------------------------------------------------------------------------- model
@@ -108,6 +120,15 @@ def load_trained_model(path: str, device: torch.device) -> tuple[torch.nn.Module
     model = build_model(args, len(checkpoint["label_to_category_id"]), None, num_keypoints)
     load_model_weights(model, checkpoint, path, "--checkpoint")
     return model.to(device).eval(), checkpoint
+
+
+def category_labels(checkpoint: dict) -> torch.Tensor:
+    """The labels that stand for one of the checkpoint's categories. With the reference's labels (the category ids,
+    num_classes = largest id + 1) the ids between categories are labels too (COCO's 12, 26, ...): no category has
+    them, yet the classifier scores them (weakly once trained, as much as any while untrained)."""
+    ids = {c["id"] for c in checkpoint["categories"]}
+    labels = [label for label, category_id in enumerate(checkpoint["label_to_category_id"]) if label and category_id in ids]
+    return torch.tensor(labels, dtype=torch.int64)
 
 
 def class_names(checkpoint: dict) -> list[str]:
@@ -139,7 +160,8 @@ def draw_predictions(
         masks = probabilities > coco_eval.MASK_THRESHOLD
         picture = draw_segmentation_masks(picture, masks, alpha=0.45, colors=colors)
     captions = [f"{names[label]} {score:.2f}" for label, score in zip(labels, prediction["scores"][keep].tolist())]
-    picture = draw_bounding_boxes(picture, prediction["boxes"][keep] * scale, captions, colors=colors, width=2, fill_labels=True)
+    if keep.any():  # torchvision warns on every image with no box to draw
+        picture = draw_bounding_boxes(picture, prediction["boxes"][keep] * scale, captions, colors=colors, width=2, fill_labels=True)
     if "keypoints" in prediction and keep.any():
         keypoints = prediction["keypoints"][keep]
         connectivity = [(a - 1, b - 1) for a, b in skeleton] if skeleton else None
@@ -175,9 +197,11 @@ def predict(args: argparse.Namespace) -> Path:
         raise utils.UsageError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
     images = find_images(args.inputs)[: args.max_images]
     image_ids = _image_ids(images, args.annotations)
+    for path in images:  # a file that is no image stops the run now, not after the pictures before it (without predictions.json)
+        check_image(path)
     device = torch.device(args.device)
     model, checkpoint = load_trained_model(args.checkpoint, device)
-    names, iou_types = class_names(checkpoint), iou_types_of(model)
+    names, iou_types, labels = class_names(checkpoint), iou_types_of(model), category_labels(checkpoint)
     label_to_category_id = np.asarray(checkpoint["label_to_category_id"], dtype=np.int64)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -185,6 +209,9 @@ def predict(args: argparse.Namespace) -> Path:
     for image_id, path in zip(image_ids, images):
         image = read_image(path)
         prediction = {k: v.cpu() for k, v in model([F.to_dtype(image.to(device), torch.float32, scale=True)])[0].items()}
+        # Only detections of a category: a label no category has would be written as a category id the data lacks.
+        kept = torch.isin(prediction["labels"], labels)
+        prediction = {k: v[kept] for k, v in prediction.items()}
         entries += results_entries(image_id, path.name, prediction, iou_types, label_to_category_id)
         picture = draw_predictions(image, prediction, names, args.score_thresh, args.upscale_to, checkpoint.get("keypoint_skeleton"))
         picture_path = _picture_path(output_dir, path, taken)
