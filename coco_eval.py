@@ -571,8 +571,16 @@ class CocoEvaluator:
 
     def detections(self) -> list[dict]:
         """Every image's detections as one COCO results list, each entry with all the IoU types' fields
-        (bbox, segmentation, keypoints), as detectron2's results files have them."""
-        return [entry for image_id in self.img_ids for entry in results_file_entries(image_id, self.results[image_id], self.iou_types)]
+        (bbox, segmentation, keypoints), as detectron2's results files have them. Detections of labels that
+        are no category are left out: with the reference's labels (the category ids, num_classes = largest
+        id + 1) the classifier also scores the ids between categories (COCO's 12, 26...); COCOeval ignores them."""
+        categories = set(self._gt.getCatIds())
+        return [
+            entry
+            for image_id in self.img_ids
+            for entry in results_file_entries(image_id, self.results[image_id], self.iou_types)
+            if entry["category_id"] in categories
+        ]
 
     def summarize(self) -> None:
         """Print pycocotools' 12-number table per IoU type and fill coco_eval[iou_type].stats."""

@@ -205,7 +205,8 @@ def predict(args: argparse.Namespace) -> Path:
     label_to_category_id = np.asarray(checkpoint["label_to_category_id"], dtype=np.int64)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    entries, taken = [], set()
+    # An input PNG in --output-dir keeps its file: its picture takes a numbered name instead.
+    entries, taken = [], {path.stem for path in images if path.suffix.lower() == ".png" and path.parent.resolve() == output_dir.resolve()}
     for image_id, path in zip(image_ids, images):
         image = read_image(path)
         prediction = {k: v.cpu() for k, v in model([F.to_dtype(image.to(device), torch.float32, scale=True)])[0].items()}

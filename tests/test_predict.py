@@ -231,13 +231,13 @@ def test_a_threshold_of_1_draws_nothing_the_picture_is_the_resized_image(run, tm
 
 @pytest.mark.slow
 def test_predictions_match_train_py_s_saved_predictions_for_the_same_checkpoint(run):
-    """train.py evaluates with batches of 1, so the model sees exactly the same inputs; predict.py's detections are the
-    evaluated ones of real categories (the reference's category-id labels also give labels between the ids, see below)."""
+    """train.py evaluates with batches of 1, so the model sees exactly the same inputs: predict.py's detections are the
+    evaluated ones, both without labels that are no category (see below)."""
     evaluated = _by_image(run["evaluated"])
     predicted = _by_image(run["entries"])
     assert set(evaluated) == set(predicted)
     for image_id, entries in predicted.items():
-        expected = [e for e in evaluated[image_id] if e["category_id"] in CATEGORY_IDS]
+        expected = evaluated[image_id]
         assert len(entries) == len(expected), image_id
         assert [e["category_id"] for e in entries] == [e["category_id"] for e in expected]
         np.testing.assert_allclose([e["bbox"] for e in entries], [e["bbox"] for e in expected], atol=1e-3)
@@ -245,12 +245,16 @@ def test_predictions_match_train_py_s_saved_predictions_for_the_same_checkpoint(
 
 
 @pytest.mark.slow
-def test_labels_that_are_no_category_are_left_out(run):
+def test_labels_that_are_no_category_are_left_out(run, small_root):
     """With labels = category ids, the classifier also has outputs for the ids between them (1, 3, 4, 6, ...); an
-    untrained one scores them as much as the real ones. train.py's saved predictions keep them, predict.py does not."""
-    evaluated_ids = {e["category_id"] for e in run["evaluated"]}
-    assert evaluated_ids - set(CATEGORY_IDS), "this checkpoint gives no such labels: the test tests nothing"
+    untrained one scores them as much as the real ones. Neither predict.py nor train.py's saved predictions keep them."""
+    model, _ = predict.load_trained_model(str(run["checkpoint"]), torch.device("cpu"))
+    image = _read_rgb(next((small_root / "val2017").iterdir()))
+    with torch.inference_mode():
+        labels = set(model([F.to_dtype(image, torch.float32, scale=True)])[0]["labels"].tolist())
+    assert labels - set(CATEGORY_IDS), "this checkpoint gives no such labels: the test tests nothing"
     assert {e["category_id"] for e in run["entries"]} <= set(CATEGORY_IDS)
+    assert {e["category_id"] for e in run["evaluated"]} <= set(CATEGORY_IDS)
 
 
 # ----------------------------------------------------------------------------- classes
@@ -341,6 +345,18 @@ def test_images_with_the_same_name_in_two_folders_get_two_pictures(run, tmp_path
     entries = json.loads((out / "predictions.json").read_text())
     assert {(e["image_id"], e["file_name"]) for e in entries} == {(1, "x.jpg"), (2, "x.jpg")}
     assert f"{out / 'x.png'}" in printed and f"{out / 'x_2.png'}" in printed
+
+
+@pytest.mark.slow
+def test_input_pngs_in_the_output_folder_are_never_overwritten(run, tmp_path):
+    source = run["images"][0]
+    image = Image.open(source).convert("RGB")
+    image.save(tmp_path / "x.png")
+    before = (tmp_path / "x.png").read_bytes()
+    status, _ = _predict(str(tmp_path), "--checkpoint", str(run["checkpoint"]), "--output-dir", str(tmp_path), "--score-thresh", "1")
+    assert status == 0
+    assert (tmp_path / "x.png").read_bytes() == before
+    assert torch.equal(_read_rgb(tmp_path / "x_2.png"), _read_rgb(tmp_path / "x.png"))  # nothing drawn: the picture is the image
 
 
 # ----------------------------------------------------------------------------- bad input
