@@ -276,6 +276,33 @@ def test_every_recipe_keeps_targets_on_the_image(recipe):
         assert any(o["padded"] for o in outcomes)
 
 
+# The synthetic people face the viewer: their left shoulder and hip are at larger x than their right ones.
+PAIRS = [(COCO_PERSON_KEYPOINT_NAMES.index(f"left_{p}"), COCO_PERSON_KEYPOINT_NAMES.index(f"right_{p}")) for p in ("shoulder", "hip")]
+
+
+@pytest.mark.parametrize("recipe", DATA_AUGMENTATIONS)
+def test_every_recipe_keeps_synthetic_people_consistent(synthetic_kp_root, recipe):
+    """On real keypoint samples, every recipe (each flips) keeps visible keypoints inside their person's box and
+    inside the image, and the left keypoints on the right: a flip must swap left and right."""
+    dataset = coco_utils.get_coco(synthetic_kp_root, "train", None, with_masks=False, dataset="coco_kp")
+    dataset.transforms = get_transform(True, recipe, keypoint_flip_indices(dataset.keypoint_names), **SMALL_SIZES)
+    pairs_checked = 0  # 12 seeds: that none flips, or all do, has a chance of 1 in 2048
+    for seed in range(12):
+        torch.manual_seed(seed)
+        image, target = dataset[seed % len(dataset)]
+        boxes, keypoints = plain(target["boxes"]), target["keypoints"]
+        visible = keypoints[..., 2] > 0
+        x, y = keypoints[..., 0], keypoints[..., 1]
+        inside = (x >= boxes[:, None, 0] - 1) & (x <= boxes[:, None, 2] + 1) & (y >= boxes[:, None, 1] - 1) & (y <= boxes[:, None, 3] + 1)
+        assert inside[visible].all(), f"seed {seed}: a visible keypoint outside its box"
+        assert (x[visible] <= image.shape[-1]).all() and (y[visible] <= image.shape[-2]).all()
+        for left, right in PAIRS:
+            both = visible[:, left] & visible[:, right]
+            assert (x[both, left] > x[both, right]).all(), f"seed {seed}: left and right not swapped with the flip"
+            pairs_checked += int(both.sum())
+    assert pairs_checked >= 12
+
+
 def test_recipe_output_sizes():
     image, target = painted_sample()
     lsj = get_transform(True, "lsj", lsj_size=100)
