@@ -190,10 +190,15 @@ def _validate_own_data(args: argparse.Namespace) -> None:
         if (images is None) != (annotations is None):
             given, needed = ("images", "annotations") if annotations is None else ("annotations", "images")
             raise utils.UsageError(f"--{split}-{given}: needs --{split}-{needed} too (a split is an image folder and its annotation file)")
-    if _own_data(args) and not args.test_only and (args.train_images is None or args.val_images is None):
-        split = "val" if args.val_images is None else "train"
+    if _own_data(args) and args.val_images is None:
+        # else the evaluation would quietly run on --data-path's val2017
         raise utils.UsageError(
-            f"--{split}-images/--{split}-annotations: missing; training on your own data needs both splits "
+            "--val-images/--val-annotations: missing; your own data needs its evaluation split too "
+            "(--train-images, --train-annotations, --val-images, --val-annotations; --test-only needs only the last two)"
+        )
+    if _own_data(args) and not args.test_only and args.train_images is None:
+        raise utils.UsageError(
+            "--train-images/--train-annotations: missing; training on your own data needs both splits "
             "(--train-images, --train-annotations, --val-images, --val-annotations)"
         )
 

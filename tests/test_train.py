@@ -379,7 +379,11 @@ BAD_INPUTS = {
     ),
     "own training data without val": (
         lambda d, t: _own_flags(d)[:4],
-        "--val-images/--val-annotations: missing; training on your own data needs both splits",
+        "--val-images/--val-annotations: missing; your own data needs its evaluation split too",
+    ),
+    "own training data without val, evaluation only": (
+        lambda d, t: [*_own_flags(d)[:4], "--test-only"],
+        "--val-images/--val-annotations: missing; your own data needs its evaluation split too",
     ),
     "own val data without train": (lambda d, t: _own_flags(d)[4:], "--train-images/--train-annotations: missing"),
     "own annotation file missing": (
