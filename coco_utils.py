@@ -42,9 +42,10 @@ from utils import UsageError
 
 SPLITS = {"train": "train2017", "val": "val2017"}
 COCO_FOLDERS = {*SPLITS.values(), "annotations"}
-# --dataset: the annotation files' prefix in the 2017 layout, and whether targets carry keypoints.
+# --dataset: the annotation files' prefix in the 2017 layout (coco_kp targets also carry keypoints), and the make
+# target that writes a synthetic dataset of that kind.
 ANNOTATION_PREFIXES = {"coco": "instances", "coco_kp": "person_keypoints"}
-LAYOUT_HINT = "should hold train2017/, val2017/ and annotations/instances_*2017.json (make data writes a synthetic one)"
+SYNTHETIC_TARGETS = {"instances": "make data", "person_keypoints": "make data-kp"}
 # The reference's rule for keypoint training images: at least this many visible keypoints among their people.
 MIN_KEYPOINTS_PER_IMAGE = 10
 # What pycocotools raises for a segmentation it cannot draw (wrong nesting, non-numbers, a bad RLE).
@@ -335,10 +336,6 @@ def label_to_category_ids(category_ids: Sequence[int], contiguous: bool) -> list
     return [0, *ids] if contiguous else list(range(max(ids, default=0) + 1))
 
 
-def _category_lookup(label_to_category_id: Sequence[int]) -> dict[int, int]:
-    return {int(category_id): label for label, category_id in enumerate(label_to_category_id) if label > 0}
-
-
 def _keypoint_names(ann_file: Path, categories: list[_CategoryEntry]) -> list[str]:
     """The keypoint names of a keypoint dataset's categories (one list shared by all: torchvision's Keypoint R-CNN has one)."""
     lists = {tuple(c.keypoints) for c in categories if c.keypoints}
@@ -578,20 +575,20 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def _labels_of(self, category_ids: np.ndarray) -> np.ndarray:
         """The labels of annotations' category ids; an id with no label stops the run, naming it."""
-        lookup = _category_lookup(self.label_to_category_id)
-        labels = np.fromiter((lookup.get(i, -1) for i in category_ids.tolist()), dtype=np.int64, count=len(category_ids))
-        if (labels < 0).any():
-            first = int(category_ids[np.flatnonzero(labels < 0)[0]])
-            if first == 0 and 0 not in lookup:
+        labelled = np.asarray(self.label_to_category_id[1:], dtype=np.int64)  # the category ids of labels 1, 2, ...
+        positions, found = _positions(labelled, category_ids)
+        if not found.all():
+            first = int(category_ids[np.flatnonzero(~found)[0]])
+            if first == 0:
                 raise DataError(
                     f"{self.ann_file}: category id 0 ({self.categories.get(0, '?')}) would be label 0, which detection models "
                     "keep for the background; pass --label-mapping contiguous to number the categories from 1"
                 )
             raise DataError(
                 f"{self.ann_file}: category id {first} ({self.categories.get(first, '?')}) is not among the model's categories "
-                f"(ids {sorted(lookup)}); train and evaluate on annotation files with the same categories"
+                f"(ids {sorted(labelled.tolist())}); train and evaluate on annotation files with the same categories"
             )
-        return labels
+        return positions + 1
 
     def _keep_images(self, columns: _Columns, kept: np.ndarray) -> None:
         self._image_ids, self._widths, self._heights = columns.image_ids[kept], columns.widths[kept], columns.heights[kept]
@@ -832,17 +829,17 @@ def get_coco(
 
 def _layout_paths(root: Path, image_set: str, prefix: str) -> tuple[Path, Path]:
     """The image folder and annotation file of a split of the COCO 2017 layout, checked."""
+    hint = f"should hold train2017/, val2017/ and annotations/{prefix}_*2017.json ({SYNTHETIC_TARGETS[prefix]} writes a synthetic one)"
     if not root.is_dir():
-        raise DataError(f"--data-path: {root} {'is a file' if root.exists() else 'does not exist'}; it {LAYOUT_HINT}")
+        raise DataError(f"--data-path: {root} {'is a file' if root.exists() else 'does not exist'}; it {hint}")
     folder = SPLITS[image_set]
     ann_file = root / "annotations" / f"{prefix}_{folder}.json"
     for path in (ann_file, root / folder):
         if not path.exists():
             inside = f" ({root.name}/ is a folder inside a COCO root: pass {root.parent})" if root.name in COCO_FOLDERS else ""
-            hint = LAYOUT_HINT.replace("instances", prefix)
             raise DataError(f"--data-path: {path} is missing; {root} {hint}{inside}")
     if not (root / folder).is_dir():
-        raise DataError(f"--data-path: {root / folder} is a file, not a folder of images; {root} {LAYOUT_HINT}")
+        raise DataError(f"--data-path: {root / folder} is a file, not a folder of images; {root} {hint}")
     return root / folder, ann_file
 
 
