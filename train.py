@@ -625,11 +625,11 @@ def main(args: argparse.Namespace) -> int:
     dataset_train, dataset_test = load_datasets(args, _trained_label_mapping(args, weights, checkpoint))
     seed = _data_seed(args, checkpoint)
     train_sampler, batch_sampler, data_loader, data_loader_test = build_data_loaders(args, dataset_train, dataset_test, device, seed)
-    classes = dataset_test.class_names()
-    num_keypoints = len(dataset_test.keypoint_names) or None
+    labelled = dataset_train or dataset_test  # the split whose labels the model learns (evaluation uses the same)
+    classes = labelled.class_names()
 
     print("Creating model")
-    model = _build_model_or_explain(args, dataset_test.num_classes, backbone_state, num_keypoints)
+    model = _build_model_or_explain(args, labelled.num_classes, backbone_state, len(labelled.keypoint_names) or None)
     model.to(device)
     if args.distributed and args.sync_bn:
         if device.type == "cpu":
