@@ -7,6 +7,7 @@ import io
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -713,9 +714,22 @@ def relabelled(outputs: dict[int, dict], label_of: dict[int, int]) -> dict[int, 
     return {i: {**o, "labels": torch.tensor([label_of[int(v)] for v in o["labels"]], dtype=torch.int64)} for i, o in outputs.items()}
 
 
+SYNTHETIC_CONTIGUOUS = [0, 2, 5, 11, 17]  # the synthetic dataset's category id of each contiguous label
+
+
+def contiguous_detections(root: Path, seed: int, backend: str) -> tuple[Any, Detections, dict[int, dict], CocoEvaluator]:
+    """Random detections of the synthetic val split, their outputs in contiguous labels, and an evaluator
+    with the mapping back to category ids that has scored them."""
+    ds = coco_utils.get_coco(root, "val", transforms=None)
+    detections = Detections(ds, list(range(len(ds))), seed=seed)
+    outputs = relabelled(detections.outputs, {c: label for label, c in enumerate(SYNTHETIC_CONTIGUOUS)})
+    evaluator = CocoEvaluator(ds.coco, ["bbox", "segm"], backend=backend, label_to_category_id=SYNTHETIC_CONTIGUOUS)
+    return ds, detections, outputs, run_evaluator(evaluator, [outputs])
+
+
 def test_contiguous_labels_are_scored_as_their_category_ids(synthetic_root, backend):
     contiguous = coco_utils.get_coco(synthetic_root, "val", transforms=None, contiguous_labels=True)
-    assert contiguous.label_to_category_id == [0, 2, 5, 11, 17]
+    assert contiguous.label_to_category_id == SYNTHETIC_CONTIGUOUS
     outputs = perfect_outputs(contiguous)
     assert {int(v) for o in outputs.values() for v in o["labels"]} == {1, 2, 3, 4}
     mapped = run_evaluator(
@@ -728,13 +742,7 @@ def test_contiguous_labels_are_scored_as_their_category_ids(synthetic_root, back
 
 
 def test_mapped_labels_score_exactly_as_category_ids(synthetic_root, tmp_path, backend):
-    ds = coco_utils.get_coco(synthetic_root, "val", transforms=None)
-    detections = Detections(ds, list(range(len(ds))), seed=0)
-    label_to_category_id = [0, 2, 5, 11, 17]
-    contiguous_outputs = relabelled(detections.outputs, {c: label for label, c in enumerate(label_to_category_id)})
-    mapped = run_evaluator(
-        CocoEvaluator(ds.coco, ["bbox", "segm"], backend=backend, label_to_category_id=label_to_category_id), [contiguous_outputs]
-    )
+    ds, detections, contiguous_outputs, mapped = contiguous_detections(synthetic_root, 0, backend)
     direct = run_evaluator(CocoEvaluator(ds.coco, ["bbox", "segm"], backend=backend), detections.chunks(3))
     unmapped = run_evaluator(CocoEvaluator(ds.coco, ["bbox", "segm"], backend=backend), [contiguous_outputs])
     for iou_type in ("bbox", "segm"):
@@ -745,13 +753,7 @@ def test_mapped_labels_score_exactly_as_category_ids(synthetic_root, tmp_path, b
 
 
 def test_detections_are_a_results_file_with_category_ids_that_pycocotools_scores_alike(synthetic_root, tmp_path, backend):
-    ds = coco_utils.get_coco(synthetic_root, "val", transforms=None)
-    detections = Detections(ds, list(range(len(ds))), seed=1)
-    label_to_category_id = [0, 2, 5, 11, 17]
-    outputs = relabelled(detections.outputs, {c: label for label, c in enumerate(label_to_category_id)})
-    evaluator = run_evaluator(
-        CocoEvaluator(ds.coco, ["bbox", "segm"], backend=backend, label_to_category_id=label_to_category_id), [outputs]
-    )
+    ds, detections, outputs, evaluator = contiguous_detections(synthetic_root, 1, backend)
     entries = evaluator.detections()
     # One entry per detection, each with both IoU types' fields and the category id (not the label).
     assert len(entries) == len(detections.bbox) == sum(len(o["labels"]) for o in outputs.values())
