@@ -372,12 +372,14 @@ def _masks_of(prediction: dict) -> tuple[list[bytes], tuple[int, int]]:
     raise ValueError("segm evaluation needs 'masks' (N, 1, H, W) or 'raw_masks' with 'image_size' (see unpasted_masks)")
 
 
-def compact_result(prediction: dict, iou_types: Sequence[str]) -> dict[str, Any]:
-    """One image's model output as small CPU arrays: scores, labels (category ids), and per IoU type
-    xywh boxes (float32, as the reference computes them), compressed RLE strings, or keypoints."""
+def compact_result(prediction: dict, iou_types: Sequence[str], label_to_category_id: np.ndarray | None = None) -> dict[str, Any]:
+    """One image's model output as small CPU arrays: scores, labels as category ids (models predict labels:
+    `label_to_category_id` maps them, None when they are the category ids), and per IoU type xywh boxes
+    (float32, as the reference computes them), compressed RLE strings, or keypoints."""
+    labels = prediction["labels"].detach().cpu().numpy().astype(np.int64)
     result: dict[str, Any] = {
         "scores": prediction["scores"].detach().cpu().numpy(),
-        "labels": prediction["labels"].detach().cpu().numpy().astype(np.int64),
+        "labels": labels if label_to_category_id is None else label_to_category_id[labels],
     }
     for iou_type in iou_types:
         if iou_type == "bbox":
@@ -534,10 +536,7 @@ class CocoEvaluator:
     def update(self, predictions: dict[int, dict[str, Any]]) -> None:
         """Keep each image's detections (a later result for the same image id replaces the earlier one)."""
         for image_id, prediction in predictions.items():
-            result = compact_result(prediction, self.iou_types)
-            if self._category_ids is not None:
-                result["labels"] = self._category_ids[result["labels"]]
-            self.results[int(image_id)] = result
+            self.results[int(image_id)] = compact_result(prediction, self.iou_types, self._category_ids)
 
     def synchronize_between_processes(self) -> None:
         """Give every rank the union of all ranks' results (numpy arrays and RLE strings, not dicts per detection)."""

@@ -171,8 +171,7 @@ def draw_predictions(
 
 def results_entries(image_id: int, file_name: str, prediction: dict, iou_types: list[str], label_to_category_id: np.ndarray) -> list[dict]:
     """One image's detections as COCO results entries (category ids, xywh boxes, RLE masks), naming the file."""
-    result = coco_eval.compact_result(prediction, iou_types)
-    result["labels"] = label_to_category_id[result["labels"]]
+    result = coco_eval.compact_result(prediction, iou_types, label_to_category_id)
     return [{**entry, "file_name": file_name} for entry in coco_eval.results_file_entries(image_id, result, iou_types)]
 
 
@@ -193,8 +192,7 @@ def predict(args: argparse.Namespace) -> Path:
         raise utils.UsageError(f"--score-thresh: must be between 0 and 1, got {args.score_thresh}")
     if args.max_images is not None and args.max_images < 1:
         raise utils.UsageError(f"--max-images: must be at least 1, got {args.max_images}")
-    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
-        raise utils.UsageError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
+    utils.check_device(args.device)
     images = find_images(args.inputs)[: args.max_images]
     image_ids = _image_ids(images, args.annotations)
     for path in images:  # a file that is no image stops the run now, not after the pictures before it (without predictions.json)

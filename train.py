@@ -178,8 +178,7 @@ def _validate_args(args: argparse.Namespace) -> None:
         raise utils.UsageError(f"--tensorboard: {utils.TENSORBOARD_HINT}")
     if any(b <= a for a, b in zip(args.lr_steps, args.lr_steps[1:])):
         raise utils.UsageError(f"--lr-steps: epochs must increase, got {' '.join(map(str, args.lr_steps))}")
-    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
-        raise utils.UsageError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
+    utils.check_device(args.device)
     coco_eval.backend_classes(args.eval_backend)  # a missing package stops the run now, not after the first epoch
 
 

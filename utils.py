@@ -628,6 +628,12 @@ def _write_torch_file(obj: Any, tmp: Path) -> None:
         os.fsync(f.fileno())
 
 
+def check_device(device: str) -> None:
+    """A UsageError for --device cuda on a machine without a GPU, before any slow work."""
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: no CUDA device is available here; use --device cpu")
+
+
 def save_json(obj: Any, path: str | Path) -> Path:
     """Write `obj` as JSON to `path`, atomically (a reader never sees half a file); returns the path."""
     path = Path(path)
