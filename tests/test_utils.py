@@ -550,6 +550,7 @@ try:
 except RuntimeError as e:
     assert utils.is_collective_failure(e), e
     print("rank 0 gave up after", round(time.time() - start), "s:", type(e).__name__, flush=True)
+    utils.cleanup_distributed()  # as train.py does: exiting with gloo's threads alive can abort ("terminate called ...")
     sys.exit(1)
 """
 
