@@ -188,15 +188,6 @@ def make_target(
     return target
 
 
-def annotations_to_target(annotations: list[dict], image_id: int, height: int, width: int, with_masks: bool = True) -> dict:
-    """Convert one image's COCO annotations into a detection target; crowd and degenerate boxes are left out."""
-    annotations = [a for a in annotations if not a.get("iscrowd", 0)]
-    boxes, keep = clamp_boxes_xywh(np.array([a["bbox"] for a in annotations], dtype=np.float32), height, width)
-    kept = [a for a, k in zip(annotations, keep.tolist()) if k]
-    masks = decode_masks([a["segmentation"] for a in kept], height, width) if with_masks else None
-    return make_target(boxes[keep], np.array([a["category_id"] for a in kept], dtype=np.int64), image_id, height, width, masks)
-
-
 # ----------------------------------------------------------------------------- reading the annotation file
 
 

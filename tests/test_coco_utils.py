@@ -224,27 +224,40 @@ def test_degenerate_box_dropped_with_its_mask(quirky_root):
     np.testing.assert_array_equal(target["masks"][1].numpy(), coco.annToMask(anns[2]))
 
 
-def test_degenerate_boxes_dropped_by_hand():
+def _one_image_target(tmp_path: Path, anns: list[dict], height: int, width: int) -> dict:
+    """The target CocoDetection gives for one image of the given size holding `anns` (category ids as labels)."""
+    (tmp_path / "images").mkdir()
+    PIL.Image.new("RGB", (width, height)).save(tmp_path / "images" / "one.jpg")
+    data = {
+        "images": [{"id": 1, "file_name": "one.jpg", "width": width, "height": height}],
+        "annotations": [{"id": i + 1, "image_id": 1, "iscrowd": 0, **ann} for i, ann in enumerate(anns)],
+        "categories": [{"id": c, "name": f"c{c}"} for c in sorted({a["category_id"] for a in anns})],
+    }
+    (tmp_path / "one.json").write_text(json.dumps(data))
+    return coco_utils.CocoDetection(tmp_path / "images", tmp_path / "one.json")[0][1]
+
+
+def test_degenerate_boxes_dropped_by_hand(tmp_path):
     anns = [
         {"bbox": [2, 2, 0, 5], "category_id": 1, "segmentation": [[2, 2, 2, 4, 2, 7]]},
         {"bbox": [2, 2, 4, 4], "category_id": 3, "segmentation": [[2, 2, 6, 2, 6, 6, 2, 6]]},
         {"bbox": [3, 3, 4, 0], "category_id": 5, "segmentation": [[3, 3, 5, 3, 7, 3]]},
         {"bbox": [25, 1, 4, 4], "category_id": 7, "segmentation": [[25, 1, 29, 1, 29, 5]]},  # wholly right of the image
     ]
-    target = coco_utils.annotations_to_target(anns, image_id=5, height=10, width=20)
+    target = _one_image_target(tmp_path, anns, height=10, width=20)
     assert target["labels"].tolist() == [3]
     assert target["boxes"].tolist() == [[2.0, 2.0, 6.0, 6.0]]
     assert target["masks"].shape == (1, 10, 20)
     assert target["masks"][0, 3:6, 3:6].all()
 
 
-def test_boxes_converted_to_xyxy_and_clamped():
+def test_boxes_converted_to_xyxy_and_clamped(tmp_path):
     anns = [
         {"bbox": [-5.0, -3.0, 10.0, 10.0], "category_id": 2, "segmentation": []},
         {"bbox": [15.5, 8.25, 10.0, 10.0], "category_id": 4, "segmentation": []},
         {"bbox": [1.5, 2.0, 3.25, 4.5], "category_id": 6, "segmentation": []},
     ]
-    target = coco_utils.annotations_to_target(anns, image_id=1, height=12, width=20)
+    target = _one_image_target(tmp_path, anns, height=12, width=20)
     assert target["boxes"].tolist() == [[0.0, 0.0, 5.0, 7.0], [15.5, 8.25, 20.0, 12.0], [1.5, 2.0, 4.75, 6.5]]
     assert target["labels"].tolist() == [2, 4, 6]
     assert not target["masks"].any()  # empty segmentations decode to empty masks
