@@ -253,10 +253,15 @@ def _tight_boxes(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return boxes, nonempty
 
 
+def _has_area(boxes: torch.Tensor) -> torch.Tensor:
+    """Which xyxy boxes are wider and taller than nothing."""
+    return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+
+
 def _boxes_from_masks(boxes: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Each box replaced by the tight box of its mask; boxes already degenerate, or whose mask is empty, become all zero."""
     tight, nonempty = _tight_boxes(masks)
-    valid = nonempty & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    valid = nonempty & _has_area(boxes)
     tight[~valid] = 0
     return tight.to(boxes.dtype)
 
@@ -315,7 +320,7 @@ class CopyPaste:
         alpha = pasted_masks.amax(dim=0) > 0  # (H, W) bool
         kept_masks = target["masks"] * ~alpha
         kept_boxes = _boxes_from_masks(target["boxes"], kept_masks)
-        keep = ((kept_boxes[:, 2] > kept_boxes[:, 0]) & (kept_boxes[:, 3] > kept_boxes[:, 1])).nonzero().flatten()
+        keep = _has_area(kept_boxes).nonzero().flatten()
         out_target = dict(target)
         out_target["masks"] = torch.cat([kept_masks.index_select(0, keep), pasted_masks])
         out_target["boxes"] = torch.cat([kept_boxes[keep], source_target["boxes"][chosen]])
