@@ -168,12 +168,14 @@ def _validate_args(args: argparse.Namespace) -> None:
             raise utils.UsageError(f"{flag}: must be positive, got {value}")
     if args.use_copypaste and not (copypaste_allowed(args.data_augmentation) and "maskrcnn" in args.model):
         raise utils.UsageError("--use-copypaste: works only with --data-augmentation lsj and a Mask R-CNN model (it pastes masks)")
-    if args.auto_resume and not args.output_dir:
-        raise utils.UsageError("--auto-resume: needs --output-dir, where it looks for checkpoint.pth")
-    if args.save_predictions and not args.output_dir:
-        raise utils.UsageError("--save-predictions: needs --output-dir, where it writes predictions_*.json")
-    if args.tensorboard and not args.output_dir:
-        raise utils.UsageError("--tensorboard: needs --output-dir, where it writes tensorboard/")
+    writes_output = {
+        "--auto-resume": (args.auto_resume, "where it looks for checkpoint.pth"),
+        "--save-predictions": (args.save_predictions, "where it writes predictions_*.json"),
+        "--tensorboard": (args.tensorboard, "where it writes tensorboard/"),
+    }
+    for flag, (given, role) in writes_output.items():
+        if given and not args.output_dir:
+            raise utils.UsageError(f"{flag}: needs --output-dir, {role}")
     if args.tensorboard and not utils.tensorboard_available():
         raise utils.UsageError(f"--tensorboard: {utils.TENSORBOARD_HINT}")
     if any(b <= a for a, b in zip(args.lr_steps, args.lr_steps[1:])):
