@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
+from coco_utils import MIN_KEYPOINTS_PER_IMAGE
 from transforms import COCO_PERSON_KEYPOINT_NAMES
 
 # id -> (name, RGB colour); ids are deliberately not contiguous, as in COCO.
@@ -235,8 +236,6 @@ PERSON_CATEGORY = {
     "keypoints": list(COCO_PERSON_KEYPOINT_NAMES),
     "skeleton": COCO_PERSON_SKELETON,
 }
-# The reference drops training images with fewer labelled keypoints than this (coco_utils' rule for coco_kp).
-MIN_KEYPOINTS = 10
 # Share of in-image keypoints labelled v=1 ("labelled but not visible"): only the label changes, the figure is drawn whole,
 # which is enough to exercise the loaders' and evaluation's handling of v=1.
 OCCLUDED_RATE = 0.05
@@ -348,13 +347,14 @@ def _apart(a: _Figure, b: _Figure, gap: float = 3) -> bool:
 
 
 def _place_figures(rng: random.Random, width: int, height: int, count: int) -> list[_Figure]:
-    """Up to `count` figures that do not overlap, each with at least MIN_KEYPOINTS keypoints in the image."""
+    """Up to `count` figures that do not overlap, each with at least MIN_KEYPOINTS_PER_IMAGE keypoints in the image
+    (so every image passes coco_utils' rule for keypoint training images, the reference's)."""
     figures: list[_Figure] = []
     for _ in range(count * 30):
         if len(figures) == count:
             break
         figure = _random_figure(rng, width, height)
-        if figure and _visible_count(figure, width, height) >= MIN_KEYPOINTS and all(_apart(figure, f) for f in figures):
+        if figure and _visible_count(figure, width, height) >= MIN_KEYPOINTS_PER_IMAGE and all(_apart(figure, f) for f in figures):
             figures.append(figure)
     return figures
 
