@@ -1,20 +1,23 @@
-"""COCO evaluation of detection outputs, with the torchvision reference's call pattern.
+"""COCO evaluation of detection outputs: the evaluator contract, and CocoEvaluator, which fulfils it.
+
+engine.evaluate needs three methods of an evaluator (`Evaluator`, written down below):
 
     evaluator = CocoEvaluator(coco_gt, ["bbox", "segm"])    # backend="faster_coco_eval" (default) or "pycocotools"
     evaluator.update({image_id: output, ...})               # per batch, outputs still on the model's device
     evaluator.synchronize_between_processes()                # merge all ranks' results
-    evaluator.accumulate(); evaluator.summarize()
-    evaluator.coco_eval["segm"].stats                        # the 12 numbers
+    metrics = evaluator.summarize()                          # print the tables; {"bbox": {"AP": ..., ...}, ...}
+
+The torchvision reference's pattern works too: `accumulate()`, then `summarize()`, then
+`coco_eval["segm"].stats` for the 12 numbers.
 
 Unlike the reference:
 - `update` only turns outputs into compact per-image results (float32 arrays, one compressed RLE
   string per mask); the backend's evaluate() runs once over all images in `accumulate()`. That is
   exactly what pycocotools gives when run by hand on the same detections, and much faster.
-- Masks are RLE-encoded from where they change value, without full-size images. Under
-  `unpasted_masks(model)`, Mask R-CNN's 28x28 mask probabilities are pasted here, on the model's
-  device, for all boxes of an image at once and only where a box's column crosses the threshold:
-  the work grows with the boxes' widths, not the image's area (the model pastes one full-size image
-  per mask). Full-size masks given to `update` are encoded within each mask's extent.
+- Masks are RLE-encoded from where they change value, without full-size images (masks.py). Under
+  masks.unpasted_masks(model), Mask R-CNN returns its 28x28 mask probabilities, which `update` pastes
+  on the model's device, for all boxes of an image at once and only where a box's column crosses the
+  threshold. Full-size masks given to `update` are encoded within each mask's extent.
 - Results are kept per image id, so an image evaluated on two ranks (a padded distributed
   sampler) counts once.
 - faster-coco-eval (C++) gives pycocotools' numbers several times faster; pycocotools stays
@@ -28,336 +31,48 @@ import contextlib
 import gc
 import io
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
-from torchvision.models.detection.roi_heads import expand_boxes, expand_masks
 
 import utils
+from masks import encode_masks, paste_masks_to_rles
 
 IOU_TYPES = ("bbox", "segm", "keypoints")
 BACKENDS = ("faster_coco_eval", "pycocotools")
 DEFAULT_BACKEND = "faster_coco_eval"
-MASK_THRESHOLD = 0.5  # as the reference: a pixel belongs to the mask when its probability is above this
-UNCERTAIN = 1e-4  # probabilities this close to the threshold may round to either side of it: computed, not inferred
-WINDOW_PIXELS = 2**20  # pixels computed at once when pasting
+# The names of COCOeval.stats, in its order (pycocotools' summarize()).
+COCO_STAT_NAMES = {
+    "bbox": ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"),
+    "segm": ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"),
+    "keypoints": ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"),
+}
 
 
-# ----------------------------------------------------------------------------- masks as COCO RLE
+# ----------------------------------------------------------------------------- the evaluator contract
 
 
-def _nonzero(bits: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Indices of the True elements of a bool tensor, one tensor per dimension, on its device. On the
-    CPU through numpy's nonzero, about 4x faster than torch.nonzero there (measured on 2.7M elements)."""
-    if bits.device.type == "cpu":
-        return tuple(torch.from_numpy(index) for index in np.nonzero(bits.numpy()))
-    return torch.nonzero(bits, as_tuple=True)
+class Evaluator(Protocol):
+    """What engine.evaluate needs of an evaluator; pass one as its `evaluator` to score in another way.
 
-
-def _counts_from_changes(index: np.ndarray, mask_index: np.ndarray, count: int, height: int, width: int) -> list[np.ndarray]:
-    """Uncompressed COCO RLE counts of `count` masks from the full-image indices where each one
-    changes value (ascending, grouped by mask_index ascending), in column-major order.
-
-    A change back to 0 just past a column that ends on a 1 lands on the next column's first pixel,
-    where a run that goes on from one column into the next one also changes back to 1: such pairs
-    cancel. COCO counts are the lengths of the runs between changes, starting with a run of 0s, and
-    write no empty run after a mask that is on at the image's last pixel.
+    `update` gets each batch's outputs by image id: dicts of tensors as the model returns them (boxes,
+    labels, scores; masks or keypoints), still on the model's device. An evaluator whose
+    `accepts_unpasted_masks` is true gets Mask R-CNN's unpasted masks instead of "masks": "raw_masks"
+    (N, 1, 28, 28) and "image_size" (see masks.unpasted_masks). `synchronize_between_processes` runs on
+    every rank after the last batch; then `summarize` prints the evaluation's tables and returns its
+    numbers, by IoU type and name, which it also keeps as `metrics` (the metrics.jsonl record reads them).
     """
-    repeated = np.flatnonzero((index[1:] == index[:-1]) & (mask_index[1:] == mask_index[:-1]))
-    keep = index < height * width
-    keep[repeated] = keep[repeated + 1] = False
-    index, mask_index = index[keep], mask_index[keep]
-    starts, ends = np.searchsorted(mask_index, np.arange(count)), np.searchsorted(mask_index, np.arange(count), side="right")
-    # each mask's changes between a 0 in front and the image's size behind: the runs are their differences
-    bounded = np.insert(index, np.stack([starts, ends], axis=1).ravel(), np.tile([0, height * width], count))
-    runs = np.delete(np.diff(bounded), ends[:-1] + 2 * np.arange(count - 1) + 1)  # from one mask's end to the next one's start
-    return np.split(runs, np.cumsum(ends - starts + 1)[:-1])
 
+    accepts_unpasted_masks: bool
+    metrics: dict[str, dict[str, float]]
 
-def _compress(counts: list[np.ndarray], height: int, width: int) -> list[bytes]:
-    """pycocotools' compressed RLE strings for uncompressed counts (its C encoder, one call per image)."""
-    if not counts:
-        return []
-    rles = mask_utils.frPyObjects([{"size": [height, width], "counts": c} for c in counts], height, width)
-    return [rle["counts"] for rle in rles]
+    def update(self, predictions: dict[int, dict[str, Any]]) -> None: ...
 
+    def synchronize_between_processes(self) -> None: ...
 
-def _size_groups(widths: Sequence[int], heights: Sequence[int], waste: float = 1.5, slack: int = 32768) -> list[list[int]]:
-    """Split crops into groups padded to one (width, height + 1) shape each: tallest first, and a new
-    group whenever padding would cost more than `waste` times the group's own pixels plus `slack`
-    (so that small crops share a group rather than each paying for its own tensor operations)."""
-    groups: list[list[int]] = []
-    group: list[int] = []
-    group_width = group_height = group_area = 0
-    for i in sorted(range(len(widths)), key=lambda i: -heights[i]):
-        width, height = max(group_width, widths[i]), max(group_height, heights[i])
-        area = group_area + widths[i] * (heights[i] + 1)
-        if group and (len(group) + 1) * width * (height + 1) > waste * area + slack:
-            groups.append(group)
-            group, group_area = [], 0
-            width, height, area = widths[i], heights[i], widths[i] * (heights[i] + 1)
-        group.append(i)
-        group_width, group_height, group_area = width, height, area
-    if group:
-        groups.append(group)
-    return groups
-
-
-def _first_and_size(rows_or_columns: torch.Tensor) -> torch.Tensor:
-    """For each row of a (N, L) bool tensor: the first True index and the span to the last one (0, 0 if none)."""
-    length = rows_or_columns.shape[1]
-    positions = torch.arange(length, device=rows_or_columns.device)
-    first = torch.where(rows_or_columns, positions, length).amin(dim=1)
-    last = torch.where(rows_or_columns, positions, -1).amax(dim=1)
-    size = (last - first + 1).clamp(min=0)
-    return torch.stack([torch.where(size > 0, first, 0), size], dim=1)
-
-
-def _changes_in_crops(crops: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(crop, column, row) of every element of (n, columns, rows) bool crops that differs from the
-    one before it in column-major order (a crop's first element: from 0)."""
-    flat = crops.reshape(len(crops), -1)
-    changes = torch.empty_like(flat)
-    changes[:, 0] = flat[:, 0]
-    torch.ne(flat[:, 1:], flat[:, :-1], out=changes[:, 1:])
-    member, position = (index.cpu().numpy() for index in _nonzero(changes))
-    return (member, *np.divmod(position, crops.shape[2]))
-
-
-def encode_masks(masks: torch.Tensor, threshold: float = MASK_THRESHOLD) -> list[bytes]:
-    """Compressed COCO RLE strings of (N, 1, H, W) full-size mask probabilities above `threshold`:
-    what the reference gets from pycocotools one mask at a time, from each mask's extent only."""
-    if len(masks) == 0:
-        return []
-    height, width = masks.shape[-2:]
-    binary = masks[:, 0] > threshold
-    # the bytes' amax, not any(): 10x to 80x faster on the CPU for (100, 480, 640) masks
-    on_bytes = binary.view(torch.uint8)
-    x_extent, y_extent = _first_and_size(on_bytes.amax(dim=1) > 0), _first_and_size(on_bytes.amax(dim=2) > 0)
-    origins = torch.stack([x_extent[:, 0], y_extent[:, 0]], dim=1).cpu().numpy()
-    sizes = torch.stack([x_extent[:, 1], y_extent[:, 1]], dim=1).cpu().numpy()
-    counts: list[np.ndarray] = [np.array([height * width])] * len(masks)
-    for group in _size_groups(sizes[:, 0].tolist(), sizes[:, 1].tolist()):
-        crop_width, crop_height = sizes[group].max(axis=0).tolist()
-        if crop_width == 0 or crop_height == 0:
-            continue  # all zero
-        # crops column by column, each column followed by at least one 0
-        crops = torch.zeros(len(group), crop_width, crop_height + 1, dtype=torch.bool, device=masks.device)
-        for j, i in enumerate(group):
-            (x, y), (w, h) = origins[i], sizes[i]
-            crops[j, :w, :h] = binary[i, y : y + h, x : x + w].T
-        member, column, row = _changes_in_crops(crops)
-        left, top = origins[group, 0], origins[group, 1]
-        index = (left[member] + column) * height + top[member] + row
-        for i, c in zip(group, _counts_from_changes(index, member, len(group), height, width)):
-            counts[i] = c
-    return _compress(counts, height, width)
-
-
-def _resampling(scale: torch.Tensor, positions: torch.Tensor, in_size: int) -> tuple[torch.Tensor, ...]:
-    """Bilinear resampling along one axis as F.interpolate(align_corners=False) does it: for output
-    `positions`, at `scale` source pixels per output pixel, the low and high source indices and weights."""
-    # scale * (position + 0.5) - 0.5 rounded once, as PyTorch's kernel computes it (a fused multiply-add)
-    source = (scale.double() * (positions.double() + 0.5) - 0.5).float().clamp_(min=0)
-    low = source.floor()
-    weight_high = source - low
-    low = low.long().clamp_(max=in_size - 1)
-    return low, (low + 1).clamp_(max=in_size - 1), 1 - weight_high, weight_high
-
-
-class _PastedColumns:
-    """Mask R-CNN masks pasted into an image as torchvision's paste_masks_in_image does (padded by one
-    pixel, boxes expanded to match, bilinear resize), held as columns: every image column that a box
-    covers, resampled along x from the padded mask ((C, M + 2) `values`), and each box's rows'
-    sampling along y. A pixel is then two products away, and pixels are computed only between the
-    source rows where a column may cross the threshold: the work grows with the boxes' widths, not
-    their areas."""
-
-    def __init__(self, masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[int, int]):
-        height, width = image_size
-        padded, scale = expand_masks(masks.float(), padding=1)
-        self.size = padded.shape[-1]
-        boxes = expand_boxes(boxes.float(), scale).to(torch.int64)
-        box_start, box_end = boxes[:, :2], boxes[:, 2:] + 1
-        box_size = (box_end - box_start).clamp(min=1)  # the resized mask's (w, h), as paste_mask_in_image
-        self.crop_start = box_start.clamp(min=0)
-        crop_end = torch.minimum(box_end, torch.tensor([width, height], device=masks.device))
-        self.cut_at_bottom = crop_end[:, 1] < box_end[:, 1]
-        self.offset = self.crop_start - box_start  # where the crop starts in the resized mask
-        self.scale = torch.full_like(box_size, self.size, dtype=torch.float32) / box_size.float()  # source pixels per pixel
-        widths, self.heights = (crop_end - self.crop_start).clamp(min=0).unbind(1)
-        self._sample_columns(padded[:, 0], widths)
-        self._sample_rows()
-
-    def _sample_columns(self, padded: torch.Tensor, widths: torch.Tensor) -> None:
-        """Every crop column of every mask, in order: its mask, x within the crop, height, values."""
-        self.column_mask = torch.repeat_interleave(torch.arange(len(widths), device=widths.device), widths)
-        first_column = (torch.cumsum(widths, 0) - widths).index_select(0, self.column_mask)
-        self.column_x = torch.arange(len(self.column_mask), device=widths.device) - first_column
-        self.column_height = self.heights.index_select(0, self.column_mask)
-        self.values = self._resampled_columns(padded)
-
-    def _sample_rows(self) -> None:
-        """Each mask's crop rows: their two source rows and weights, and where each source segment starts."""
-        self.row_count = max(int(self.heights.max()), 1)
-        rows = torch.arange(self.row_count, device=self.heights.device)
-        low, high, weight_low, weight_high = _resampling(self.scale[:, 1:2], rows + self.offset[:, 1:2], self.size)
-        self.row_sources = torch.stack([low, high], dim=-1).reshape(-1, 2)  # row k * row_count + r: mask k's crop row r
-        self.row_weights = torch.stack([weight_low, weight_high], dim=-1).reshape(-1, 2)
-        # Mask k's crop rows sampled between source rows j and j + 1: segment_start[k, j] to segment_start[k, j + 1] - 1.
-        low = torch.where(rows < self.heights[:, None], low, self.size)
-        segments = torch.arange(self.size + 1, device=low.device).expand(len(low), -1).contiguous()
-        self.segment_start = torch.searchsorted(low, segments)
-
-    def _resampled_columns(self, padded: torch.Tensor) -> torch.Tensor:
-        """(C, M + 2): each crop column's values down the padded mask, resampled along x."""
-        mask, size = self.column_mask, self.size
-        low, high, weight_low, weight_high = _resampling(
-            self.scale[:, 0].index_select(0, mask), self.column_x + self.offset[:, 0].index_select(0, mask), size
-        )
-        by_column = padded.transpose(1, 2).reshape(-1, size)  # row k * size + x: mask k's column x
-        first = mask * size
-        return by_column.index_select(0, first + low) * weight_low[:, None] + by_column.index_select(0, first + high) * weight_high[:, None]
-
-    def above(self, columns: torch.Tensor, rows: torch.Tensor, threshold: float) -> torch.Tensor:
-        """Whether pixel `rows` (from the crop's top) of `columns` is above the threshold; False outside the crop."""
-        inside = (rows >= 0) & (rows < self.column_height.index_select(0, columns))
-        at = self.column_mask.index_select(0, columns) * self.row_count + rows.clamp(0, self.row_count - 1)
-        sources, weights = self.row_sources.index_select(0, at), self.row_weights.index_select(0, at)
-        values = torch.take(self.values, (columns * self.size)[:, None] + sources)
-        return (values[:, 0] * weights[:, 0] + values[:, 1] * weights[:, 1] > threshold) & inside
-
-    def _segments_to_compute(self, threshold: float) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """(columns, segments) where a column's pixels between source rows j and j + 1 may not all lie
-        on one side of the threshold. They are weighted means of the column's values at both rows:
-        - crossing: the values lie clearly on either side (by far more than float rounding), so the
-          pixels cross the threshold once, at a row that follows from the values;
-        - near: a value lies on the threshold or close to it, so that rounding decides (masks at
-          exactly 0.5, from saturated or untrained models): every pixel must be computed."""
-        side = (self.values > threshold + UNCERTAIN).to(torch.int8) - (self.values < threshold - UNCERTAIN).to(torch.int8)
-        product = side[:, 1:] * side[:, :-1]  # -1: on either side, 0: near, 1: on one side
-        return _nonzero(product < 0), _nonzero(product == 0)
-
-    def _first_rows_past(self, columns: torch.Tensor, segments: torch.Tensor, threshold: float) -> torch.Tensor:
-        """Where a column's values, linear between source rows `segments` and `segments` + 1, cross the
-        threshold: the first crop row whose source coordinate is at or past the crossing."""
-        flat = self.values.view(-1)
-        low = flat.index_select(0, columns * self.size + segments).double()
-        high = flat.index_select(0, columns * self.size + segments + 1).double()
-        crossing = segments.double() + (threshold - low) / (high - low)
-        mask = self.column_mask.index_select(0, columns)
-        scale, offset = self.scale[:, 1].double().index_select(0, mask), self.offset[:, 1].index_select(0, mask)
-        return torch.ceil((crossing + 0.5) / scale - 0.5 - offset).long()
-
-    def _changes_at_crossings(self, columns: torch.Tensor, segments: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Changes where values clearly on either side of the threshold cross it: at the first row past
-        the crossing, or (float rounding, several crossings between two rows of a small box) a row
-        before or after it. Pixels further away are clearly on one side."""
-        first = self._first_rows_past(columns, segments, threshold) - 2
-        return self._changes_in_windows(columns, first, torch.full_like(first, 4), 4, threshold)
-
-    def _changes_in_segments(self, columns: torch.Tensor, segments: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every change among the rows of the given segments, each computed, with the row before and
-        the row after them (so that changes at the segments' ends are seen too)."""
-        at = self.column_mask.index_select(0, columns) * (self.size + 1) + segments
-        first = self.segment_start.view(-1).index_select(0, at) - 1
-        lengths = self.segment_start.view(-1).index_select(0, at + 1) - first + 1
-        longest = int(lengths.max()) if len(lengths) else 1
-        per_part = max(1, WINDOW_PIXELS // longest)  # bounded memory, even where every pixel is uncertain
-        parts = [
-            self._changes_in_windows(columns[i : i + per_part], first[i : i + per_part], lengths[i : i + per_part], longest, threshold)
-            for i in range(0, len(columns), per_part)
-        ]
-        return torch.cat([c for c, _ in parts] + [columns[:0]]), torch.cat([r for _, r in parts] + [first[:0]])
-
-    def _changes_in_windows(
-        self, columns: torch.Tensor, first: torch.Tensor, lengths: torch.Tensor, longest: int, threshold: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Changes within windows of `lengths` rows from `first` down each of `columns`."""
-        steps = torch.arange(longest, device=columns.device)
-        rows = first[:, None] + steps
-        columns = columns[:, None].expand_as(rows)
-        on = self.above(columns.reshape(-1), rows.reshape(-1), threshold).view(rows.shape)
-        changed = (on[:, 1:] != on[:, :-1]) & (steps[1:] < lengths[:, None])
-        return columns[:, 1:][changed], rows[:, 1:][changed]
-
-    def _cut_edges(self, threshold: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Changes at crops cut by the image's top or bottom edge, which start or end inside the mask."""
-        (cut_at_top,) = _nonzero((self.offset[:, 1] > 0).index_select(0, self.column_mask))
-        starting_on = cut_at_top[self.above(cut_at_top, torch.zeros_like(cut_at_top), threshold)]
-        (cut_at_bottom,) = _nonzero(self.cut_at_bottom.index_select(0, self.column_mask))
-        ends = self.column_height.index_select(0, cut_at_bottom)
-        ending_on = self.above(cut_at_bottom, ends - 1, threshold)
-        return [(starting_on, torch.zeros_like(starting_on)), (cut_at_bottom[ending_on], ends[ending_on])]
-
-    def changes(self, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-        """(column, crop row) of every pixel that differs from the one above it (the crop's first
-        row from 0, the row past its end back to 0), in column-major order."""
-        crossing, near = self._segments_to_compute(threshold)
-        changes = [
-            self._changes_at_crossings(*crossing, threshold),
-            self._changes_in_segments(*near, threshold),
-            *self._cut_edges(threshold),
-        ]
-        keys = torch.cat([c * (self.row_count + 1) + r for c, r in changes])
-        keys = np.sort(keys.cpu().numpy(), kind="stable")  # nearly sorted already: a few merges
-        keys = keys[np.diff(keys, prepend=-1) != 0]  # a change found twice
-        return np.divmod(keys, self.row_count + 1)
-
-
-def paste_masks_to_rles(
-    masks: torch.Tensor, boxes: torch.Tensor, image_size: Sequence[int], threshold: float = MASK_THRESHOLD
-) -> list[bytes]:
-    """Compressed COCO RLE strings of Mask R-CNN's (N, 1, M, M) mask probabilities pasted into their
-    (N, 4) xyxy boxes of an image of `image_size` (height, width) and thresholded: the masks of
-    torchvision's paste_masks_in_image, computed where they change value only, on the masks' device.
-
-    Pixels whose probability is within float rounding (about 1e-7) of `threshold` may come out the
-    other way: PyTorch's own CPU and CUDA kernels round differently there too.
-    """
-    if len(masks) == 0:
-        return []
-    height, width = (int(v) for v in image_size)
-    pasted = _PastedColumns(masks, boxes, (height, width))
-    column, row = pasted.changes(threshold)
-    column_mask, column_x = pasted.column_mask.cpu().numpy(), pasted.column_x.cpu().numpy()
-    crop_start = pasted.crop_start.cpu().numpy()
-    mask_index = column_mask[column]
-    index = (crop_start[mask_index, 0] + column_x[column]) * height + crop_start[mask_index, 1] + row
-    return _compress(_counts_from_changes(index, mask_index, len(masks), height, width), height, width)
-
-
-@contextlib.contextmanager
-def unpasted_masks(model: torch.nn.Module) -> Iterator[None]:
-    """Within this block, a torchvision Mask R-CNN in eval mode returns its mask probabilities
-    unpasted: "raw_masks" (N, 1, 28, 28) and the original "image_size" instead of full-size "masks".
-    CocoEvaluator.update pastes and encodes them (paste_masks_to_rles). The model is restored on
-    exit, even after an exception."""
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        model = model.module
-    transform = model.transform
-    had_own_postprocess = "postprocess" in vars(transform)
-    postprocess = transform.postprocess
-
-    def postprocess_keeping_masks(result: list[dict], image_shapes: list, original_image_sizes: list) -> list[dict]:
-        raw_masks = [prediction.pop("masks", None) for prediction in result]
-        result = postprocess(result, image_shapes, original_image_sizes)
-        for prediction, masks, size in zip(result, raw_masks, original_image_sizes):
-            if masks is not None:
-                prediction["raw_masks"] = masks
-                prediction["image_size"] = tuple(int(v) for v in size)
-        return result
-
-    transform.postprocess = postprocess_keeping_masks
-    try:
-        yield
-    finally:
-        if had_own_postprocess:
-            transform.postprocess = postprocess
-        else:
-            del transform.postprocess
+    def summarize(self) -> dict[str, dict[str, float]]: ...
 
 
 # ----------------------------------------------------------------------------- compact results
@@ -372,7 +87,9 @@ def _masks_of(prediction: dict) -> tuple[list[bytes], tuple[int, int]]:
     raise ValueError("segm evaluation needs 'masks' (N, 1, H, W) or 'raw_masks' with 'image_size' (see unpasted_masks)")
 
 
-def compact_result(prediction: dict, iou_types: Sequence[str], label_to_category_id: np.ndarray | None = None) -> dict[str, Any]:
+def compact_result(
+    prediction: dict, iou_types: Sequence[str], label_to_category_id: np.ndarray | None = None
+) -> dict[str, Any]:
     """One image's model output as small CPU arrays: scores, labels as category ids (models predict labels:
     `label_to_category_id` maps them, None when they are the category ids), and per IoU type xywh boxes
     (float32, as the reference computes them), compressed RLE strings, or keypoints."""
@@ -495,6 +212,14 @@ def _fit_oks_sigmas(params: Any, coco_gt: Any) -> None:
         params.kpt_oks_sigmas = np.full(count, float(np.mean(params.kpt_oks_sigmas)))
 
 
+def named_stats(coco_evals: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Each COCOeval's summary numbers (.stats) by IoU type and name, as plain floats (JSON-ready)."""
+    return {
+        iou_type: {name: float(value) for name, value in zip(COCO_STAT_NAMES[iou_type], coco_eval.stats)}
+        for iou_type, coco_eval in coco_evals.items()
+    }
+
+
 @contextlib.contextmanager
 def _without_cyclic_gc() -> Iterator[None]:
     """Building a dict per detection (10^5 of them and more) would set off the cyclic garbage
@@ -510,10 +235,17 @@ def _without_cyclic_gc() -> Iterator[None]:
 
 
 class CocoEvaluator:
-    """Collects detections per image and scores them against `coco_gt` (a pycocotools-style COCO index)."""
+    """Collects detections per image and scores them against `coco_gt` (a pycocotools-style COCO index):
+    an Evaluator."""
+
+    accepts_unpasted_masks = True
 
     def __init__(
-        self, coco_gt: Any, iou_types: Sequence[str], backend: str = DEFAULT_BACKEND, label_to_category_id: Sequence[int] | None = None
+        self,
+        coco_gt: Any,
+        iou_types: Sequence[str],
+        backend: str = DEFAULT_BACKEND,
+        label_to_category_id: Sequence[int] | None = None,
     ):
         unknown = [t for t in iou_types if t not in IOU_TYPES]
         if unknown:
@@ -525,38 +257,51 @@ class CocoEvaluator:
         self.iou_types = list(iou_types)
         # Created up front, so callers may adjust .params before accumulate(), as with the reference.
         self.coco_eval = {t: _new_coco_eval(coco_eval_class, self._gt, t) for t in self.iou_types}
-        self.results: dict[int, dict[str, Any]] = {}
+        self.image_results: dict[int, dict[str, Any]] = {}
+        self.metrics: dict[str, dict[str, float]] = {}
+        self._accumulated = False
         # Models predict labels; results files hold category ids (the same numbers when labels are category ids).
         self._category_ids = None if label_to_category_id is None else np.asarray(label_to_category_id, dtype=np.int64)
 
     @property
     def img_ids(self) -> list[int]:
-        return sorted(self.results)
+        return sorted(self.image_results)
 
     def update(self, predictions: dict[int, dict[str, Any]]) -> None:
         """Keep each image's detections (a later result for the same image id replaces the earlier one)."""
         for image_id, prediction in predictions.items():
-            self.results[int(image_id)] = compact_result(prediction, self.iou_types, self._category_ids)
+            self.image_results[int(image_id)] = compact_result(prediction, self.iou_types, self._category_ids)
+        self._accumulated = False
 
     def synchronize_between_processes(self) -> None:
         """Give every rank the union of all ranks' results (numpy arrays and RLE strings, not dicts per detection)."""
-        for rank_results in utils.all_gather(self.results):
-            self.results.update(rank_results)
+        for rank_results in utils.all_gather(self.image_results):
+            self.image_results.update(rank_results)
+        self._accumulated = False
+        print(f"Evaluated {len(self.img_ids)} images")
 
     def _load_detections(self, iou_type: str) -> Any:
         """The detections as the backend's COCO index, as gt.loadRes(results) builds it."""
-        unknown = sorted(set(self.results) - set(self._gt.imgs))
+        unknown = sorted(set(self.image_results) - set(self._gt.imgs))
         if unknown:
             raise ValueError(f"detections for image ids not in the ground truth: {unknown[:5]}")
-        detections = [d for image_id in self.img_ids for d in coco_results(image_id, self.results[image_id], iou_type)]
+        detections = [
+            d for image_id in self.img_ids for d in coco_results(image_id, self.image_results[image_id], iou_type)
+        ]
         dataset = self._gt.dataset
         if iou_type == "keypoints":
             if not detections:  # pycocotools' loadRes cannot take an empty list
-                return _index(self._coco_class, {"images": dataset["images"], "annotations": [], "categories": dataset["categories"]})
+                return _index(
+                    self._coco_class,
+                    {"images": dataset["images"], "annotations": [], "categories": dataset["categories"]},
+                )
             with contextlib.redirect_stdout(io.StringIO()):
                 return self._gt.loadRes(detections)
         _add_what_load_res_adds(detections, iou_type)
-        return _index(self._coco_class, {"images": dataset["images"], "annotations": detections, "categories": dataset["categories"]})
+        return _index(
+            self._coco_class,
+            {"images": dataset["images"], "annotations": detections, "categories": dataset["categories"]},
+        )
 
     def accumulate(self) -> None:
         """Run the backend's evaluate() and accumulate() over every image seen, once per IoU type."""
@@ -567,6 +312,7 @@ class CocoEvaluator:
                 with contextlib.redirect_stdout(io.StringIO()):
                     coco_eval.evaluate()
                     coco_eval.accumulate()
+        self._accumulated = True
 
     def detections(self) -> list[dict]:
         """Every image's detections as one COCO results list, each entry with all the IoU types' fields
@@ -577,12 +323,15 @@ class CocoEvaluator:
         return [
             entry
             for image_id in self.img_ids
-            for entry in results_file_entries(image_id, self.results[image_id], self.iou_types)
+            for entry in results_file_entries(image_id, self.image_results[image_id], self.iou_types)
             if entry["category_id"] in categories
         ]
 
-    def summarize(self) -> None:
-        """Print pycocotools' 12-number table per IoU type and fill coco_eval[iou_type].stats."""
+    def summarize(self) -> dict[str, dict[str, float]]:
+        """Print pycocotools' 12-number table per IoU type (accumulating first if needed), fill
+        coco_eval[iou_type].stats, and return (and keep as `metrics`) those numbers by name."""
+        if not self._accumulated:
+            self.accumulate()
         for iou_type, coco_eval in self.coco_eval.items():
             print(f"IoU metric: {iou_type}")
             table = io.StringIO()
@@ -590,3 +339,5 @@ class CocoEvaluator:
                 coco_eval.summarize()
             # faster-coco-eval prints two more lines (AR at IoU 0.5 and 0.75) after the table's
             print("".join(table.getvalue().splitlines(keepends=True)[: len(coco_eval.stats)]), end="")
+        self.metrics = named_stats(self.coco_eval)
+        return self.metrics

@@ -92,7 +92,9 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise CurvesError("curves.py needs matplotlib: pip install matplotlib (or pip install -r requirements-extras.txt)") from None
+        raise CurvesError(
+            "curves.py needs matplotlib: pip install matplotlib (or pip install -r requirements-extras.txt)"
+        ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -133,7 +135,9 @@ def plot_ap(plt, evals: list[dict], path: Path) -> Path:
     for axes, iou_type in zip(panels[0], iou_types):
         scored = [r for r in evals if iou_type in r]
         for name in AP_NAMES:
-            axes.plot([r["epoch"] for r in scored], [_number(r[iou_type].get(name)) for r in scored], marker="o", label=name)
+            axes.plot(
+                [r["epoch"] for r in scored], [_number(r[iou_type].get(name)) for r in scored], marker="o", label=name
+            )
         axes.set(xlabel="epoch", ylabel="precision", title=f"{iou_type} AP", ylim=(0, 1))
         axes.xaxis.get_major_locator().set_params(integer=True)
         axes.grid(alpha=0.3)
@@ -161,8 +165,12 @@ def write_curves(metrics: Path, out_dir: Path) -> list[Path]:
 
 def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Plot a training run's metrics.jsonl as PNGs (loss, lr, AP)")
-    parser.add_argument("metrics", metavar="OUTPUT_DIR_OR_METRICS_JSONL", help="train.py's --output-dir, or its metrics.jsonl")
-    parser.add_argument("--out", default=None, metavar="DIR", help="where to write the PNGs (default: beside metrics.jsonl)")
+    parser.add_argument(
+        "metrics", metavar="OUTPUT_DIR_OR_METRICS_JSONL", help="train.py's --output-dir, or its metrics.jsonl"
+    )
+    parser.add_argument(
+        "--out", default=None, metavar="DIR", help="where to write the PNGs (default: beside metrics.jsonl)"
+    )
     args = parser.parse_args(argv)
     metrics = metrics_path(args.metrics)
     try:

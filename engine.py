@@ -1,19 +1,27 @@
-"""The training and evaluation loops: one epoch of training, one pass of COCO evaluation."""
+"""The training and evaluation loops: one epoch of training, one pass of evaluation, and how a run stops.
+
+train_one_epoch steps the model over a loader, setting each iteration's lr from solver.py's
+schedule; it stops cleanly between two steps when a stop signal (SIGTERM, SIGUSR1) arrives on any
+rank, and before the optimizer step when a loss is not finite. evaluate() runs the model over the
+evaluation shards and hands the outputs to an evaluator (coco_eval.Evaluator; CocoEvaluator by default).
+"""
 
 import contextlib
 import math
 import signal
+import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
 import utils
-from coco_eval import DEFAULT_BACKEND, CocoEvaluator, unpasted_masks
+from coco_eval import DEFAULT_BACKEND, CocoEvaluator, Evaluator
 from coco_utils import base_dataset, get_coco_api_from_dataset
+from masks import unpasted_masks
+from models import iou_types_of
+from solver import WarmupLRScheduler
 
-WARMUP_FACTOR = 1.0 / 1000
-WARMUP_MAX_ITERS = 1000
 STOP_KEY = "_stop_signal"  # rides along with the losses in their all-reduce
 
 
@@ -27,32 +35,42 @@ def images_to_device(images: Iterable[torch.Tensor], device: torch.device) -> li
 
 
 def targets_to_device(targets: Iterable[dict], device: torch.device) -> list[dict]:
-    return [{k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
+    return [
+        {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
+        for t in targets
+    ]
 
 
-class LinearWarmup:
-    """The reference's warm-up: the lr rises linearly from lr/1000 to lr over the first
-    min(1000, iterations - 1) iterations of epoch 0.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
-    Computed from the iteration alone (the reference steps a LinearLR), so a run resumed in the
-    middle of the warm-up sets exactly the lr the uninterrupted run had.
-    """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, iters_per_epoch: int):
-        self.optimizer = optimizer
-        self.iters = min(WARMUP_MAX_ITERS, iters_per_epoch - 1)
-        # The lr the epoch scheduler started from; a resumed optimizer's "lr" holds a warmed-up value.
-        self.base_lrs = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+class StopSignal:
+    """Remembers that SIGTERM or SIGUSR1 (SLURM's --signal warning) arrived, so that training can
+    finish its iteration, save and exit instead of dying mid-step."""
 
-    def factor(self, iteration: int) -> float:
-        if iteration >= self.iters:
-            return 1.0
-        progress = iteration / self.iters
-        return WARMUP_FACTOR * (1 - progress) + progress
+    def __init__(self):
+        self.signum: int | None = None
 
-    def set_lr(self, iteration: int) -> None:
-        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base_lr * self.factor(iteration)
+    @property
+    def received(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is None:
+            sys.stderr.write(f"Received {signal.Signals(signum).name}: stopping after this iteration\n")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def catching_stop_signals() -> Iterator[StopSignal]:
+    """Install StopSignal's handler for SIGTERM and SIGUSR1 (main thread only); restore the old ones on exit."""
+    stop = StopSignal()
+    previous = {s: signal.signal(s, stop._handle) for s in STOP_SIGNALS}
+    try:
+        yield stop
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 class NonFiniteLossError(Exception):
@@ -67,7 +85,9 @@ class TrainingStopped(Exception):
         self.epoch, self.iteration, self.signum = epoch, iteration, signum
 
 
-def _reduce_losses_and_stop(loss_dict: dict[str, torch.Tensor], stop: utils.StopSignal | None) -> tuple[dict[str, float], int]:
+def _reduce_losses_and_stop(
+    loss_dict: dict[str, torch.Tensor], stop: StopSignal | None
+) -> tuple[dict[str, float], int]:
     """Average the losses over ranks and learn whether any rank received a stop signal: one collective and
     one copy to the host (the one device sync of an iteration). Returns the averaged losses as floats and
     the signal to stop for (this rank's own, or SIGTERM for another rank's), or 0."""
@@ -150,21 +170,10 @@ def _record_writer(
     return lambda iteration, numbers: write_metrics(training_record(epoch, iteration, iters_per_epoch, numbers))
 
 
-# The names of COCOeval.stats, in its order (pycocotools' summarize()).
-COCO_STAT_NAMES = {
-    "bbox": ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"),
-    "segm": ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"),
-    "keypoints": ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"),
-}
-
-
-def evaluation_record(evaluator: CocoEvaluator, epoch: int, global_iteration: int) -> dict:
-    """The metrics.jsonl record of an evaluation after `epoch` (`global_iteration` iterations trained):
-    each IoU type's summary numbers, by name."""
-    record = {"type": "eval", "epoch": epoch, "global_iteration": global_iteration}
-    for iou_type, coco_eval in evaluator.coco_eval.items():
-        record[iou_type] = {name: float(value) for name, value in zip(COCO_STAT_NAMES[iou_type], coco_eval.stats)}
-    return record | {"timestamp": time.time()}
+def evaluation_record(metrics: dict[str, dict[str, float]], epoch: int, global_iteration: int) -> dict:
+    """The metrics.jsonl record of an evaluation after `epoch` (`global_iteration` iterations trained): the
+    evaluator's numbers (Evaluator.summarize(): each IoU type's, by name)."""
+    return {"type": "eval", "epoch": epoch, "global_iteration": global_iteration, **metrics, "timestamp": time.time()}
 
 
 def train_one_epoch(
@@ -176,15 +185,17 @@ def train_one_epoch(
     print_freq: int,
     scaler: torch.amp.GradScaler | None = None,
     *,
+    lr_scheduler: WarmupLRScheduler | None = None,
     first_iteration: int = 0,
     clip_grad_norm: float | None = None,
-    stop: utils.StopSignal | None = None,
+    stop: StopSignal | None = None,
     after_step: Callable[[int], None] | None = None,
     write_metrics: Callable[[dict], None] | None = None,
 ) -> utils.MetricLogger:
     """Train for one pass over `data_loader`; with a `scaler`, under autocast (mixed precision).
 
-    A resumed epoch passes the iterations already done as `first_iteration` (the loader yields
+    `lr_scheduler` (solver.build_lr_scheduler) sets each iteration's lr; without one, epoch 0 warms up as the
+    reference's does. A resumed epoch passes the iterations already done as `first_iteration` (the loader yields
     only the rest). `after_step(iterations_done)` runs after every step (periodic checkpoints).
     `write_metrics(record)` gets a training_record with every log line (every `print_freq` iterations).
     When any rank has received a stop signal, every rank finishes the same iteration and raises
@@ -194,13 +205,14 @@ def train_one_epoch(
     metric_logger = utils.MetricLogger(delimiter="  ")
     metric_logger.add_meter("lr", utils.SmoothedValue(window_size=1, fmt="{value:.6f}"))
     iters_per_epoch = first_iteration + len(data_loader)
-    warmup = LinearWarmup(optimizer, iters_per_epoch) if epoch == 0 else None
+    lr_scheduler = lr_scheduler or WarmupLRScheduler(optimizer, iters_per_epoch)
 
     on_print = _record_writer(write_metrics, epoch, iters_per_epoch)
-    batches = metric_logger.log_every(data_loader, print_freq, f"Epoch: [{epoch}]", start=first_iteration, on_print=on_print)
+    batches = metric_logger.log_every(
+        data_loader, print_freq, f"Epoch: [{epoch}]", start=first_iteration, on_print=on_print
+    )
     for iteration, (images, targets) in enumerate(batches, start=first_iteration):
-        if warmup is not None:
-            warmup.set_lr(iteration)
+        lr_scheduler.set_iteration(epoch, iteration)
         images = images_to_device(images, device)
         targets = targets_to_device(targets, device)
         with torch.autocast(device_type=device.type, enabled=scaler is not None):
@@ -224,43 +236,44 @@ def train_one_epoch(
     return metric_logger
 
 
-def iou_types_of(model: torch.nn.Module) -> list[str]:
-    """What a torchvision detection model predicts: boxes always, masks and keypoints by model class."""
-    from torchvision.models.detection import KeypointRCNN, MaskRCNN
-
-    model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-    iou_types = ["bbox"]
-    if isinstance(model, MaskRCNN):
-        iou_types.append("segm")
-    if isinstance(model, KeypointRCNN):
-        iou_types.append("keypoints")
-    return iou_types
-
-
 def _synchronize(device: torch.device) -> None:
     """Wait for queued CUDA work, so that the times logged belong to the step that ran them."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
+def coco_evaluator_for(data_loader: Iterable, model: torch.nn.Module, backend: str = DEFAULT_BACKEND) -> CocoEvaluator:
+    """The default evaluator: COCO's metrics for what `model` predicts, against the loader's dataset's ground truth."""
+    label_to_category_id = getattr(base_dataset(data_loader.dataset), "label_to_category_id", None)
+    return CocoEvaluator(
+        get_coco_api_from_dataset(data_loader.dataset), iou_types_of(model), backend, label_to_category_id
+    )
+
+
 @torch.inference_mode()
 def evaluate(
-    model: torch.nn.Module, data_loader: Iterable, device: torch.device, print_freq: int = 100, backend: str = DEFAULT_BACKEND
-) -> CocoEvaluator:
-    """Predict on every image of `data_loader` (all ranks' shards), then print and return the COCO metrics.
+    model: torch.nn.Module,
+    data_loader: Iterable,
+    device: torch.device,
+    print_freq: int = 100,
+    backend: str = DEFAULT_BACKEND,
+    evaluator: Evaluator | None = None,
+) -> Evaluator:
+    """Predict on every image of `data_loader` (all ranks' shards), then print and return the evaluator,
+    whose `metrics` hold the numbers.
 
     Pass the model without its DistributedDataParallel wrapper: ranks may hold different numbers
-    of images, and DDP's forward would wait on the other ranks. Mask R-CNN's masks are pasted and
-    RLE-encoded on `device`, only where they change value (see coco_eval.unpasted_masks);
-    `backend` scores the detections: "faster_coco_eval" or "pycocotools", with the same numbers.
+    of images, and DDP's forward would wait on the other ranks. `evaluator` defaults to a CocoEvaluator
+    whose `backend` scores the detections ("faster_coco_eval" or "pycocotools", with the same numbers);
+    it gets Mask R-CNN's masks unpasted, to paste and RLE-encode them on `device` only where they change
+    value (see masks.unpasted_masks).
     """
     model.eval()
-    iou_types = iou_types_of(model)
-    label_to_category_id = getattr(base_dataset(data_loader.dataset), "label_to_category_id", None)
-    evaluator = CocoEvaluator(get_coco_api_from_dataset(data_loader.dataset), iou_types, backend, label_to_category_id)
+    if evaluator is None:
+        evaluator = coco_evaluator_for(data_loader, model, backend)
     metric_logger = utils.MetricLogger(delimiter="  ")
-    masks_kept_small = unpasted_masks(model) if "segm" in iou_types else contextlib.nullcontext()
-    with masks_kept_small:
+    unpasted = evaluator.accepts_unpasted_masks and "segm" in iou_types_of(model)
+    with unpasted_masks(model) if unpasted else contextlib.nullcontext():
         for images, targets in metric_logger.log_every(data_loader, print_freq, "Test:"):
             start = time.time()
             outputs = model(images_to_device(images, device))
@@ -271,7 +284,5 @@ def evaluate(
             metric_logger.update(model_time=model_time, evaluator_time=time.time() - start)
 
     evaluator.synchronize_between_processes()
-    print(f"Evaluated {len(evaluator.img_ids)} images")
-    evaluator.accumulate()
     evaluator.summarize()
     return evaluator

@@ -65,7 +65,7 @@ def _aspect_ratios(dataset: torch.utils.data.Dataset) -> list[float]:
 
 
 def create_aspect_ratio_groups(dataset: torch.utils.data.Dataset, k: int = 0) -> list[int]:
-    """A group id per item: its aspect ratio binned into 2k + 1 log-spaced bins between 1/2 and 2 (plus the two tails)."""
+    """A group id per item: its aspect ratio binned into 2k + 1 log-spaced bins between 1/2 and 2 (and two tails)."""
     ratios = _aspect_ratios(dataset)
     bins = (2 ** torch.linspace(-1, 1, 2 * k + 1)).tolist() if k > 0 else [1.0]
     groups = _quantize(ratios, bins)

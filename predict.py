@@ -22,10 +22,12 @@ from torchvision.utils import draw_bounding_boxes, draw_keypoints, draw_segmenta
 
 import coco_eval
 import utils
-from coco_utils import IMAGE_READ_ERRORS, read_annotation_file
-from engine import iou_types_of
-from train import build_model, load_model_weights, read_model_file
-from train import get_args_parser as train_args_parser
+from annotations import read_annotation_file
+from checkpoint import read_model_file
+from coco_utils import Classes
+from images import IMAGE_READ_ERRORS, UnreadableImage, read_rgb
+from masks import MASK_THRESHOLD
+from models import iou_types_of, model_from_checkpoint
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 # Distinct colours, one per class (label modulo their number).
@@ -37,15 +39,23 @@ PALETTE = [
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Draw a trained detection model's predictions", add_help=add_help)
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders of images (not recursive)")
+    parser.add_argument(
+        "inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders of images (not recursive)"
+    )
     parser.add_argument("--checkpoint", required=True, help="a checkpoint or model_{epoch}.pth written by train.py")
     parser.add_argument("--output-dir", default="predictions", help="where the pictures and predictions.json go")
     parser.add_argument("--score-thresh", default=0.5, type=float, help="draw detections scoring at least this")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
-    parser.add_argument("--annotations", default=None, metavar="FILE", help="COCO annotation file whose image ids the results use")
+    parser.add_argument(
+        "--annotations", default=None, metavar="FILE", help="COCO annotation file whose image ids the results use"
+    )
     parser.add_argument("--max-images", default=None, type=int, metavar="N", help="only the first N images")
     parser.add_argument(
-        "--upscale-to", default=0, type=int, metavar="PIXELS", help="draw on images enlarged to this shorter side (readable labels)"
+        "--upscale-to",
+        default=0,
+        type=int,
+        metavar="PIXELS",
+        help="draw on images enlarged to this shorter side (readable labels)",
     )
     return parser
 
@@ -77,12 +87,10 @@ def _image_ids(images: list[Path], annotations: str | None) -> list[int]:
     listed = {Path(entry.file_name).name: entry.id for entry in read_annotation_file(Path(annotations)).images}
     unlisted = [path.name for path in images if path.name not in listed]
     if unlisted:
-        raise utils.UsageError(f"--annotations: {annotations} does not list {unlisted[0]} ({len(unlisted)} images unlisted)")
+        raise utils.UsageError(
+            f"--annotations: {annotations} does not list {unlisted[0]} ({len(unlisted)} images unlisted)"
+        )
     return [listed[path.name] for path in images]
-
-
-def _not_an_image(path: Path, error: Exception) -> utils.UsageError:
-    return utils.UsageError(f"{path}: not an image PIL can read ({utils.short_reason(error)})")
 
 
 def check_image(path: Path) -> None:
@@ -90,51 +98,25 @@ def check_image(path: Path) -> None:
     try:
         Image.open(path).close()
     except IMAGE_READ_ERRORS as e:
-        raise _not_an_image(path, e) from None
+        raise utils.UsageError(f"{path}: not an image PIL can read ({utils.short_reason(e)})") from None
 
 
 def read_image(path: Path) -> torch.Tensor:
-    """An image file as a (3, H, W) uint8 tensor; a UsageError naming it if PIL cannot read it."""
+    """An image file as a (3, H, W) uint8 tensor, read as training reads it; a UsageError naming it if PIL cannot."""
     try:
-        with Image.open(path) as image:
-            return F.pil_to_tensor(image.convert("RGB"))
-    except IMAGE_READ_ERRORS as e:
-        raise _not_an_image(path, e) from None
+        return F.pil_to_tensor(read_rgb(path))
+    except UnreadableImage as e:
+        raise utils.UsageError(f"{path}: not an image PIL can read ({e})") from None
 
 
 # ----------------------------------------------------------------------------- model
 
 
-def load_trained_model(path: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """The model a train.py checkpoint holds, in eval mode, and its classes (label_to_category_id, categories, keypoints)."""
-    checkpoint = read_model_file(path, "--checkpoint")
-    if "args" not in checkpoint or "label_to_category_id" not in checkpoint:
-        raise utils.UsageError(
-            f"--checkpoint: {path} does not say which model and classes it holds; pass a checkpoint.pth or model_{{epoch}}.pth "
-            "written by this version of train.py"
-        )
-    args = train_args_parser().parse_args([])
-    vars(args).update(checkpoint["args"])
-    args.weights = path  # whole-model weights: no backbone file is read
-    num_keypoints = len(checkpoint.get("keypoint_names", [])) or None
-    model = build_model(args, len(checkpoint["label_to_category_id"]), None, num_keypoints)
-    load_model_weights(model, checkpoint, path, "--checkpoint")
-    return model.to(device).eval(), checkpoint
-
-
-def category_labels(checkpoint: dict) -> torch.Tensor:
-    """The labels that stand for one of the checkpoint's categories. With the reference's labels (the category ids,
-    num_classes = largest id + 1) the ids between categories are labels too (COCO's 12, 26, ...): no category has
-    them, yet the classifier scores them (weakly once trained, as much as any while untrained)."""
-    ids = {c["id"] for c in checkpoint["categories"]}
-    labels = [label for label, category_id in enumerate(checkpoint["label_to_category_id"]) if label and category_id in ids]
-    return torch.tensor(labels, dtype=torch.int64)
-
-
-def class_names(checkpoint: dict) -> list[str]:
-    """The name of each label, from the checkpoint's categories (a label without one gets its category id)."""
-    names = {c["id"]: c["name"] for c in checkpoint["categories"]}
-    return [names.get(category_id, str(category_id)) for category_id in checkpoint["label_to_category_id"]]
+def load_trained_model(path: str, device: torch.device) -> tuple[torch.nn.Module, Classes]:
+    """The model a train.py checkpoint holds, in eval mode, and its classes (label_to_category_id, categories,
+    keypoints)."""
+    model, classes = model_from_checkpoint(read_model_file(path, "--checkpoint"), path, "--checkpoint")
+    return model.to(device).eval(), classes
 
 
 # ----------------------------------------------------------------------------- pictures and results
@@ -157,11 +139,13 @@ def draw_predictions(
         probabilities = prediction["masks"][keep][:, 0]
         if scale > 1:
             probabilities = F.resize(probabilities, size, antialias=False)
-        masks = probabilities > coco_eval.MASK_THRESHOLD
+        masks = probabilities > MASK_THRESHOLD
         picture = draw_segmentation_masks(picture, masks, alpha=0.45, colors=colors)
     captions = [f"{names[label]} {score:.2f}" for label, score in zip(labels, prediction["scores"][keep].tolist())]
     if keep.any():  # torchvision warns on every image with no box to draw
-        picture = draw_bounding_boxes(picture, prediction["boxes"][keep] * scale, captions, colors=colors, width=2, fill_labels=True)
+        picture = draw_bounding_boxes(
+            picture, prediction["boxes"][keep] * scale, captions, colors=colors, width=2, fill_labels=True
+        )
     if "keypoints" in prediction and keep.any():
         keypoints = prediction["keypoints"][keep]
         connectivity = [(a - 1, b - 1) for a, b in skeleton] if skeleton else None
@@ -169,7 +153,9 @@ def draw_predictions(
     return picture
 
 
-def results_entries(image_id: int, file_name: str, prediction: dict, iou_types: list[str], label_to_category_id: np.ndarray) -> list[dict]:
+def results_entries(
+    image_id: int, file_name: str, prediction: dict, iou_types: list[str], label_to_category_id: np.ndarray
+) -> list[dict]:
     """One image's detections as COCO results entries (category ids, xywh boxes, RLE masks), naming the file."""
     result = coco_eval.compact_result(prediction, iou_types, label_to_category_id)
     return [{**entry, "file_name": file_name} for entry in coco_eval.results_file_entries(image_id, result, iou_types)]
@@ -195,24 +181,37 @@ def predict(args: argparse.Namespace) -> Path:
     utils.check_device(args.device)
     images = find_images(args.inputs)[: args.max_images]
     image_ids = _image_ids(images, args.annotations)
-    for path in images:  # a file that is no image stops the run now, not after the pictures before it (without predictions.json)
+    for path in (
+        images
+    ):  # a file that is no image stops the run now, not after the pictures before it (without predictions.json)
         check_image(path)
     device = torch.device(args.device)
-    model, checkpoint = load_trained_model(args.checkpoint, device)
-    names, iou_types, labels = class_names(checkpoint), iou_types_of(model), category_labels(checkpoint)
-    label_to_category_id = np.asarray(checkpoint["label_to_category_id"], dtype=np.int64)
+    model, classes = load_trained_model(args.checkpoint, device)
+    names, iou_types, labels = classes.names(), iou_types_of(model), classes.category_labels()
+    label_to_category_id = np.asarray(classes.label_to_category_id, dtype=np.int64)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     # An input PNG in --output-dir keeps its file: its picture takes a numbered name instead.
-    entries, taken = [], {path.stem for path in images if path.suffix.lower() == ".png" and path.parent.resolve() == output_dir.resolve()}
+    entries, taken = (
+        [],
+        {
+            path.stem
+            for path in images
+            if path.suffix.lower() == ".png" and path.parent.resolve() == output_dir.resolve()
+        },
+    )
     for image_id, path in zip(image_ids, images):
         image = read_image(path)
-        prediction = {k: v.cpu() for k, v in model([F.to_dtype(image.to(device), torch.float32, scale=True)])[0].items()}
+        prediction = {
+            k: v.cpu() for k, v in model([F.to_dtype(image.to(device), torch.float32, scale=True)])[0].items()
+        }
         # Only detections of a category: a label no category has would be written as a category id the data lacks.
         kept = torch.isin(prediction["labels"], labels)
         prediction = {k: v[kept] for k, v in prediction.items()}
         entries += results_entries(image_id, path.name, prediction, iou_types, label_to_category_id)
-        picture = draw_predictions(image, prediction, names, args.score_thresh, args.upscale_to, checkpoint.get("keypoint_skeleton"))
+        picture = draw_predictions(
+            image, prediction, names, args.score_thresh, args.upscale_to, classes.keypoint_skeleton
+        )
         picture_path = _picture_path(output_dir, path, taken)
         F.to_pil_image(picture).save(picture_path)
         shown = int((prediction["scores"] >= args.score_thresh).sum())

@@ -48,7 +48,9 @@ CROWD_CATEGORY = 2
 
 def _disc(cx: float, cy: float, r: float) -> list[list[float]]:
     n = 24
-    return [[c for k in range(n) for c in (cx + r * math.cos(2 * math.pi * k / n), cy + r * math.sin(2 * math.pi * k / n))]]
+    return [
+        [c for k in range(n) for c in (cx + r * math.cos(2 * math.pi * k / n), cy + r * math.sin(2 * math.pi * k / n))]
+    ]
 
 
 def _square(cx: float, cy: float, r: float) -> list[list[float]]:
@@ -80,7 +82,9 @@ def _bbox_of_polygons(polygons: list[list[float]]) -> list[float]:
     return [round(min(xs), 2), round(min(ys), 2), round(max(xs) - min(xs), 2), round(max(ys) - min(ys), 2)]
 
 
-def _place_objects(rng: random.Random, width: int, height: int, count: int, taken=()) -> list[tuple[float, float, float]]:
+def _place_objects(
+    rng: random.Random, width: int, height: int, count: int, taken=()
+) -> list[tuple[float, float, float]]:
     """Centres and half-sizes of up to `count` new objects whose boxes touch neither each other nor `taken`."""
     placed: list[tuple[float, float, float]] = list(taken)
     for _ in range(count * 20):
@@ -158,7 +162,13 @@ def _make_image(rng, np_rng, image_id: int, split_dir: Path, with_objects: bool)
         segmentation = _as_compressed_rle(polygons, width, height) if rng.random() < 0.15 else polygons
         area = float(mask_utils.area(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))))
         annotations.append(
-            {"segmentation": segmentation, "bbox": _bbox_of_polygons(polygons), "area": area, "iscrowd": 0, "category_id": category_id}
+            {
+                "segmentation": segmentation,
+                "bbox": _bbox_of_polygons(polygons),
+                "area": area,
+                "iscrowd": 0,
+                "category_id": category_id,
+            }
         )
     if with_objects and rng.random() < 0.2:
         crowd = _crowd_region(rng, draw, width, height, placed)
@@ -168,7 +178,13 @@ def _make_image(rng, np_rng, image_id: int, split_dir: Path, with_objects: bool)
         # A degenerate box (zero width), as a few real COCO annotations have; loaders must drop it.
         x, y = rng.uniform(0, width - 1), rng.uniform(0, height - 10)
         annotations.append(
-            {"segmentation": [[x, y, x, y + 5, x, y + 9]], "bbox": [x, y, 0.0, 9.0], "area": 0.0, "iscrowd": 0, "category_id": 5}
+            {
+                "segmentation": [[x, y, x, y + 5, x, y + 9]],
+                "bbox": [x, y, 0.0, 9.0],
+                "area": 0.0,
+                "iscrowd": 0,
+                "category_id": 5,
+            }
         )
 
     file_name = f"{image_id:012d}.jpg"
@@ -177,8 +193,11 @@ def _make_image(rng, np_rng, image_id: int, split_dir: Path, with_objects: bool)
     return {"id": image_id, "file_name": file_name, "width": width, "height": height}, annotations
 
 
-def _write_images(root: Path, split: str, num_images: int, rng: random.Random, first_image_id: int, first_ann_id: int, make_image):
-    """Draw a split's images with make_image(rng, np_rng, image_id, split_dir, with_objects); return its images and annotations."""
+def _write_images(
+    root: Path, split: str, num_images: int, rng: random.Random, first_image_id: int, first_ann_id: int, make_image
+):
+    """Draw a split's images with make_image(rng, np_rng, image_id, split_dir, with_objects); return its images and
+    annotations."""
     split_dir = root / f"{split}2017"
     split_dir.mkdir(parents=True, exist_ok=True)
     np_rng = np.random.default_rng(rng.randrange(2**32))
@@ -197,7 +216,9 @@ def _write_images(root: Path, split: str, num_images: int, rng: random.Random, f
     return images, annotations
 
 
-def write_split(root: Path, split: str, num_images: int, rng: random.Random, first_image_id: int, first_ann_id: int) -> dict:
+def write_split(
+    root: Path, split: str, num_images: int, rng: random.Random, first_image_id: int, first_ann_id: int
+) -> dict:
     images, annotations = _write_images(root, split, num_images, rng, first_image_id, first_ann_id, _make_image)
     categories = [{"id": cid, "name": name, "supercategory": "shape"} for cid, (name, _) in CATEGORIES.items()]
     data = {
@@ -213,7 +234,8 @@ def write_split(root: Path, split: str, num_images: int, rng: random.Random, fir
 
 
 def generate(root: str | Path, num_train: int = 512, num_val: int = 64, seed: int = 0, keypoints: bool = False) -> Path:
-    """Write `root/{train2017,val2017,annotations}` (with `keypoints`, the person keypoint variant); the same seed gives the same files."""
+    """Write `root/{train2017,val2017,annotations}` (with `keypoints`, the person keypoint variant); the same seed
+    gives the same files."""
     root = Path(root)
     rng = random.Random(seed)
     write = write_keypoint_split if keypoints else write_split
@@ -236,8 +258,8 @@ PERSON_CATEGORY = {
     "keypoints": list(COCO_PERSON_KEYPOINT_NAMES),
     "skeleton": COCO_PERSON_SKELETON,
 }
-# Share of in-image keypoints labelled v=1 ("labelled but not visible"): only the label changes, the figure is drawn whole,
-# which is enough to exercise the loaders' and evaluation's handling of v=1.
+# Share of in-image keypoints labelled v=1 ("labelled but not visible"): only the label changes, the figure is drawn
+# whole, which is enough to exercise the loaders' and evaluation's handling of v=1.
 OCCLUDED_RATE = 0.05
 OFF_EDGE_RATE = 0.2  # share of figures allowed to run off the image, so that some keypoints get v=0
 
@@ -354,7 +376,11 @@ def _place_figures(rng: random.Random, width: int, height: int, count: int) -> l
         if len(figures) == count:
             break
         figure = _random_figure(rng, width, height)
-        if figure and _visible_count(figure, width, height) >= MIN_KEYPOINTS_PER_IMAGE and all(_apart(figure, f) for f in figures):
+        if (
+            figure
+            and _visible_count(figure, width, height) >= MIN_KEYPOINTS_PER_IMAGE
+            and all(_apart(figure, f) for f in figures)
+        ):
             figures.append(figure)
     return figures
 
@@ -455,9 +481,14 @@ def _without_keypoints(data: dict) -> dict:
     return {**data, "annotations": strip, "categories": categories}
 
 
-def write_keypoint_split(root: Path, split: str, num_images: int, rng: random.Random, first_image_id: int, first_ann_id: int) -> dict:
-    """Write one split's images, person_keypoints_{split}2017.json and instances_{split}2017.json; return the former's data."""
-    images, annotations = _write_images(root, split, num_images, rng, first_image_id, first_ann_id, _make_keypoint_image)
+def write_keypoint_split(
+    root: Path, split: str, num_images: int, rng: random.Random, first_image_id: int, first_ann_id: int
+) -> dict:
+    """Write one split's images, person_keypoints_{split}2017.json and instances_{split}2017.json; return the former's
+    data."""
+    images, annotations = _write_images(
+        root, split, num_images, rng, first_image_id, first_ann_id, _make_keypoint_image
+    )
     data = {
         "info": {"description": f"synthetic stick figures, {split} split", "version": "1.0"},
         "licenses": [],
@@ -479,8 +510,12 @@ def generate_keypoints(root: str | Path, num_train: int = 256, num_val: int = 64
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keypoints", action="store_true", help="write the person keypoint variant (stick figures) instead")
-    parser.add_argument("--output", default=None, help="folder to write the dataset into (data/synthetic, or data/synthetic_kp)")
+    parser.add_argument(
+        "--keypoints", action="store_true", help="write the person keypoint variant (stick figures) instead"
+    )
+    parser.add_argument(
+        "--output", default=None, help="folder to write the dataset into (data/synthetic, or data/synthetic_kp)"
+    )
     parser.add_argument("--num-train", type=int, default=None, help="training images (512, or 256 with --keypoints)")
     parser.add_argument("--num-val", type=int, default=64, help="validation images")
     parser.add_argument("--seed", type=int, default=0)
@@ -488,7 +523,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    write, output, num_train = (generate_keypoints, "data/synthetic_kp", 256) if args.keypoints else (generate, "data/synthetic", 512)
+    write, output, num_train = (
+        (generate_keypoints, "data/synthetic_kp", 256) if args.keypoints else (generate, "data/synthetic", 512)
+    )
     num_train = num_train if args.num_train is None else args.num_train
     root = write(args.output or output, num_train, args.num_val, args.seed)
     print(f"wrote {num_train} training and {args.num_val} validation images to {root}")

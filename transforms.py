@@ -51,7 +51,8 @@ COCO_PERSON_KEYPOINT_NAMES = (
     "left_ankle",
     "right_ankle",
 )
-# After a horizontal flip, keypoint k of the flipped person is keypoint COCO_PERSON_KEYPOINT_FLIP_INDICES[k] of the original.
+# After a horizontal flip, keypoint k of the flipped person is keypoint COCO_PERSON_KEYPOINT_FLIP_INDICES[k] of the
+# original.
 COCO_PERSON_KEYPOINT_FLIP_INDICES = (0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15)
 
 # "left" or "right" as a whole word: not inside a longer one ("leftover"), but between "_", "-", spaces or the ends.
@@ -108,7 +109,7 @@ def get_transform(
             v2.ToImage(),
             _KeypointsToTvTensor(),
             *augmentation,
-            # Geometric augmentations can shrink a box to nothing; drop such boxes with everything else about their object.
+            # Geometric augmentations can shrink a box to nothing; drop such boxes with all else about their object.
             v2.SanitizeBoundingBoxes(min_size=1, labels_getter=_per_object_entries),
             _KeypointsToCoco(),
             v2.ToPureTensor(),
@@ -125,16 +126,26 @@ def _augmentation_steps(
     if name == "lsj":
         return [
             v2.ScaleJitter(target_size=(lsj_size, lsj_size), scale_range=(0.1, 2.0), antialias=True),
-            # Crops where the image is larger than lsj_size and pads where it is smaller: always lsj_size square. Unlike the
-            # reference's FixedSizeCrop, which pads right and bottom only, a smaller image lands at a random place.
+            # Crops where the image is larger than lsj_size and pads where it is smaller: always lsj_size square.
+            # Unlike the reference's FixedSizeCrop, which pads right and bottom only, a smaller image lands at a
+            # random place.
             v2.RandomCrop((lsj_size, lsj_size), pad_if_needed=True, fill=_fill()),
             flip,
             BoxesFromMasks(),
         ]
     if name == "multiscale":
-        return [v2.RandomShortestSize(min_size=list(multiscale_min_sizes), max_size=multiscale_max_size, antialias=True), flip]
+        return [
+            v2.RandomShortestSize(min_size=list(multiscale_min_sizes), max_size=multiscale_max_size, antialias=True),
+            flip,
+        ]
     if name == "ssd":
-        return [v2.RandomPhotometricDistort(), v2.RandomZoomOut(fill=_fill()), v2.RandomIoUCrop(), flip, BoxesFromMasks()]
+        return [
+            v2.RandomPhotometricDistort(),
+            v2.RandomZoomOut(fill=_fill()),
+            v2.RandomIoUCrop(),
+            flip,
+            BoxesFromMasks(),
+        ]
     if name == "ssdlite":
         return [v2.RandomIoUCrop(), flip, BoxesFromMasks()]
     raise ValueError(f"unknown data augmentation {name!r}; choose one of {', '.join(DATA_AUGMENTATIONS)}")
@@ -205,7 +216,9 @@ class RandomHorizontalFlipWithKeypoints(v2.Transform):
     def __init__(self, p: float = 0.5, keypoint_flip_indices: Sequence[int] | None = None):
         super().__init__()
         self.p = p
-        self.keypoint_flip_indices = None if keypoint_flip_indices is None else _check_flip_indices(keypoint_flip_indices)
+        self.keypoint_flip_indices = (
+            None if keypoint_flip_indices is None else _check_flip_indices(keypoint_flip_indices)
+        )
 
     def forward(self, image: Any, target: dict) -> tuple[Any, dict]:
         if torch.rand(1) >= self.p:
@@ -229,7 +242,10 @@ class RandomHorizontalFlipWithKeypoints(v2.Transform):
         if self.keypoint_flip_indices is None:
             return per_keypoint
         if per_keypoint.shape[1] != len(self.keypoint_flip_indices):
-            raise ValueError(f"targets have {per_keypoint.shape[1]} keypoints, keypoint_flip_indices has {len(self.keypoint_flip_indices)}")
+            raise ValueError(
+                f"targets have {per_keypoint.shape[1]} keypoints, "
+                f"keypoint_flip_indices has {len(self.keypoint_flip_indices)}"
+            )
         return per_keypoint[:, self.keypoint_flip_indices]
 
 
@@ -259,7 +275,7 @@ def _has_area(boxes: torch.Tensor) -> torch.Tensor:
 
 
 def _boxes_from_masks(boxes: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Each box replaced by the tight box of its mask; boxes already degenerate, or whose mask is empty, become all zero."""
+    """Each box replaced by the tight box of its mask; boxes already degenerate, or whose mask is empty, become zero."""
     tight, nonempty = _tight_boxes(masks)
     valid = nonempty & _has_area(boxes)
     tight[~valid] = 0
@@ -309,7 +325,9 @@ class CopyPaste:
             return list(batch)  # an image pasted onto itself gains nothing
         return [self._paste(batch[i - 1], batch[i]) for i in range(len(batch))]
 
-    def _paste(self, source: tuple[torch.Tensor, dict], destination: tuple[torch.Tensor, dict]) -> tuple[torch.Tensor, dict]:
+    def _paste(
+        self, source: tuple[torch.Tensor, dict], destination: tuple[torch.Tensor, dict]
+    ) -> tuple[torch.Tensor, dict]:
         source_image, source_target = source
         image, target = destination
         chosen = _random_subset(len(source_target["labels"]))

@@ -1,19 +1,14 @@
-"""Shared helpers: console logging, the metrics log (metrics.jsonl, TensorBoard), batching and resumable
-sampling, distributed set-up and collectives, stop signals, RNG state, and safe file I/O (atomic checkpoints).
+"""Shared helpers: the errors a user can fix, console meters, the metrics log (metrics.jsonl, TensorBoard),
+distributed set-up and collectives, and small helpers (batching, atomic file writes).
 
-Nothing here knows about detection; engine.py and train.py build on these pieces.
+Nothing here knows about detection; the other modules build on these pieces.
 """
 
-import contextlib
 import datetime
 import json
 import math
 import os
-import pickle
-import random
-import re
 import shutil
-import signal
 import sys
 import time
 from collections import defaultdict, deque
@@ -21,13 +16,34 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 
 class UsageError(Exception):
     """A problem the user can fix (a flag, a file); train.py prints it as one line and exits with status 2."""
+
+
+class DataError(UsageError):
+    """A problem with the dataset's files, reported as one line naming the file.
+
+    Raised inside a DataLoader worker, it reaches the main process re-raised by torch with the
+    worker's whole traceback as its message; the constructor keeps only the original line, so the
+    user still reads one line (train.py catches it as a UsageError).
+    """
+
+    def __init__(self, message: str):
+        if message.startswith(f"Caught {type(self).__name__}") and "Original Traceback" in message:
+            last = message.rstrip().splitlines()[-1]
+            message = last.partition(f"{type(self).__name__}: ")[2] or last
+        super().__init__(message)
+
+
+def warn(message: str) -> None:
+    """One "warning:" line on stderr: in distributed runs print() is silenced on all ranks but 0, and any rank can
+    meet what it warns of (a bad file)."""
+    sys.stderr.write(f"warning: {message}\n")
+    sys.stderr.flush()
 
 
 # ----------------------------------------------------------------------------- logging
@@ -76,7 +92,9 @@ class SmoothedValue:
         return self.deque[-1] if self.deque else 0.0
 
     def __str__(self) -> str:
-        return self.fmt.format(median=self.median, avg=self.avg, global_avg=self.global_avg, max=self.max, value=self.value)
+        return self.fmt.format(
+            median=self.median, avg=self.avg, global_avg=self.global_avg, max=self.max, value=self.value
+        )
 
 
 class MetricLogger:
@@ -131,7 +149,14 @@ class MetricLogger:
             iter_time.update(time.time() - end)
             if i % print_freq == 0 or i == total - 1:
                 eta = datetime.timedelta(seconds=int(iter_time.global_avg * (total - i - 1)))
-                parts = [header, f"[{i:{width}d}/{total}]", f"eta: {eta}", str(self), f"time: {iter_time}", f"data: {data_time}"]
+                parts = [
+                    header,
+                    f"[{i:{width}d}/{total}]",
+                    f"eta: {eta}",
+                    str(self),
+                    f"time: {iter_time}",
+                    f"data: {data_time}",
+                ]
                 max_mem_mb = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
                 if max_mem_mb is not None:
                     parts.append(f"max mem: {max_mem_mb:.0f} MB")
@@ -232,7 +257,9 @@ class TensorBoardWriter:
             self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=self.first_step)
         numbers = {k: v for k, v in record.items() if k not in self.BOOKKEEPING}
         for tag, value in _scalars(numbers, record["type"]):
-            self._writer.add_scalar(tag, value, global_step=record["global_iteration"], walltime=record.get("timestamp"))
+            self._writer.add_scalar(
+                tag, value, global_step=record["global_iteration"], walltime=record.get("timestamp")
+            )
         self._writer.flush()
 
     def close(self) -> None:
@@ -274,196 +301,6 @@ class MetricsWriter:
 def collate_fn(batch: list[tuple[Any, Any]]) -> tuple[tuple, ...]:
     """Keep images and targets as tuples: detection images differ in size and cannot be stacked."""
     return tuple(zip(*batch))
-
-
-class InferenceSampler(torch.utils.data.Sampler[int]):
-    """This rank's share of the indices (rank, rank + world_size, ...), in order and without padding:
-    unlike DistributedSampler, no image is evaluated twice."""
-
-    def __init__(self, dataset_size: int, rank: int | None = None, world_size: int | None = None):
-        rank = get_rank() if rank is None else rank
-        world_size = get_world_size() if world_size is None else world_size
-        self.indices = range(rank, dataset_size, world_size)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-# ----------------------------------------------------------------------------- resumable training order
-
-_MIX = 0x9E3779B97F4A7C15  # an odd 64-bit constant: spreads (seed, epoch, index) over distinct generator seeds
-
-
-def _mixed_seed(*parts: int) -> int:
-    value = 0
-    for part in parts:
-        value = (value * _MIX + part + 1) % 2**63
-    return value
-
-
-class TrainSampler(torch.utils.data.Sampler[int]):
-    """A new shuffle every epoch, drawn from (seed, epoch) alone, and this rank's share of it.
-
-    Like DistributedSampler, the order is padded (by repeating its start) to a multiple of the
-    world size and dealt out rank, rank + world_size, ...; unlike RandomSampler, a resumed run
-    sees exactly the order the interrupted one saw. `state_dict()` records the epoch's order.
-    """
-
-    def __init__(self, dataset_size: int, seed: int, rank: int | None = None, world_size: int | None = None):
-        self.dataset_size = dataset_size
-        self.seed = seed
-        self.rank = get_rank() if rank is None else rank
-        self.world_size = get_world_size() if world_size is None else world_size
-        self.epoch = 0
-        self._saved_order: torch.Tensor | None = None  # an order read from a checkpoint, for its epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self._saved_order = None
-        self.epoch = epoch
-
-    def epoch_order(self) -> torch.Tensor:
-        """Every rank's indices for this epoch, before sharding."""
-        if self._saved_order is not None:
-            return self._saved_order
-        generator = torch.Generator().manual_seed(_mixed_seed(self.seed, self.epoch))
-        return torch.randperm(self.dataset_size, generator=generator)
-
-    def __iter__(self) -> Iterator[int]:
-        order = self.epoch_order()
-        padded = order.repeat(-(-len(self) * self.world_size // max(len(order), 1)))[: len(self) * self.world_size]
-        return iter(padded[self.rank :: self.world_size].tolist())
-
-    def __len__(self) -> int:
-        return -(-self.dataset_size // self.world_size)
-
-    def state_dict(self) -> dict:
-        return {"seed": self.seed, "epoch": self.epoch, "order": self.epoch_order()}
-
-    def load_state_dict(self, state: dict) -> bool:
-        """Take the seed and the saved epoch's order; an order for another dataset size is dropped (returns False)."""
-        self.seed = int(state["seed"])
-        self.epoch = int(state["epoch"])
-        order = state["order"]
-        fits = len(order) == self.dataset_size
-        self._saved_order = order.long() if fits else None
-        return fits
-
-
-class ResumableBatchSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
-    """Wraps a batch sampler for training: starts an epoch after its first `start` batches (a
-    resumed epoch) and pairs each index with a seed drawn from (seed, epoch, index).
-
-    SeededDataset seeds each sample's random augmentation with that seed, so a sample is
-    augmented the same way whichever DataLoader worker loads it and wherever the epoch resumed.
-    """
-
-    def __init__(self, batch_sampler: Iterable[list[int]], seed: int):
-        self.batch_sampler = batch_sampler
-        self.seed = seed
-        self.epoch = 0
-        self.start = 0
-
-    def set_position(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for i, batch in enumerate(self.batch_sampler):
-            if i >= self.start:
-                yield [(index, _mixed_seed(self.seed, self.epoch, index)) for index in batch]
-
-    def __len__(self) -> int:
-        return max(len(self.batch_sampler) - self.start, 0)
-
-
-class SeededDataset(torch.utils.data.Dataset):
-    """dataset[(index, seed)] = (seed, the wrapped dataset[index]), made with torch's CPU generator
-    seeded by `seed` (and restored afterwards: in the main process, training's own random stream
-    is left untouched). SeededCollate batches such pairs."""
-
-    def __init__(self, dataset: torch.utils.data.Dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[int, Any]:
-        index, seed = key
-        with torch.random.fork_rng(devices=[]):
-            torch.random.default_generator.manual_seed(seed)
-            return seed, self.dataset[index]
-
-
-class SeededCollate:
-    """Batches SeededDataset's (seed, sample) pairs with `collate_fn`, under a seed drawn from the
-    samples' seeds: batch-level random augmentation (copy-paste) resumes exactly too."""
-
-    def __init__(self, collate_fn=collate_fn):
-        self.collate_fn = collate_fn
-
-    def __call__(self, batch: list[tuple[int, Any]]) -> Any:
-        with torch.random.fork_rng(devices=[]):
-            torch.random.default_generator.manual_seed(_mixed_seed(*(seed for seed, _ in batch)))
-            return self.collate_fn([sample for _, sample in batch])
-
-
-def rng_state() -> dict:
-    """This process's random generators (python, numpy, torch CPU and CUDA) as plain data."""
-    version, mt_state, gauss = random.getstate()
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    return {
-        "python": [version, list(mt_state), gauss],
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    version, mt_state, gauss = state["python"]
-    random.setstate((version, tuple(mt_state), gauss))
-    kind, keys, position, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ----------------------------------------------------------------------------- stop signals
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-
-
-class StopSignal:
-    """Remembers that SIGTERM or SIGUSR1 (SLURM's --signal warning) arrived, so that training can
-    finish its iteration, save and exit instead of dying mid-step."""
-
-    def __init__(self):
-        self.signum: int | None = None
-
-    @property
-    def received(self) -> bool:
-        return self.signum is not None
-
-    def _handle(self, signum: int, frame) -> None:
-        if self.signum is None:
-            sys.stderr.write(f"Received {signal.Signals(signum).name}: stopping after this iteration\n")
-        self.signum = signum
-
-
-@contextlib.contextmanager
-def catching_stop_signals() -> Iterator[StopSignal]:
-    """Install StopSignal's handler for SIGTERM and SIGUSR1 (main thread only); restore the old ones on exit."""
-    stop = StopSignal()
-    previous = {s: signal.signal(s, stop._handle) for s in STOP_SIGNALS}
-    try:
-        yield stop
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -522,7 +359,11 @@ def is_collective_failure(error: BaseException) -> bool:
     if isinstance(error, dist.DistError):
         return True
     text = str(error)
-    return isinstance(error, RuntimeError) and is_dist_avail_and_initialized() and any(w in text for w in COLLECTIVE_FAILURE_WORDS)
+    return (
+        isinstance(error, RuntimeError)
+        and is_dist_avail_and_initialized()
+        and any(w in text for w in COLLECTIVE_FAILURE_WORDS)
+    )
 
 
 def reduce_dict(input_dict: dict[str, torch.Tensor], average: bool = True) -> dict[str, torch.Tensor]:
@@ -575,11 +416,18 @@ def init_distributed_mode(args) -> None:
         torch.cuda.set_device(args.gpu)
         args.device = f"cuda:{args.gpu}"
     args.dist_backend = "nccl" if use_cuda else "gloo"
-    print(f"| distributed init (rank {args.rank}, world size {args.world_size}, {args.dist_backend}): {args.dist_url}", flush=True)
+    print(
+        f"| distributed init (rank {args.rank}, world size {args.world_size}, {args.dist_backend}): {args.dist_url}",
+        flush=True,
+    )
     # A rank that dies leaves the others blocked in a collective; the timeout bounds that wait.
     timeout = datetime.timedelta(seconds=getattr(args, "dist_timeout", DEFAULT_DIST_TIMEOUT))
     dist.init_process_group(
-        backend=args.dist_backend, init_method=args.dist_url, world_size=args.world_size, rank=args.rank, timeout=timeout
+        backend=args.dist_backend,
+        init_method=args.dist_url,
+        world_size=args.world_size,
+        rank=args.rank,
+        timeout=timeout,
     )
     dist.barrier()
     _setup_for_distributed(args.rank == 0)
@@ -606,7 +454,12 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _replace_atomically(path: Path, write) -> None:
+def fsync_file(f) -> None:
+    """Make what was written to the open file `f` durable."""
+    os.fsync(f.fileno())
+
+
+def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """Run write(tmp) on a temporary file beside `path`, then rename it over `path`: at every moment
     `path` is either the old complete file or the new complete one."""
     tmp = path.with_name(f".{path.name}.tmp")  # one fixed name: a write cut off by kill -9 is overwritten next time
@@ -619,13 +472,6 @@ def _replace_atomically(path: Path, write) -> None:
         _fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _write_torch_file(obj: Any, tmp: Path) -> None:
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def check_device(device: str) -> None:
@@ -644,11 +490,11 @@ def save_json(obj: Any, path: str | Path) -> Path:
             f.flush()
             os.fsync(f.fileno())
 
-    _replace_atomically(path, write)
+    replace_atomically(path, write)
     return path
 
 
-def _link_or_copy(source: Path, tmp: Path) -> None:
+def link_or_copy(source: Path, tmp: Path) -> None:
     """A second name for a file just written: a hard link costs nothing; copy where links are not supported."""
     try:
         os.link(source, tmp)
@@ -656,64 +502,6 @@ def _link_or_copy(source: Path, tmp: Path) -> None:
         shutil.copyfile(source, tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-
-
-def save_on_master(obj: Any, path: str | Path) -> None:
-    """Save from rank 0 only, atomically: a crash mid-write never leaves a torn file at `path`."""
-    if is_main_process():
-        _replace_atomically(Path(path), lambda tmp: _write_torch_file(obj, tmp))
-
-
-EPOCH_FILE = re.compile(r"model_(\d+)\.pth")
-
-
-def save_checkpoint(checkpoint: dict, output_dir: str | Path, epoch: int | None = None, keep: int | None = None) -> Path:
-    """Write `checkpoint` to <output_dir>/checkpoint.pth, atomically, from rank 0.
-
-    With an `epoch` (the end of one), it is written as model_{epoch}.pth first and checkpoint.pth
-    becomes a second name for it; then only the newest `keep` model_*.pth files are kept.
-    Mid-epoch checkpoints (no epoch) replace checkpoint.pth alone. Returns checkpoint.pth's path.
-    """
-    output_dir = Path(output_dir)
-    latest = output_dir / "checkpoint.pth"
-    if not is_main_process():
-        return latest
-    if epoch is None:
-        save_on_master(checkpoint, latest)
-        return latest
-    epoch_file = output_dir / f"model_{epoch}.pth"
-    save_on_master(checkpoint, epoch_file)
-    _replace_atomically(latest, lambda tmp: _link_or_copy(epoch_file, tmp))
-    if keep is not None:
-        _remove_old_epoch_files(output_dir, keep)
-    return latest
-
-
-def _remove_old_epoch_files(output_dir: Path, keep: int) -> None:
-    epochs = sorted(int(m.group(1)) for p in output_dir.iterdir() if (m := EPOCH_FILE.fullmatch(p.name)))
-    for old in epochs[: max(len(epochs) - keep, 0)]:
-        (output_dir / f"model_{old}.pth").unlink(missing_ok=True)
-
-
-def load_file(path: str | Path, what: str, flag: str) -> Any:
-    """torch.load with weights_only=True; any failure becomes a UsageError naming the file and flag."""
-    path = Path(path)
-    if not path.is_file():
-        hint = " (a file path: nothing is downloaded)" if "Weights." in str(path) else ""
-        raise UsageError(f"{flag}: {what} file {path} does not exist{hint}; check the path")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - a torn or foreign file: the same advice whatever the library raised
-        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):
-            # Pickled objects (such as the torchvision reference's argparse.Namespace) could run code: never unpickled here.
-            raise UsageError(
-                f"{flag}: {path} holds pickled Python objects, which weights_only loading refuses to run; if you trust it, keep only "
-                f"its weights: python -c \"import torch; c = torch.load('{path}', weights_only=False); "
-                f"torch.save({{'model': c['model']}}, 'weights.pth')\" and pass weights.pth to --weights"
-            ) from None
-        raise UsageError(
-            f"{flag}: {path} is not a file written by torch.save ({type(e).__name__}: {short_reason(e)}); pass a {what}"
-        ) from None
 
 
 def short_reason(error: Exception) -> str:

@@ -18,7 +18,8 @@ The inputs: an annotation file of COCO train2017's size (118,287 images, 860,001
 640x480 / 480x640 JPEGs that every image entry links to.
 
     python benchmarks/bench_data_workers.py                         # quick: 100 samples per worker, 300 for samples/s
-    python benchmarks/bench_data_workers.py --samples 500 2000 --speed-samples 600   # the issue's numbers (about 20 minutes)
+    # the issue's numbers (about 20 minutes):
+    python benchmarks/bench_data_workers.py --samples 500 2000 --speed-samples 600
 """
 
 import argparse
@@ -64,7 +65,8 @@ def _natural_jpeg(path: Path, width: int, height: int, seed: int) -> None:
 
 
 def _polygons(rng: np.random.Generator, count: int, widths: np.ndarray, heights: np.ndarray) -> list[list[float]]:
-    """`count` star-shaped polygons of 8 to 40 vertices, sizes spread as COCO's (many small, some large), inside their image."""
+    """`count` star-shaped polygons of 8 to 40 vertices, sizes spread as COCO's (many small, some large), inside their
+    image."""
     vertices = rng.integers(8, 41, count)
     radius = np.exp(rng.uniform(np.log(4), np.log(160), count))
     cx = rng.uniform(0, 1, count) * widths
@@ -141,7 +143,8 @@ def write_inputs(root: Path, num_images: int, num_instances: int, seed: int = 0)
                 "id": image_id,
             }
         )
-    owners = np.sort(np_rng.integers(0, num_images, num_instances))  # about 7.3 instances per image, a few images with none
+    # about 7.3 instances per image, a few images with none
+    owners = np.sort(np_rng.integers(0, num_images, num_instances))
     sizes = np.array(IMAGE_FILES, dtype=np.float64)[kinds[owners]]
     (root / "annotations").mkdir()
     with open(root / "annotations" / "instances_train2017.json", "w") as f:
@@ -180,7 +183,8 @@ def _polygons_to_masks(segmentations: list, height: int, width: int):
 
 
 class ReferencePipeline:
-    """ConvertCocoPolysToMask, RandomHorizontalFlip(0.5), PILToTensor and ToDtype(float, scale=True), as the reference chains them."""
+    """ConvertCocoPolysToMask, RandomHorizontalFlip(0.5), PILToTensor and ToDtype(float, scale=True), as the reference
+    chains them."""
 
     def __call__(self, image, target):
         import torch
@@ -225,18 +229,26 @@ def _reference_dataset(root: Path):
             return self._pipeline(image, {"image_id": self.ids[index], "annotations": anns})
 
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' progress lines
-        dataset = ReferenceCocoDetection(root / "train2017", root / "annotations" / "instances_train2017.json", ReferencePipeline())
+        dataset = ReferenceCocoDetection(
+            root / "train2017", root / "annotations" / "instances_train2017.json", ReferencePipeline()
+        )
 
     def usable(anns: list[dict]) -> bool:
         return bool(anns) and not all(any(side <= 1 for side in a["bbox"][2:]) for a in anns)
 
-    keep = [i for i, image_id in enumerate(dataset.ids) if usable(dataset.coco.loadAnns(dataset.coco.getAnnIds(imgIds=image_id)))]
+    keep = [
+        i
+        for i, image_id in enumerate(dataset.ids)
+        if usable(dataset.coco.loadAnns(dataset.coco.getAnnIds(imgIds=image_id)))
+    ]
     return torch.utils.data.Subset(dataset, keep)
 
 
 def _reference_aspect_ratios(subset) -> list[float]:
     coco = subset.dataset.coco
-    return [coco.imgs[subset.dataset.ids[i]]["width"] / coco.imgs[subset.dataset.ids[i]]["height"] for i in subset.indices]
+    return [
+        coco.imgs[subset.dataset.ids[i]]["width"] / coco.imgs[subset.dataset.ids[i]]["height"] for i in subset.indices
+    ]
 
 
 def _our_dataset(root: Path):
@@ -263,7 +275,7 @@ class ImagesOnly:
 
 
 def build(variant: str, root: Path):
-    """The dataset and its aspect-ratio group ids (train.py's default of 3 bins per side), as train.py would build them."""
+    """The dataset and its aspect-ratio group ids (train.py's default of 3 bins per side), as train.py builds them."""
     from group_by_aspect_ratio import create_aspect_ratio_groups
 
     if variant == "floor":
@@ -298,7 +310,8 @@ def _available_bytes() -> int:
 
 
 def _pid_and_size(batch: list) -> tuple[int, int]:
-    """Collate in the worker to (its pid, batch size): the samples are fully built, but no tensor crosses to the main process."""
+    """Collate in the worker to (its pid, batch size): the samples are fully built, but no tensor crosses to the main
+    process."""
     return os.getpid(), len(batch)
 
 
@@ -307,7 +320,9 @@ def child_memory(variant: str, root: Path, workers: int, checkpoints: list[int])
 
     dataset, _ = build(variant, root)
     sampler = torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(0))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=2, sampler=sampler, num_workers=workers, collate_fn=_pid_and_size)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=2, sampler=sampler, num_workers=workers, collate_fn=_pid_and_size
+    )
     produced: dict[int, int] = {}
     results, pending = {}, sorted(checkpoints)
     for pid, size in loader:
@@ -333,7 +348,9 @@ def child_startup(variant: str, root: Path, workers: int, launched_at: float) ->
     dataset, group_ids = build(variant, root)
     built = time.time()
     sampler = GroupedBatchSampler(torch.utils.data.RandomSampler(dataset), group_ids, 2)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=utils.collate_fn)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=workers, collate_fn=utils.collate_fn
+    )
     next(iter(loader))
     return {"first_batch": time.time() - launched_at, "imports": start - launched_at, "dataset": built - start}
 
@@ -362,7 +379,8 @@ def child_speed(variant: str, root: Path, image_ids: list[int]) -> dict:
 
 
 def _decode_times(root: Path, repeats: int = 200) -> dict:
-    """One 640x480 JPEG: PIL (what the dataset uses) against torchvision.io.decode_image (deprecated in torchvision 0.29)."""
+    """One 640x480 JPEG: PIL (what the dataset uses) against torchvision.io.decode_image (deprecated in torchvision
+    0.29)."""
     import warnings
 
     import torch
@@ -393,8 +411,9 @@ def _decode_times(root: Path, repeats: int = 200) -> dict:
 
 
 def file_check_times(root: Path) -> dict:
-    """The start-up check for missing image files: a stat per file (the obvious way) against one listdir and set look-ups."""
-    from coco_utils import find_missing_files
+    """The start-up check for missing image files: a stat per file (the obvious way) against one listdir and set
+    look-ups."""
+    from images import find_missing_files
 
     folder = root / "train2017"
     names = sorted(os.listdir(folder))
@@ -431,12 +450,16 @@ def measure_all(args: argparse.Namespace, root: Path) -> list[str]:
     samples = [str(s) for s in args.samples]
 
     if "memory" in args.only:
-        memory = {v: _run_child("memory", v, str(root), str(args.workers), *samples) for v in ("baseline", "ours", "floor")}
+        memory = {
+            v: _run_child("memory", v, str(root), str(args.workers), *samples) for v in ("baseline", "ours", "floor")
+        }
         for count in args.samples:
             base, ours = memory["baseline"].get(str(count)), memory["ours"].get(str(count))
             if base is None or ours is None:
                 reasons = {v: m.get("aborted", "") for v, m in memory.items()}
-                rows.append(_row(f"PSS after {count} samples/worker", reasons["baseline"], reasons["ours"], "", "not measured"))
+                rows.append(
+                    _row(f"PSS after {count} samples/worker", reasons["baseline"], reasons["ours"], "", "not measured")
+                )
                 continue
             rows.append(
                 _row(
@@ -451,7 +474,8 @@ def measure_all(args: argparse.Namespace, root: Path) -> list[str]:
             if floor is not None:
                 rows.append(
                     _row(
-                        f"  the same less the floor ({_gib(floor['total'])}: torch, {args.workers} workers decoding the JPEGs)",
+                        f"  the same less the floor ({_gib(floor['total'])}: torch, {args.workers} workers "
+                        "decoding the JPEGs)",
                         _gib(base["total"] - floor["total"]),
                         _gib(ours["total"] - floor["total"]),
                         f"{(ours['total'] - floor['total']) / (base['total'] - floor['total']):.3f}",
@@ -460,7 +484,11 @@ def measure_all(args: argparse.Namespace, root: Path) -> list[str]:
                 )
         if len(args.samples) > 1:
             first, last = str(min(args.samples)), str(max(args.samples))
-            growth = {v: (m[last]["total"] - m[first]["total"]) / args.workers for v, m in memory.items() if first in m and last in m}
+            growth = {
+                v: (m[last]["total"] - m[first]["total"]) / args.workers
+                for v, m in memory.items()
+                if first in m and last in m
+            }
             if "baseline" in growth and "ours" in growth:
                 rows.append(
                     _row(
@@ -488,7 +516,9 @@ def measure_all(args: argparse.Namespace, root: Path) -> list[str]:
                 "<= 0.5",
             )
         )
-        rows.append(_row("  of which: building the dataset", f"{base['dataset']:.1f} s", f"{ours['dataset']:.1f} s", "", ""))
+        rows.append(
+            _row("  of which: building the dataset", f"{base['dataset']:.1f} s", f"{ours['dataset']:.1f} s", "", "")
+        )
         rows.append(_row("  of which: imports", f"{base['imports']:.1f} s", f"{ours['imports']:.1f} s", "", ""))
     rows.append(
         _row(
@@ -544,15 +574,31 @@ def run_child(argv: list[str]) -> None:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=118_287, help="image entries in the annotation file (COCO train2017: 118287)")
-    parser.add_argument("--instances", type=int, default=860_001, help="instances in the annotation file (COCO train2017: 860001)")
+    parser.add_argument(
+        "--images", type=int, default=118_287, help="image entries in the annotation file (COCO train2017: 118287)"
+    )
+    parser.add_argument(
+        "--instances", type=int, default=860_001, help="instances in the annotation file (COCO train2017: 860001)"
+    )
     parser.add_argument("--workers", type=int, default=8, help="DataLoader workers for the memory and start-up runs")
-    parser.add_argument("--samples", type=int, nargs="+", default=[100], help="samples per worker at which PSS is read (issue: 500 2000)")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        nargs="+",
+        default=[100],
+        help="samples per worker at which PSS is read (issue: 500 2000)",
+    )
     parser.add_argument("--speed-samples", type=int, default=300, help="samples per pipeline for samples/s")
-    parser.add_argument("--speed-repeats", type=int, default=2, help="processes per pipeline for samples/s (the best is reported)")
+    parser.add_argument(
+        "--speed-repeats", type=int, default=2, help="processes per pipeline for samples/s (the best is reported)"
+    )
     parser.add_argument("--startup-repeats", type=int, default=1, help="launches per variant (the best is reported)")
-    parser.add_argument("--only", nargs="+", default=["memory", "startup", "speed"], choices=["memory", "startup", "speed"])
-    parser.add_argument("--inputs", default=None, help="reuse (or write and keep) the inputs in this folder instead of a temporary one")
+    parser.add_argument(
+        "--only", nargs="+", default=["memory", "startup", "speed"], choices=["memory", "startup", "speed"]
+    )
+    parser.add_argument(
+        "--inputs", default=None, help="reuse (or write and keep) the inputs in this folder instead of a temporary one"
+    )
     return parser
 
 
@@ -564,7 +610,10 @@ def main(args: argparse.Namespace) -> None:
             start = time.time()
             write_inputs(root, args.images, args.instances)
             size = (root / "annotations" / "instances_train2017.json").stat().st_size
-            print(f"wrote {args.images} images, {args.instances} instances ({size / 2**20:.0f} MiB of JSON) in {time.time() - start:.0f} s")
+            print(
+                f"wrote {args.images} images, {args.instances} instances ({size / 2**20:.0f} MiB of JSON) "
+                f"in {time.time() - start:.0f} s"
+            )
         print(f"{os.cpu_count()} CPUs; Python {sys.version.split()[0]}")
         print("\n".join(measure_all(args, root)))
     finally:

@@ -64,11 +64,16 @@ class ReferenceEvaluator:
                 values = [{"bbox": box} for box in torch.stack([x0, y0, x1 - x0, y1 - y0], dim=1).tolist()]
             else:
                 binary = prediction["masks"] > 0.5
-                rles = [mask_utils.encode(np.array(mask[0, :, :, np.newaxis], dtype=np.uint8, order="F"))[0] for mask in binary]
+                rles = [
+                    mask_utils.encode(np.array(mask[0, :, :, np.newaxis], dtype=np.uint8, order="F"))[0]
+                    for mask in binary
+                ]
                 for rle in rles:
                     rle["counts"] = rle["counts"].decode("utf-8")
                 values = [{"segmentation": rle} for rle in rles]
-            results += [{"image_id": image_id, "category_id": c, "score": s, **v} for c, s, v in zip(labels, scores, values)]
+            results += [
+                {"image_id": image_id, "category_id": c, "score": s, **v} for c, s, v in zip(labels, scores, values)
+            ]
         return results
 
     def update(self, predictions: dict) -> None:
@@ -123,7 +128,10 @@ def main(argv: list[str] | None = None) -> None:
     data, instances = detections.ground_truth(args.images, seed=args.seed)
     outputs = detections.raw_detections(data, instances, per_image=args.detections, seed=args.seed)
     gt = coco_from_dict(data)
-    print(f"{args.images} images, {len(data['annotations'])} ground-truth instances, {args.detections} detections per image")
+    print(
+        f"{args.images} images, {len(data['annotations'])} ground-truth instances, "
+        f"{args.detections} detections per image"
+    )
 
     evaluators = {
         "reference bbox": ReferenceEvaluator(gt, ["bbox"]),
@@ -144,7 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     for image_id, output in outputs.items():
         raw = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in output.items()}
         full = timed("paste", _reference_paste, raw)
-        reference_input = {image_id: {"boxes": output["boxes"], "scores": output["scores"], "labels": output["labels"], "masks": full}}
+        reference_input = {
+            image_id: {"boxes": output["boxes"], "scores": output["scores"], "labels": output["labels"], "masks": full}
+        }
         for name in ("reference bbox", "reference segm", "ours bbox", "ours segm"):
             timed(name, evaluators[name].update, reference_input)
         for name in ("ours whole way", "ours whole way, pycocotools"):

@@ -2,7 +2,7 @@
 
 Baseline (the reference): torchvision's paste_masks_in_image (one full-size image per mask), then
 each mask thresholded at 0.5 and RLE-encoded by pycocotools on its own. Ours:
-coco_eval.paste_masks_to_rles (pasted, thresholded and encoded inside each box, groups of boxes at a
+masks.paste_masks_to_rles (pasted, thresholded and encoded inside each box, groups of boxes at a
 time, on the device). Both take the same inputs, in turn, in this process; the table shows the
 median time per image and the ratio. The masks must come out the same: the script counts any that
 differ, and the pixels.
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import detections  # noqa: E402
 import report  # noqa: E402
 
-import coco_eval  # noqa: E402
+from masks import paste_masks_to_rles  # noqa: E402
 
 GOAL = 10  # ours at most 1/10 of the baseline's time, for 100 masks into 480x640
 
@@ -39,7 +39,10 @@ def reference_rles(masks: torch.Tensor, boxes: torch.Tensor, image_size: tuple[i
     """The reference's way: paste into full-size images, move them to the CPU, threshold, encode one by one."""
     pasted = paste_masks_in_image(masks, boxes, image_size).cpu()
     binary = pasted > 0.5
-    return [mask_utils.encode(np.array(mask[0, :, :, np.newaxis], dtype=np.uint8, order="F"))[0]["counts"] for mask in binary]
+    return [
+        mask_utils.encode(np.array(mask[0, :, :, np.newaxis], dtype=np.uint8, order="F"))[0]["counts"]
+        for mask in binary
+    ]
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -53,11 +56,15 @@ def _differing_pixels(ours: list[bytes], reference: list[bytes], image_size: tup
         if a != b:
             size = list(image_size)
             masks += 1
-            pixels += int((mask_utils.decode({"size": size, "counts": a}) != mask_utils.decode({"size": size, "counts": b})).sum())
+            pixels += int(
+                (mask_utils.decode({"size": size, "counts": a}) != mask_utils.decode({"size": size, "counts": b})).sum()
+            )
     return masks, pixels
 
 
-def run(image_size: tuple[int, int], num_masks: int, images: int, device: torch.device, seed: int) -> tuple[float, float, str]:
+def run(
+    image_size: tuple[int, int], num_masks: int, images: int, device: torch.device, seed: int
+) -> tuple[float, float, str]:
     gt, instances = detections.ground_truth(images + 1, seed=seed, sizes=(image_size,))
     inputs = list(detections.raw_detections(gt, instances, per_image=num_masks, seed=seed).values())
     baseline_times, our_times = [], []
@@ -67,7 +74,7 @@ def run(image_size: tuple[int, int], num_masks: int, images: int, device: torch.
         start = time.perf_counter()
         reference = reference_rles(masks, boxes, image_size)
         middle = time.perf_counter()
-        ours = coco_eval.paste_masks_to_rles(masks, boxes, image_size)
+        ours = paste_masks_to_rles(masks, boxes, image_size)
         end = time.perf_counter()
         if i == 0:
             continue  # warm-up

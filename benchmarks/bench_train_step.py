@@ -21,8 +21,7 @@ import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import utils  # noqa: E402
-from engine import train_one_epoch  # noqa: E402
+from engine import StopSignal, train_one_epoch  # noqa: E402
 
 DEMO_SAMPLING = dict(
     box_batch_size_per_image=32,
@@ -45,7 +44,9 @@ def _batches(count: int, batch_size: int, size: int = 128) -> list[tuple[tuple, 
             masks = torch.zeros(3, size, size, dtype=torch.uint8)
             for m, (x0, y0, x1, y1) in zip(masks, boxes.int().tolist()):
                 m[y0:y1, x0:x1] = 1
-            targets.append({"boxes": boxes, "labels": torch.tensor([1, 2, 3]), "masks": masks, "image_id": b * batch_size + i})
+            targets.append(
+                {"boxes": boxes, "labels": torch.tensor([1, 2, 3]), "masks": masks, "image_id": b * batch_size + i}
+            )
         batches.append((tuple(images), tuple(targets)))
     return batches
 
@@ -62,7 +63,7 @@ def _bare_loop(model, optimizer, batches) -> None:
 
 
 def _ours(model, optimizer, batches) -> None:
-    train_one_epoch(model, optimizer, batches, torch.device("cpu"), epoch=0, print_freq=10**9, stop=utils.StopSignal())
+    train_one_epoch(model, optimizer, batches, torch.device("cpu"), epoch=0, print_freq=10**9, stop=StopSignal())
 
 
 def _time_per_iteration(loop, initial_model, batches) -> float:
@@ -83,7 +84,13 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = torchvision.models.get_model(
-        "maskrcnn_resnet50_fpn", weights=None, weights_backbone=None, num_classes=4, min_size=128, max_size=128, **DEMO_SAMPLING
+        "maskrcnn_resnet50_fpn",
+        weights=None,
+        weights_backbone=None,
+        num_classes=4,
+        min_size=128,
+        max_size=128,
+        **DEMO_SAMPLING,
     )
     batches = _batches(args.iterations, args.batch_size)
     _time_per_iteration(_bare_loop, model, batches[:2])  # warm-up: first-call allocations
@@ -93,7 +100,10 @@ def main() -> None:
         ours.append(_time_per_iteration(_ours, model, batches))
     bare_s, ours_s = statistics.median(bare), statistics.median(ours)
     ratio = ours_s / bare_s
-    setting = f"batch {args.batch_size}, {args.iterations} iterations x {args.repeats} runs, {torch.get_num_threads()} threads"
+    setting = (
+        f"batch {args.batch_size}, {args.iterations} iterations x {args.repeats} runs, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"Mask R-CNN, 128 px, {setting}")
     print()
     print("| loop | s / iteration (median) | ratio to bare | goal | met? |")

@@ -82,7 +82,8 @@ def _crowd_annotation(rng: np.random.Generator, height: int, width: int, categor
 def ground_truth(
     num_images: int, seed: int = 0, sizes: tuple[tuple[int, int], ...] = IMAGE_SIZES
 ) -> tuple[dict, dict[int, list[tuple[Shape, int]]]]:
-    """A COCO annotation dict (image sizes taken in turn from `sizes`), and per image id its instances' (shape, category id)."""
+    """A COCO annotation dict (image sizes taken in turn from `sizes`), and per image id its instances' (shape,
+    category id)."""
     rng = np.random.default_rng(seed)
     category_ids = sorted(rng.choice(np.arange(1, 91), size=20, replace=False).tolist())
     images, annotations, instances = [], [], {}

@@ -39,7 +39,8 @@ def machine(device: torch.device) -> str:
 
 
 def table(rows: list[tuple[str, float, float, float | None]], unit: str) -> str:
-    """Markdown rows: case | baseline | ours | ratio (baseline / ours) | goal | met?; a goal of 1 means faster, None none."""
+    """Markdown rows: case | baseline | ours | ratio (baseline / ours) | goal | met?; a goal of 1 means faster, None
+    none."""
     lines = [f"| case | baseline ({unit}) | ours ({unit}) | ratio | goal | met? |", "|---|---|---|---|---|---|"]
     for case, baseline, ours, goal in rows:
         ratio = baseline / ours

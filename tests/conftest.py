@@ -1,6 +1,8 @@
-"""Shared fixtures: the generator's synthetic datasets (shapes; stick figures with keypoints), a hand-written COCO dataset
-with other quirks, and copies of it to break."""
+"""Shared fixtures: the generator's synthetic datasets (shapes; stick figures with keypoints), a hand-written COCO
+dataset with other quirks, and copies of it to break; and helpers several test files import (`from conftest import`)."""
 
+import contextlib
+import io
 import json
 import shutil
 import sys
@@ -9,8 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torchvision
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -71,7 +76,13 @@ def _poly_bbox(polygons: list[list[float]]) -> list[float]:
 
 
 def _polygon_ann(polygons: list[list[float]], category_id: int, bbox: list[float] | None = None) -> dict:
-    return {"segmentation": polygons, "bbox": bbox or _poly_bbox(polygons), "area": 100.0, "iscrowd": 0, "category_id": category_id}
+    return {
+        "segmentation": polygons,
+        "bbox": bbox or _poly_bbox(polygons),
+        "area": 100.0,
+        "iscrowd": 0,
+        "category_id": category_id,
+    }
 
 
 def _mask_ann(segmentation: dict, binary: np.ndarray, category_id: int, iscrowd: int) -> dict:
@@ -126,7 +137,10 @@ def _quirky_split(root: Path, split: str) -> None:
             500001,
             (90, 90),
             "CMYK",
-            [_mask_ann(_uncompressed_rle(crowd_90), crowd_90, 44, 1), _polygon_ann([[5.0, 5.0, 35.0, 5.0, 20.0, 30.0]], 3)],
+            [
+                _mask_ann(_uncompressed_rle(crowd_90), crowd_90, 44, 1),
+                _polygon_ann([[5.0, 5.0, 35.0, 5.0, 20.0, 30.0]], 3),
+            ],
         )
         # Dropped for training: only a degenerate box (width 0) and a one-pixel-wide box.
         add_image(
@@ -139,7 +153,8 @@ def _quirky_split(root: Path, split: str) -> None:
             ],
         )
         add_image(300000, (72, 120), "RGB", [])  # no annotations at all
-        add_image(4242, (90, 90), "RGB", [_mask_ann(_uncompressed_rle(crowd_90), crowd_90, 1, 1)])  # only a crowd region
+        # only a crowd region
+        add_image(4242, (90, 90), "RGB", [_mask_ann(_uncompressed_rle(crowd_90), crowd_90, 1, 1)])
     else:
         # A two-part polygon and a degenerate box (width 0) with a mask of its own.
         add_image(
@@ -157,14 +172,20 @@ def _quirky_split(root: Path, split: str) -> None:
             1500000,
             (72, 120),
             "L",
-            [_mask_ann(_compressed_rle(rle_72x120), rle_72x120, 3, 0), _polygon_ann([[4.0, 4.0, 40.0, 4.0, 40.0, 24.0, 4.0, 24.0]], 1)],
+            [
+                _mask_ann(_compressed_rle(rle_72x120), rle_72x120, 3, 0),
+                _polygon_ann([[4.0, 4.0, 40.0, 4.0, 40.0, 24.0, 4.0, 24.0]], 1),
+            ],
         )
         # CMYK: a crowd region (uncompressed RLE) and a polygon.
         add_image(
             999,
             (90, 90),
             "CMYK",
-            [_mask_ann(_uncompressed_rle(crowd_90), crowd_90, 44, 1), _polygon_ann([[5.0, 5.0, 35.0, 5.0, 20.0, 30.0]], 44)],
+            [
+                _mask_ann(_uncompressed_rle(crowd_90), crowd_90, 44, 1),
+                _polygon_ann([[5.0, 5.0, 35.0, 5.0, 20.0, 30.0]], 44),
+            ],
         )
         add_image(1750000, (100, 80), "RGB", [])  # no annotations
 
@@ -207,3 +228,63 @@ def edit_annotations() -> Callable:
         return path
 
     return edit
+
+
+# ----------------------------------------------------------------------------- helpers several test files share
+
+
+def load_json(root: Path, split: str) -> dict:
+    with open(root / "annotations" / f"instances_{split}2017.json") as f:
+        return json.load(f)
+
+
+def pycoco(root: Path, split: str) -> COCO:
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(root / "annotations" / f"instances_{split}2017.json"))
+
+
+def find_ann(data: dict, predicate) -> dict:
+    matches = [a for a in data["annotations"] if predicate(a)]
+    assert matches, "the fixture lacks an annotation the test needs"
+    return matches[0]
+
+
+def image_size(data: dict, image_id: int) -> tuple[int, int]:
+    info = next(img for img in data["images"] if img["id"] == image_id)
+    return info["height"], info["width"]
+
+
+def is_polygon(ann: dict) -> bool:
+    return isinstance(ann["segmentation"], list)
+
+
+def pycocotools_rles(binary: np.ndarray) -> list[bytes]:
+    """The reference's encoding: one (H, W) mask at a time, in Fortran order."""
+    return [mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"] for mask in binary]
+
+
+def model_like_masks(count: int, height: int, width: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """28x28 mask probabilities like a trained model's (high inside an ellipse, soft edges) and boxes
+    clipped to the image as the model clips them: any size, on every border, as tall as the image."""
+    rng = np.random.default_rng(seed)
+    sides = np.exp(rng.uniform(np.log(1), np.log(1.2 * max(height, width)), size=(count, 2)))
+    centres = rng.uniform(0, 1, size=(count, 2)) * [width, height]
+    boxes = np.concatenate([centres - sides / 2, centres + sides / 2], axis=1)
+    boxes[: count // 8] = [0, 0, width, height]  # whole image (expanded past every border)
+    boxes[count // 8 : count // 4, 1::2] = [0, height]  # as tall as the image
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    yy, xx = np.meshgrid(np.linspace(-1, 1, 28), np.linspace(-1, 1, 28), indexing="ij")
+    centre = rng.uniform(-0.3, 0.3, size=(count, 2, 1, 1))
+    radius = rng.uniform(0.3, 0.9, size=(count, 2, 1, 1))
+    distance = ((xx - centre[:, 0]) / radius[:, 0]) ** 2 + ((yy - centre[:, 1]) / radius[:, 1]) ** 2
+    logits = (1 - distance) * rng.uniform(2, 10, size=(count, 1, 1))
+    masks = torch.from_numpy(1 / (1 + np.exp(-logits))).float()[:, None]
+    return masks, torch.from_numpy(boxes).float()
+
+
+def write_random_resnet50(path: Path) -> dict:
+    torch.manual_seed(1)
+    state = torchvision.models.resnet50().state_dict()
+    torch.save(state, path)
+    return state

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import torchvision
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -23,6 +22,7 @@ import coco_eval
 import coco_utils
 import utils
 from coco_eval import CocoEvaluator
+from conftest import model_like_masks, pycocotools_rles
 from transforms import keypoint_flip_indices
 
 
@@ -83,7 +83,11 @@ class Detections:
             used += n
             binary = np.stack(masks).astype(bool) if n else np.zeros((0, height, width), dtype=bool)
             # probabilities on either side of the 0.5 threshold, never on it
-            probs = np.where(binary, rng.choice([0.55, 0.7, 0.95], size=binary.shape), rng.choice([0.0, 0.2, 0.45], size=binary.shape))
+            probs = np.where(
+                binary,
+                rng.choice([0.55, 0.7, 0.95], size=binary.shape),
+                rng.choice([0.0, 0.2, 0.45], size=binary.shape),
+            )
             self.outputs[image_id] = {
                 "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
                 "scores": scores,
@@ -92,10 +96,14 @@ class Detections:
             }
             for box, label, score, mask in zip(boxes, labels, scores.tolist(), binary):
                 x0, y0, x1, y1 = box
-                self.bbox.append({"image_id": image_id, "category_id": label, "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score})
+                self.bbox.append(
+                    {"image_id": image_id, "category_id": label, "bbox": [x0, y0, x1 - x0, y1 - y0], "score": score}
+                )
                 rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
                 segmentation = {"size": [int(height), int(width)], "counts": rle["counts"].decode("ascii")}
-                self.segm.append({"image_id": image_id, "category_id": label, "segmentation": segmentation, "score": score})
+                self.segm.append(
+                    {"image_id": image_id, "category_id": label, "segmentation": segmentation, "score": score}
+                )
 
     def chunks(self, size: int) -> list[dict]:
         items = list(self.outputs.items())
@@ -163,7 +171,9 @@ def test_both_backends_print_pycocotools_table(quirky_root, capsys):
         printed[backend] = capsys.readouterr().out.splitlines()
     assert printed["faster_coco_eval"] == printed["pycocotools"]
     assert len(printed["pycocotools"]) == 2 * 13  # a title and 12 numbers per IoU type
-    assert printed["pycocotools"][1].startswith(" Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = ")
+    assert printed["pycocotools"][1].startswith(
+        " Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = "
+    )
 
 
 def test_perfect_detections_score_one(synthetic_root, backend):
@@ -188,7 +198,8 @@ def test_subset_ground_truth_matches_pycocotools_on_those_images(quirky_root, tm
     subset = Subset(ds, [2, 0])
     detections = Detections(ds, [2, 0], seed=3)
     evaluator = run_evaluator(
-        CocoEvaluator(coco_utils.get_coco_api_from_dataset(subset), ["bbox", "segm"], backend=backend), detections.chunks(1)
+        CocoEvaluator(coco_utils.get_coco_api_from_dataset(subset), ["bbox", "segm"], backend=backend),
+        detections.chunks(1),
     )
     gt = load_coco(ann_file(quirky_root))
     image_ids = sorted([ds.ids[2], ds.ids[0]])
@@ -207,7 +218,8 @@ def test_only_updated_images_are_scored(any_root, tmp_path, backend):
     for iou_type, results in (("bbox", detections.bbox), ("segm", detections.segm)):
         expected = pycocotools_stats(gt, results, iou_type, tmp_path, imgIds=sorted(ds.ids[:2]))
         assert_stats_equal(evaluator.coco_eval[iou_type].stats, expected)
-        assert not np.allclose(expected, pycocotools_stats(gt, results, iou_type, tmp_path))  # all images would score lower
+        # all images would score lower
+        assert not np.allclose(expected, pycocotools_stats(gt, results, iou_type, tmp_path))
 
 
 def test_plain_pycocotools_ground_truth(any_root, tmp_path, backend):
@@ -220,7 +232,9 @@ def test_plain_pycocotools_ground_truth(any_root, tmp_path, backend):
     from_file = run_evaluator(CocoEvaluator(plain_gt, ["bbox", "segm"], backend=backend), detections.chunks(4))
     for iou_type, results in (("bbox", detections.bbox), ("segm", detections.segm)):
         assert_stats_equal(from_file.coco_eval[iou_type].stats, from_dataset.coco_eval[iou_type].stats)
-        assert_stats_equal(from_file.coco_eval[iou_type].stats, pycocotools_stats(plain_gt, results, iou_type, tmp_path))
+        assert_stats_equal(
+            from_file.coco_eval[iou_type].stats, pycocotools_stats(plain_gt, results, iou_type, tmp_path)
+        )
 
 
 def empty_output(height: int, width: int) -> dict:
@@ -278,7 +292,9 @@ def test_two_ranks_with_a_padded_image_count_it_once(quirky_root, tmp_path, monk
         for image_id in shard:
             evaluator.update({image_id: detections.outputs[image_id]})
         evaluators.append(evaluator)
-    monkeypatch.setattr(coco_eval.utils, "all_gather", lambda data: [copy.deepcopy(e.results) for e in evaluators])
+    monkeypatch.setattr(
+        coco_eval.utils, "all_gather", lambda data: [copy.deepcopy(e.image_results) for e in evaluators]
+    )
     merged = run_evaluator(evaluators[0], [])
     assert merged.img_ids == sorted(ids)
     gt = load_coco(ann_file(quirky_root))
@@ -359,9 +375,20 @@ def test_keypoints(tmp_path, backend):
         keypoints[..., :2] += torch.from_numpy(rng.normal(0, 1.0, size=(len(anns), 17, 2)))
         keypoints[..., 2] = 1
         scores = torch.tensor([0.9, 0.6] if image_id == 10 else [0.8, 0.7])
-        outputs[image_id] = {"keypoints": keypoints, "scores": scores, "labels": torch.ones(len(anns), dtype=torch.int64)}
+        outputs[image_id] = {
+            "keypoints": keypoints,
+            "scores": scores,
+            "labels": torch.ones(len(anns), dtype=torch.int64),
+        }
         for kps, score in zip(keypoints.tolist(), scores.tolist()):
-            results.append({"image_id": image_id, "category_id": 1, "keypoints": [v for point in kps for v in point], "score": score})
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "keypoints": [v for point in kps for v in point],
+                    "score": score,
+                }
+            )
     evaluator = run_evaluator(CocoEvaluator(gt, ["keypoints"], backend=backend), [{10: outputs[10]}, {30: outputs[30]}])
     stats = evaluator.coco_eval["keypoints"].stats
     assert len(stats) == 10
@@ -384,7 +411,11 @@ def test_segm_without_masks_says_what_it_needs():
 
 
 def test_results_convert_boxes_to_xywh_and_keep_float32_scores():
-    prediction = {"boxes": torch.tensor([[1.0, 2.0, 4.5, 8.0]]), "scores": torch.tensor([0.1]), "labels": torch.tensor([44])}
+    prediction = {
+        "boxes": torch.tensor([[1.0, 2.0, 4.5, 8.0]]),
+        "scores": torch.tensor([0.1]),
+        "labels": torch.tensor([44]),
+    }
     result = coco_eval.compact_result(prediction, ["bbox"])
     # the reference's numbers: the float32 score and box, as Python floats
     assert coco_eval.coco_results(9, result, "bbox") == [
@@ -394,7 +425,9 @@ def test_results_convert_boxes_to_xywh_and_keep_float32_scores():
 
 def test_detections_for_images_outside_the_ground_truth_are_refused(quirky_root, backend):
     evaluator = CocoEvaluator(load_coco(ann_file(quirky_root)), ["bbox"], backend=backend)
-    evaluator.update({123456789: {"boxes": torch.zeros(1, 4), "scores": torch.ones(1), "labels": torch.ones(1, dtype=torch.int64)}})
+    evaluator.update(
+        {123456789: {"boxes": torch.zeros(1, 4), "scores": torch.ones(1), "labels": torch.ones(1, dtype=torch.int64)}}
+    )
     with pytest.raises(ValueError, match="123456789"):
         evaluator.accumulate()
 
@@ -434,127 +467,6 @@ def test_train_stops_at_once_when_the_backend_is_missing(monkeypatch, capsys, tm
 # ----------------------------------------------------------------------------- masks to RLE
 
 
-def pycocotools_rles(binary: np.ndarray) -> list[bytes]:
-    """The reference's encoding: one (H, W) mask at a time, in Fortran order."""
-    return [mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"] for mask in binary]
-
-
-def tricky_binary_masks(height: int, width: int, seed: int) -> np.ndarray:
-    """Masks whose runs cross columns, touch every border, fill whole columns, or are empty."""
-    rng = np.random.default_rng(seed)
-    masks = np.zeros((12, height, width), dtype=bool)
-    masks[1] = True  # everything
-    masks[2, :, 3:5] = True  # full-height columns: one run across the column boundary
-    masks[3, 0, 0] = masks[3, -1, -1] = True  # single pixels in opposite corners
-    masks[4, -2:, :] = True  # bottom rows: a run per column
-    masks[5, :, -1] = True  # last column only
-    masks[6, 5:9, 2:7] = True
-    masks[7] = rng.random((height, width)) < 0.5  # noise: many short runs
-    masks[8, 0, :] = True  # top row
-    masks[9, :, 0] = True
-    masks[9, height // 2, width // 2] = True
-    masks[10] = rng.random((height, width)) < 0.02
-    masks[11, 2:, width // 2] = True  # from row 2 to the bottom of one column, the next one empty
-    return masks
-
-
-@pytest.mark.parametrize("size", [(11, 9), (1, 5), (7, 1), (40, 64)])
-def test_encode_masks_matches_pycocotools_byte_for_byte(size):
-    height, width = size
-    binary = tricky_binary_masks(height, width, seed=height * width)
-    probabilities = np.where(binary, 0.75, 0.25).astype(np.float32)
-    assert coco_eval.encode_masks(torch.from_numpy(probabilities)[:, None]) == pycocotools_rles(binary)
-
-
-def test_encode_masks_thresholds_above_the_threshold():
-    probs = torch.tensor([[[[0.2, 0.51], [0.5, 0.9]]], [[[0.0, 0.0], [0.0, 0.0]]]])
-    rles = coco_eval.encode_masks(probs)
-    decoded = [mask_utils.decode({"size": [2, 2], "counts": counts}) for counts in rles]
-    np.testing.assert_array_equal(decoded[0], np.array([[0, 1], [0, 1]], dtype=np.uint8))
-    assert decoded[1].sum() == 0
-    assert coco_eval.encode_masks(torch.zeros(0, 1, 2, 2)) == []
-
-
-def model_like_masks(count: int, height: int, width: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """28x28 mask probabilities like a trained model's (high inside an ellipse, soft edges) and boxes
-    clipped to the image as the model clips them: any size, on every border, as tall as the image."""
-    rng = np.random.default_rng(seed)
-    sides = np.exp(rng.uniform(np.log(1), np.log(1.2 * max(height, width)), size=(count, 2)))
-    centres = rng.uniform(0, 1, size=(count, 2)) * [width, height]
-    boxes = np.concatenate([centres - sides / 2, centres + sides / 2], axis=1)
-    boxes[: count // 8] = [0, 0, width, height]  # whole image (expanded past every border)
-    boxes[count // 8 : count // 4, 1::2] = [0, height]  # as tall as the image
-    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
-    yy, xx = np.meshgrid(np.linspace(-1, 1, 28), np.linspace(-1, 1, 28), indexing="ij")
-    centre = rng.uniform(-0.3, 0.3, size=(count, 2, 1, 1))
-    radius = rng.uniform(0.3, 0.9, size=(count, 2, 1, 1))
-    distance = ((xx - centre[:, 0]) / radius[:, 0]) ** 2 + ((yy - centre[:, 1]) / radius[:, 1]) ** 2
-    logits = (1 - distance) * rng.uniform(2, 10, size=(count, 1, 1))
-    masks = torch.from_numpy(1 / (1 + np.exp(-logits))).float()[:, None]
-    return masks, torch.from_numpy(boxes).float()
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("image_size", [(96, 128), (120, 72)])
-def test_pasted_masks_match_torchvision_paste_then_pycocotools(seed, image_size):
-    height, width = image_size
-    masks, boxes = model_like_masks(60, height, width, seed)
-    if seed == 2:
-        masks = torch.rand(masks.shape, generator=torch.Generator().manual_seed(seed))  # noise: edges everywhere
-    full = paste_masks_in_image(masks, boxes, image_size)[:, 0]
-    reference = pycocotools_rles((full > 0.5).numpy())
-    ours = coco_eval.paste_masks_to_rles(masks, boxes, image_size)
-    assert len(ours) == len(reference) == 60
-    assert_only_rounding_differs(ours, full)
-    assert sum(a == b for a, b in zip(ours, reference)) >= 59
-
-
-def assert_only_rounding_differs(ours: list[bytes], full: torch.Tensor) -> None:
-    """Our masks against torchvision's pasted probabilities thresholded: any pixel that differs lies
-    within float rounding of 0.5 (a wrong change would flip whole runs of pixels far from it)."""
-    height, width = full.shape[-2:]
-    for counts, probabilities in zip(ours, full.numpy()):
-        differ = mask_utils.decode({"size": [height, width], "counts": counts}).astype(bool) != (probabilities > 0.5)
-        assert not differ.any() or np.abs(probabilities[differ] - 0.5).max() < 1e-6
-
-
-@pytest.mark.parametrize("kind", ["all on the threshold", "stripes of 0 and 1", "saturated noise"])
-def test_masks_on_the_threshold_differ_by_rounding_at_most(kind):
-    """Probabilities of exactly 0.5, or pasted to exactly 0.5 between 0 and 1 (as an untrained or a
-    saturated model gives them): no change of value can be inferred there, every pixel is computed."""
-    _, boxes = model_like_masks(40, 60, 80, seed=4)
-    if kind == "all on the threshold":
-        masks = torch.full((40, 1, 28, 28), 0.5)
-    elif kind == "stripes of 0 and 1":
-        masks = (torch.arange(28) % 2).float().expand(40, 1, 28, 28).contiguous()
-    else:
-        masks = (torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(4)) > 0.5).float()
-    full = paste_masks_in_image(masks, boxes, (60, 80))[:, 0]
-    assert_only_rounding_differs(coco_eval.paste_masks_to_rles(masks, boxes, (60, 80)), full)
-
-
-def test_paste_handles_no_masks_and_boxes_of_no_width():
-    assert coco_eval.paste_masks_to_rles(torch.zeros(0, 1, 28, 28), torch.zeros(0, 4), (10, 12)) == []
-    masks = torch.ones(2, 1, 28, 28)
-    boxes = torch.tensor([[3.0, 4.0, 3.0, 4.0], [12.0, 0.0, 12.0, 10.0]])  # a point; a line on the right border
-    expected = pycocotools_rles((paste_masks_in_image(masks, boxes, (10, 12))[:, 0] > 0.5).numpy())
-    assert coco_eval.paste_masks_to_rles(masks, boxes, (10, 12)) == expected
-    on_the_edge_only = boxes[1:].repeat(2, 1)  # no box covers any pixel
-    empty = pycocotools_rles(np.zeros((2, 10, 12), dtype=bool))
-    assert coco_eval.paste_masks_to_rles(masks, on_the_edge_only, (10, 12)) == empty
-
-
-def test_size_groups_cover_every_crop_once_with_bounded_padding():
-    rng = np.random.default_rng(0)
-    widths, heights = rng.integers(0, 300, 100).tolist(), rng.integers(0, 300, 100).tolist()
-    groups = coco_eval._size_groups(widths, heights, waste=2.0, slack=1000)
-    assert sorted(i for g in groups for i in g) == list(range(100))
-    for group in groups[:-1]:
-        padded = len(group) * max(widths[i] for i in group) * (max(heights[i] for i in group) + 1)
-        assert len(group) == 1 or padded <= 2.0 * sum(widths[i] * (heights[i] + 1) for i in group) + 1000
-
-
 def raw_mask_outputs(dataset: coco_utils.CocoDetection, seed: int) -> dict[int, dict]:
     """Unpasted Mask R-CNN-like outputs: for each ground-truth instance a jittered box and its mask
     resized to 28x28 with soft edges, plus false positives from model_like_masks."""
@@ -567,16 +479,31 @@ def raw_mask_outputs(dataset: coco_utils.CocoDetection, seed: int) -> dict[int, 
         gt_boxes = target["boxes"].as_subclass(torch.Tensor)
         masks, boxes = model_like_masks(len(gt_boxes) + 5, height, width, seed=seed * 1000 + index)
         for i, (box, gt_mask) in enumerate(zip(gt_boxes.tolist(), target["masks"])):
-            x0, y0, x1, y1 = int(box[0]), int(box[1]), max(int(box[2]), int(box[0]) + 1), max(int(box[3]), int(box[1]) + 1)
+            x0, y0, x1, y1 = (
+                int(box[0]),
+                int(box[1]),
+                max(int(box[2]), int(box[0]) + 1),
+                max(int(box[3]), int(box[1]) + 1),
+            )
             crop = gt_mask[y0:y1, x0:x1].float()[None, None]
-            soft = torch.nn.functional.avg_pool2d(torch.nn.functional.interpolate(crop, size=(28, 28), mode="bilinear"), 3, 1, 1)
+            soft = torch.nn.functional.avg_pool2d(
+                torch.nn.functional.interpolate(crop, size=(28, 28), mode="bilinear"), 3, 1, 1
+            )
             masks[i] = 0.02 + 0.96 * soft[0] + torch.from_numpy(rng.uniform(-0.01, 0.01, (1, 28, 28))).float()
         jittered = (gt_boxes + torch.from_numpy(rng.normal(0, 1.0, size=gt_boxes.shape)).float()).clamp(min=0)
         jittered = jittered.minimum(torch.tensor([width, height, width, height], dtype=torch.float32))
-        boxes[: len(gt_boxes)] = torch.cat([jittered[:, :2].minimum(jittered[:, 2:]), jittered[:, :2].maximum(jittered[:, 2:])], dim=1)
+        boxes[: len(gt_boxes)] = torch.cat(
+            [jittered[:, :2].minimum(jittered[:, 2:]), jittered[:, :2].maximum(jittered[:, 2:])], dim=1
+        )
         labels = torch.cat([target["labels"], torch.from_numpy(rng.choice(sorted(dataset.categories), 5))])
         scores = torch.from_numpy(rng.uniform(0.05, 1, len(labels))).float()
-        outputs[info["id"]] = {"boxes": boxes, "scores": scores, "labels": labels, "raw_masks": masks, "image_size": (height, width)}
+        outputs[info["id"]] = {
+            "boxes": boxes,
+            "scores": scores,
+            "labels": labels,
+            "raw_masks": masks,
+            "image_size": (height, width),
+        }
     return outputs
 
 
@@ -590,7 +517,9 @@ def test_raw_masks_score_as_the_models_own_pasting(any_root, backend, tmp_path):
     for image_id, output in raw.items():
         full = paste_masks_in_image(output["raw_masks"], output["boxes"], output["image_size"])
         pasted[image_id] = {k: v for k, v in output.items() if k not in ("raw_masks", "image_size")} | {"masks": full}
-        for rle, label, score in zip(pycocotools_rles((full[:, 0] > 0.5).numpy()), output["labels"].tolist(), output["scores"].tolist()):
+        for rle, label, score in zip(
+            pycocotools_rles((full[:, 0] > 0.5).numpy()), output["labels"].tolist(), output["scores"].tolist()
+        ):
             segmentation = {"size": list(output["image_size"]), "counts": rle.decode("ascii")}
             results.append({"image_id": image_id, "category_id": label, "segmentation": segmentation, "score": score})
     from_raw = run_evaluator(CocoEvaluator(ds.coco, ["segm"], backend=backend), [raw])
@@ -619,53 +548,18 @@ def test_backends_agree_on_tied_scores(any_root):
 # ----------------------------------------------------------------------------- the model's masks left unpasted
 
 
-def tiny_mask_rcnn() -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = torchvision.models.get_model(
-        "maskrcnn_resnet50_fpn", weights=None, weights_backbone=None, num_classes=3, min_size=64, max_size=96, box_score_thresh=0.0
-    )
-    return model.eval()
-
-
-@pytest.mark.slow
-def test_unpasted_masks_keeps_the_models_masks_small_and_restores_it():
-    model = tiny_mask_rcnn()
-    images = [torch.rand(3, 70, 90), torch.rand(3, 50, 64)]
-    with torch.inference_mode():
-        pasted = model(images)
-        with coco_eval.unpasted_masks(model):
-            raw = model(images)
-        again = model(images)
-    assert "postprocess" not in vars(model.transform)
-    for full, small, image, after in zip(pasted, raw, images, again):
-        assert len(small["boxes"]) > 0
-        assert small["raw_masks"].shape == (len(small["boxes"]), 1, 28, 28) and "masks" not in small
-        assert small["image_size"] == tuple(image.shape[-2:])
-        torch.testing.assert_close(small["boxes"], full["boxes"], rtol=0, atol=0)
-        torch.testing.assert_close(paste_masks_in_image(small["raw_masks"], small["boxes"], small["image_size"]), full["masks"])
-        assert after["masks"].shape[-2:] == image.shape[-2:]
-
-
-def test_unpasted_masks_restores_the_model_after_an_exception():
-    model = tiny_mask_rcnn()
-    with pytest.raises(RuntimeError, match="boom"), coco_eval.unpasted_masks(model):
-        assert "postprocess" in vars(model.transform)
-        raise RuntimeError("boom")
-    assert "postprocess" not in vars(model.transform)
-
-
 def _evaluate_shard(rank: int, world_size: int, init_file: str, root: str, out_dir: str) -> None:
     """One rank of a real gloo process group: its InferenceSampler shard, then the merge."""
     import torch.distributed as dist
 
-    import utils
+    import samplers
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         ds = coco_utils.get_coco(root, "val", transforms=None)
         detections = Detections(ds, list(range(len(ds))), seed=5)
         evaluator = CocoEvaluator(ds.coco, ["bbox", "segm"])
-        for index in utils.InferenceSampler(len(ds)):
+        for index in samplers.InferenceSampler(len(ds)):
             image_id = ds.ids[index]
             evaluator.update({image_id: detections.outputs[image_id]})
         run_evaluator(evaluator, [])
@@ -679,7 +573,9 @@ def _evaluate_shard(rank: int, world_size: int, init_file: str, root: str, out_d
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_sharded_evaluation_over_gloo_equals_one_process(synthetic_root, tmp_path, world_size):
     torch.multiprocessing.spawn(
-        _evaluate_shard, args=(world_size, str(tmp_path / "init"), str(synthetic_root), str(tmp_path)), nprocs=world_size
+        _evaluate_shard,
+        args=(world_size, str(tmp_path / "init"), str(synthetic_root), str(tmp_path)),
+        nprocs=world_size,
     )
     ds = coco_utils.get_coco(synthetic_root, "val", transforms=None)
     detections = Detections(ds, list(range(len(ds))), seed=5)
@@ -695,13 +591,19 @@ def test_sharded_evaluation_over_gloo_equals_one_process(synthetic_root, tmp_pat
 # ----------------------------------------------------------------------------- labels that are not category ids
 
 
-def perfect_outputs(dataset: coco_utils.CocoDetection, iou_types: tuple[str, ...] = ("bbox", "segm")) -> dict[int, dict]:
+def perfect_outputs(
+    dataset: coco_utils.CocoDetection, iou_types: tuple[str, ...] = ("bbox", "segm")
+) -> dict[int, dict]:
     """The targets as detections, in the dataset's labels."""
     outputs = {}
     for index in range(len(dataset)):
         _, target = dataset[index]
         n = len(target["labels"])
-        output = {"boxes": target["boxes"].as_subclass(torch.Tensor), "scores": torch.linspace(0.9, 0.5, n), "labels": target["labels"]}
+        output = {
+            "boxes": target["boxes"].as_subclass(torch.Tensor),
+            "scores": torch.linspace(0.9, 0.5, n),
+            "labels": target["labels"],
+        }
         if "segm" in iou_types:
             output["masks"] = target["masks"][:, None].float()
         if "keypoints" in iou_types:
@@ -711,13 +613,18 @@ def perfect_outputs(dataset: coco_utils.CocoDetection, iou_types: tuple[str, ...
 
 
 def relabelled(outputs: dict[int, dict], label_of: dict[int, int]) -> dict[int, dict]:
-    return {i: {**o, "labels": torch.tensor([label_of[int(v)] for v in o["labels"]], dtype=torch.int64)} for i, o in outputs.items()}
+    return {
+        i: {**o, "labels": torch.tensor([label_of[int(v)] for v in o["labels"]], dtype=torch.int64)}
+        for i, o in outputs.items()
+    }
 
 
 SYNTHETIC_CONTIGUOUS = [0, 2, 5, 11, 17]  # the synthetic dataset's category id of each contiguous label
 
 
-def contiguous_detections(root: Path, seed: int, backend: str) -> tuple[Any, Detections, dict[int, dict], CocoEvaluator]:
+def contiguous_detections(
+    root: Path, seed: int, backend: str
+) -> tuple[Any, Detections, dict[int, dict], CocoEvaluator]:
     """Random detections of the synthetic val split, their outputs in contiguous labels, and an evaluator
     with the mapping back to category ids that has scored them."""
     ds = coco_utils.get_coco(root, "val", transforms=None)
@@ -733,7 +640,10 @@ def test_contiguous_labels_are_scored_as_their_category_ids(synthetic_root, back
     outputs = perfect_outputs(contiguous)
     assert {int(v) for o in outputs.values() for v in o["labels"]} == {1, 2, 3, 4}
     mapped = run_evaluator(
-        CocoEvaluator(contiguous.coco, ["bbox", "segm"], backend=backend, label_to_category_id=contiguous.label_to_category_id), [outputs]
+        CocoEvaluator(
+            contiguous.coco, ["bbox", "segm"], backend=backend, label_to_category_id=contiguous.label_to_category_id
+        ),
+        [outputs],
     )
     unmapped = run_evaluator(CocoEvaluator(contiguous.coco, ["bbox", "segm"], backend=backend), [outputs])
     for iou_type in ("bbox", "segm"):
@@ -752,7 +662,9 @@ def test_mapped_labels_score_exactly_as_category_ids(synthetic_root, tmp_path, b
         assert unmapped.coco_eval[iou_type].stats[0] < stats[0]
 
 
-def test_detections_are_a_results_file_with_category_ids_that_pycocotools_scores_alike(synthetic_root, tmp_path, backend):
+def test_detections_are_a_results_file_with_category_ids_that_pycocotools_scores_alike(
+    synthetic_root, tmp_path, backend
+):
     ds, detections, outputs, evaluator = contiguous_detections(synthetic_root, 1, backend)
     entries = evaluator.detections()
     # One entry per detection, each with both IoU types' fields and the category id (not the label).
@@ -785,9 +697,20 @@ def test_results_file_entries_carry_every_iou_types_field():
     entries = coco_eval.results_file_entries(7, result, ["bbox", "keypoints"])
     assert entries == [
         {"image_id": 7, "category_id": 1, "score": 0.75, "bbox": [1.0, 2.0, 3.5, 6.0], "keypoints": list(range(51))},
-        {"image_id": 7, "category_id": 1, "score": 0.5, "bbox": [0.0, 0.0, 2.0, 2.0], "keypoints": list(range(51, 102))},
+        {
+            "image_id": 7,
+            "category_id": 1,
+            "score": 0.5,
+            "bbox": [0.0, 0.0, 2.0, 2.0],
+            "keypoints": list(range(51, 102)),
+        },
     ]
-    assert coco_eval.results_file_entries(7, coco_eval.compact_result({k: v[:0] for k, v in prediction.items()}, ["bbox"]), ["bbox"]) == []
+    assert (
+        coco_eval.results_file_entries(
+            7, coco_eval.compact_result({k: v[:0] for k, v in prediction.items()}, ["bbox"]), ["bbox"]
+        )
+        == []
+    )
 
 
 def test_ground_truth_keypoints_score_one_on_the_synthetic_keypoint_dataset(synthetic_kp_root, backend):
@@ -797,16 +720,21 @@ def test_ground_truth_keypoints_score_one_on_the_synthetic_keypoint_dataset(synt
         output["scores"] = torch.ones(len(output["labels"]))
     gt = coco_utils.get_coco_api_from_dataset(ds)
     evaluator = run_evaluator(
-        CocoEvaluator(gt, ["bbox", "keypoints"], backend=backend, label_to_category_id=ds.label_to_category_id), [outputs]
+        CocoEvaluator(gt, ["bbox", "keypoints"], backend=backend, label_to_category_id=ds.label_to_category_id),
+        [outputs],
     )
     stats = evaluator.coco_eval["keypoints"].stats
     assert len(stats) == 10
     assert stats[0] == pytest.approx(1.0) and stats[5] == pytest.approx(1.0)  # AP and AR
     assert evaluator.coco_eval["bbox"].stats[0] == pytest.approx(1.0)
     entries = evaluator.detections()
-    assert len(entries) == len(gt.dataset["annotations"]) and all(len(e["keypoints"]) == 51 and e["category_id"] == 1 for e in entries)
+    assert len(entries) == len(gt.dataset["annotations"]) and all(
+        len(e["keypoints"]) == 51 and e["category_id"] == 1 for e in entries
+    )
     # Each person's keypoints swapped left for right: the same boxes, keypoints off by a body's width.
     flip = torch.tensor(keypoint_flip_indices(ds.keypoint_names))
     swapped = {i: {**o, "keypoints": o["keypoints"][:, flip]} for i, o in outputs.items()}
-    worse = run_evaluator(CocoEvaluator(gt, ["keypoints"], backend=backend, label_to_category_id=ds.label_to_category_id), [swapped])
+    worse = run_evaluator(
+        CocoEvaluator(gt, ["keypoints"], backend=backend, label_to_category_id=ds.label_to_category_id), [swapped]
+    )
     assert worse.coco_eval["keypoints"].stats[0] < 0.9

@@ -1,6 +1,7 @@
 """CocoDetection, mask decoding and the evaluation ground truth, on the synthetic and the hand-written dataset."""
 
 import contextlib
+import dataclasses
 import gc
 import io
 import json
@@ -11,25 +12,15 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch.utils.data import Subset, TensorDataset
 from torchvision import tv_tensors
 
 import coco_utils
 import synthetic_coco
+from conftest import find_ann, is_polygon, load_json, pycoco
 from transforms import get_transform
 from utils import UsageError
-
-
-def load_json(root: Path, split: str) -> dict:
-    with open(root / "annotations" / f"instances_{split}2017.json") as f:
-        return json.load(f)
-
-
-def pycoco(root: Path, split: str) -> COCO:
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(str(root / "annotations" / f"instances_{split}2017.json"))
 
 
 def expected_target(coco: COCO, image_id: int) -> tuple[torch.Tensor, list[int], np.ndarray]:
@@ -51,116 +42,7 @@ def expected_target(coco: COCO, image_id: int) -> tuple[torch.Tensor, list[int],
     return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), labels, masks_array
 
 
-def find_ann(data: dict, predicate) -> dict:
-    matches = [a for a in data["annotations"] if predicate(a)]
-    assert matches, "the fixture lacks an annotation the test needs"
-    return matches[0]
-
-
-def image_size(data: dict, image_id: int) -> tuple[int, int]:
-    info = next(img for img in data["images"] if img["id"] == image_id)
-    return info["height"], info["width"]
-
-
-def is_polygon(ann: dict) -> bool:
-    return isinstance(ann["segmentation"], list)
-
-
 # ----------------------------------------------------------------------------- mask decoding
-
-
-@pytest.mark.parametrize("parts", ["single", "multi"])
-def test_polygon_masks_match_pycocotools(any_root, parts):
-    coco = pycoco(any_root, "val")
-    anns = [a for a in coco.dataset["annotations"] if is_polygon(a) and (len(a["segmentation"]) > 1) == (parts == "multi")]
-    anns = [a for a in anns if a["bbox"][2] > 0]  # degenerate polygons draw nothing
-    assert anns, f"no {parts}-part polygon in the fixture"
-    for ann in anns:
-        info = coco.imgs[ann["image_id"]]
-        decoded = coco_utils.decode_masks([ann["segmentation"]], info["height"], info["width"])
-        expected = coco.annToMask(ann)
-        assert decoded.shape == (1, info["height"], info["width"])
-        assert decoded.dtype == np.uint8
-        assert expected.sum() > 0
-        np.testing.assert_array_equal(decoded[0], expected)
-
-
-def test_multi_part_polygon_covers_both_parts(quirky_root):
-    data = load_json(quirky_root, "val")
-    ann = find_ann(data, lambda a: is_polygon(a) and len(a["segmentation"]) == 2)
-    height, width = image_size(data, ann["image_id"])
-    mask = coco_utils.decode_masks([ann["segmentation"]], height, width)[0]
-    # the rectangle part spans x 10..30, the triangle part x 50..70, with nothing in between
-    assert mask[20:30, 15:25].all()
-    assert mask[25:30, 58:62].all()
-    assert not mask[:, 35:45].any()
-
-
-@pytest.mark.parametrize("counts_type", [str, list], ids=["compressed", "uncompressed"])
-def test_rle_decoding(any_root, counts_type):
-    coco = pycoco(any_root, "val")
-    anns = [
-        a
-        for a in coco.dataset["annotations"]
-        if isinstance(a["segmentation"], dict) and isinstance(a["segmentation"]["counts"], counts_type)
-    ]
-    assert anns, f"no {counts_type.__name__} RLE counts in the fixture"
-    for ann in anns:
-        info = coco.imgs[ann["image_id"]]
-        rle = coco_utils.segmentation_to_rle(ann["segmentation"], info["height"], info["width"])
-        assert isinstance(rle["counts"], (bytes, str))  # pycocotools' compressed form
-        decoded = coco_utils.decode_masks([ann["segmentation"]], info["height"], info["width"])[0]
-        np.testing.assert_array_equal(decoded, coco.annToMask(ann))
-        assert decoded.sum() > 0
-        if counts_type is list:
-            assert decoded.sum() == ann["area"]  # the area the run lengths were written from
-
-
-def test_uncompressed_rle_decoding_by_hand():
-    # 3x2 image, column-major runs: 1 zero, 3 ones, 2 zeros
-    mask = coco_utils.decode_masks([{"size": [3, 2], "counts": [1, 3, 2]}], 3, 2)[0]
-    np.testing.assert_array_equal(mask, np.array([[0, 1], [1, 0], [1, 0]], dtype=np.uint8))
-
-
-def test_polygon_parts_with_fewer_than_three_points_are_ignored():
-    square = [1.0, 1.0, 6.0, 1.0, 6.0, 6.0, 1.0, 6.0]
-    with_junk = coco_utils.decode_masks([[square, [2.0, 2.0, 3.0, 3.0]]], 8, 8)[0]
-    alone = coco_utils.decode_masks([[square]], 8, 8)[0]
-    np.testing.assert_array_equal(with_junk, alone)
-    assert alone.sum() > 0
-    assert coco_utils.segmentation_to_rle([[1.0, 1.0, 2.0, 2.0]], 8, 8) is None
-    assert not coco_utils.decode_masks([[[1.0, 1.0, 2.0, 2.0]]], 8, 8).any()
-
-
-@pytest.mark.parametrize("density", [0.0, 0.002, 0.3, 0.97, 1.0])
-def test_rle_decoding_matches_pycocotools_on_random_masks(density):
-    rng = np.random.default_rng(int(density * 1000))
-    for height, width in [(1, 1), (7, 3), (120, 72), (480, 640)]:
-        binary = (rng.random((height, width)) < density).astype(np.uint8)
-        rle = mask_utils.encode(np.asfortranarray(binary))
-        np.testing.assert_array_equal(coco_utils.decode_masks([rle], height, width)[0], binary)
-        runs = coco_utils.rle_counts(rle["counts"])
-        assert runs.sum() == height * width and (runs[1:] > 0).all()
-
-
-def test_rle_decoding_matches_pycocotools_on_random_polygons():
-    """Shapes from specks to most of the image (long runs take several 5-bit chunks, and differences go negative)."""
-    rng = np.random.default_rng(0)
-    height, width = 480, 640
-    for _ in range(60):
-        vertices = int(rng.integers(3, 40))
-        radius = float(np.exp(rng.uniform(np.log(1), np.log(400))))
-        angles = np.sort(rng.uniform(0, 2 * np.pi, vertices))
-        xs = rng.uniform(0, width) + radius * rng.uniform(0.3, 1, vertices) * np.cos(angles)
-        ys = rng.uniform(0, height) + radius * rng.uniform(0.3, 1, vertices) * np.sin(angles)
-        polygon = np.round(np.stack([xs, ys], axis=1).ravel(), 2).tolist()
-        expected = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([polygon], height, width)))
-        np.testing.assert_array_equal(coco_utils.decode_masks([[polygon]], height, width)[0], expected)
-
-
-def test_rle_that_does_not_cover_its_image_is_refused():
-    with pytest.raises(ValueError, match="cover 5 pixels, not the image's 6"):
-        coco_utils.decode_masks([{"size": [3, 2], "counts": [1, 3, 1]}], 3, 2)
 
 
 # ----------------------------------------------------------------------------- targets
@@ -193,7 +75,9 @@ def test_crowd_annotations_left_out_of_targets(any_root):
     ds = coco_utils.get_coco(any_root, "val", transforms=None)
     index = ds.ids.index(crowd["image_id"])
     _, target = ds[index]
-    non_crowd = [a for a in data["annotations"] if a["image_id"] == crowd["image_id"] and not a["iscrowd"] and a["bbox"][2] > 0]
+    non_crowd = [
+        a for a in data["annotations"] if a["image_id"] == crowd["image_id"] and not a["iscrowd"] and a["bbox"][2] > 0
+    ]
     assert len(target["boxes"]) == len(non_crowd) == len(target["masks"]) == len(target["labels"])
     x, y, w, h = crowd["bbox"]
     crowd_box = torch.tensor([x, y, x + w, y + h])
@@ -494,14 +378,6 @@ def test_training_never_builds_the_pycocotools_index(quirky_root, monkeypatch):
     assert sum(len(batch) for batch in loader) == len(ds) == 3
 
 
-def test_find_missing_files_lists_each_folder_once(tmp_path):
-    (tmp_path / "sub").mkdir()
-    for name in ("a.jpg", "sub/b.jpg"):
-        (tmp_path / name).write_bytes(b"")
-    names = ["a.jpg", "sub/b.jpg", "sub/c.jpg", "nowhere/d.jpg", "b.jpg"]
-    assert coco_utils.find_missing_files(tmp_path, names).tolist() == [False, False, True, True, True]
-
-
 # ----------------------------------------------------------------------------- bad input at start-up
 
 
@@ -538,14 +414,38 @@ def _tiny_boxes(data):
 
 # (split, change to the annotation dict, fragments the one-line message must hold)
 BAD_ANNOTATION_FILES = {
-    "results list": ("val", lambda d: [{"image_id": 999, "category_id": 44, "bbox": [1, 2, 3, 4], "score": 0.9}], ["holds a JSON list"]),
-    "no annotations": ("val", _without("annotations"), ['has no "annotations" list', "needs images, annotations and categories"]),
+    "results list": (
+        "val",
+        lambda d: [{"image_id": 999, "category_id": 44, "bbox": [1, 2, 3, 4], "score": 0.9}],
+        ["holds a JSON list"],
+    ),
+    "no annotations": (
+        "val",
+        _without("annotations"),
+        ['has no "annotations" list', "needs images, annotations and categories"],
+    ),
     "no categories": ("val", _without("categories"), ['has no "categories" list']),
     "no images": ("train", _without("images"), ['has no "images" list']),
-    "unknown image_id": ("val", _set_annotation(1, image_id=424242), ["annotation id 907013 refers to image_id 424242", "images list"]),
-    "unknown category_id": ("val", _set_annotation(1, category_id=99), ["annotation id 907013 refers to category_id 99"]),
-    "bbox of 3 numbers": ("val", _set_annotation(1, bbox=[1, 2, 3]), ["annotation id 907013 (annotations[1]) has a bad bbox", "4 numbers"]),
-    "bbox with a string": ("val", _set_annotation(2, bbox=[1, 2, "3", 4]), ["annotation id 907026 (annotations[2]) has a bad bbox"]),
+    "unknown image_id": (
+        "val",
+        _set_annotation(1, image_id=424242),
+        ["annotation id 907013 refers to image_id 424242", "images list"],
+    ),
+    "unknown category_id": (
+        "val",
+        _set_annotation(1, category_id=99),
+        ["annotation id 907013 refers to category_id 99"],
+    ),
+    "bbox of 3 numbers": (
+        "val",
+        _set_annotation(1, bbox=[1, 2, 3]),
+        ["annotation id 907013 (annotations[1]) has a bad bbox", "4 numbers"],
+    ),
+    "bbox with a string": (
+        "val",
+        _set_annotation(2, bbox=[1, 2, "3", 4]),
+        ["annotation id 907026 (annotations[2]) has a bad bbox"],
+    ),
     "annotation without category": (
         "val",
         lambda d: d["annotations"][0].pop("category_id") and None,
@@ -556,7 +456,11 @@ BAD_ANNOTATION_FILES = {
         _drop_field("images", 2, "width"),
         ['image id 999 (images[2]) lacks "width"', "file_name, width and height"],
     ),
-    "image without file_name": ("train", _drop_field("images", 0, "file_name"), ['image id 987654 (images[0]) lacks "file_name"']),
+    "image without file_name": (
+        "train",
+        _drop_field("images", 0, "file_name"),
+        ['image id 987654 (images[0]) lacks "file_name"'],
+    ),
     "image id a string": (
         "val",
         lambda d: d["images"][0].update(id="2000003"),
@@ -565,9 +469,21 @@ BAD_ANNOTATION_FILES = {
     "duplicate image ids": ("val", _duplicate("images"), ["image id 2000003 appears more than once"]),
     "duplicate annotation ids": ("val", _duplicate("annotations"), ["annotation id 907000 appears more than once"]),
     "empty categories": ("val", _replace("categories", []), ["has an empty categories list"]),
-    "zero width": ("val", lambda d: d["images"][0].update(width=0), ["image id 2000003 (img_2000003.jpg) is 0x80", "must be positive"]),
-    "segmentation not a list or object": ("val", _set_annotation(0, segmentation=None), ["annotation id 907000 has segmentation null"]),
-    "nothing to train on": ("train", _tiny_boxes, ["none of its 6 images has a usable annotation", "nothing to train on"]),
+    "zero width": (
+        "val",
+        lambda d: d["images"][0].update(width=0),
+        ["image id 2000003 (img_2000003.jpg) is 0x80", "must be positive"],
+    ),
+    "segmentation not a list or object": (
+        "val",
+        _set_annotation(0, segmentation=None),
+        ["annotation id 907000 has segmentation null"],
+    ),
+    "nothing to train on": (
+        "train",
+        _tiny_boxes,
+        ["none of its 6 images has a usable annotation", "nothing to train on"],
+    ),
     "no image listed": ("val", lambda d: d.update(images=[], annotations=[]), ["lists no images"]),
 }
 
@@ -592,7 +508,10 @@ def test_bad_annotation_file_is_one_line_naming_it(case, quirky_copy, edit_annot
 
 @pytest.mark.parametrize(
     "content, fragment",
-    [("this is not json", "is not valid JSON (JSON is malformed"), (None, "is not valid JSON (Input data was truncated)")],
+    [
+        ("this is not json", "is not valid JSON (JSON is malformed"),
+        (None, "is not valid JSON (Input data was truncated)"),
+    ],
     ids=["not JSON", "cut short"],
 )
 def test_annotation_file_that_is_not_json(quirky_copy, content, fragment):
@@ -617,7 +536,9 @@ def test_missing_image_file_is_found_at_start_up(quirky_copy):
     with pytest.raises(coco_utils.DataError) as error:
         coco_utils.get_coco(quirky_copy, "val", transforms=None)
     _assert_one_line_naming(
-        error, quirky_copy / "val2017" / "img_999.jpg", ["is missing (image id 999; 1 of the 4 images listed in", "--skip-bad-images"]
+        error,
+        quirky_copy / "val2017" / "img_999.jpg",
+        ["is missing (image id 999; 1 of the 4 images listed in", "--skip-bad-images"],
     )
 
 
@@ -636,7 +557,9 @@ def test_empty_image_folder(quirky_copy):
 
 @pytest.mark.parametrize("layout", ["missing", "a file", "empty folder", "images folder is a file"])
 def test_data_path_that_is_not_a_coco_layout(quirky_copy, tmp_path, layout):
-    root = {"missing": tmp_path / "nowhere", "a file": tmp_path / "file.txt", "empty folder": tmp_path / "empty"}.get(layout, quirky_copy)
+    root = {"missing": tmp_path / "nowhere", "a file": tmp_path / "file.txt", "empty folder": tmp_path / "empty"}.get(
+        layout, quirky_copy
+    )
     (tmp_path / "file.txt").write_text("")
     (tmp_path / "empty").mkdir()
     if layout == "images folder is a file":
@@ -677,7 +600,9 @@ def test_image_of_another_size_than_listed(quirky_copy, edit_annotations):
     ds = coco_utils.get_coco(quirky_copy, "val", transforms=None)
     with pytest.raises(coco_utils.DataError) as error:
         ds[ds.ids.index(999)]
-    _assert_one_line_naming(error, quirky_copy / "val2017" / "img_999.jpg", ["it is 90x90 but instances_val2017.json says 91x90"])
+    _assert_one_line_naming(
+        error, quirky_copy / "val2017" / "img_999.jpg", ["it is 90x90 but instances_val2017.json says 91x90"]
+    )
 
 
 def test_rle_of_another_size_than_its_image(quirky_copy, edit_annotations):
@@ -685,8 +610,17 @@ def test_rle_of_another_size_than_its_image(quirky_copy, edit_annotations):
     ds = coco_utils.get_coco(quirky_copy, "val", transforms=None)
     with pytest.raises(coco_utils.DataError) as error:
         ds[ds.ids.index(1500000)]
-    _assert_one_line_naming(error, path, ["annotation id 907039 has a segmentation that cannot be drawn", "[60, 72]", "[120, 72]"])
-    assert len(coco_utils.get_coco(quirky_copy, "val", transforms=None, with_masks=False)[ds.ids.index(1500000)][1]["boxes"]) == 2
+    _assert_one_line_naming(
+        error, path, ["annotation id 907039 has a segmentation that cannot be drawn", "[60, 72]", "[120, 72]"]
+    )
+    assert (
+        len(
+            coco_utils.get_coco(quirky_copy, "val", transforms=None, with_masks=False)[ds.ids.index(1500000)][1][
+                "boxes"
+            ]
+        )
+        == 2
+    )
 
 
 def test_bad_image_raised_in_a_worker_still_reads_as_one_line(quirky_copy):
@@ -739,24 +673,6 @@ def test_skip_bad_images_with_no_readable_image_left(quirky_copy):
     ds = coco_utils.get_coco(quirky_copy, "train", transforms=None, skip_bad_images=True)
     with pytest.raises(coco_utils.DataError, match="none of the 3 images"):
         ds[0]
-
-
-@pytest.mark.parametrize(
-    "texts, packed",
-    [
-        ([b"[[1.5, 2,3.25,4,5,6]]", b"[]", b"[[0,0,10,0,10,10],[-1.0, 2.5,3,4,5,6]]"], True),
-        ([b"[[1,2,3,4,5,6]]", b'{"size":[2,3],"counts":"0c1"}', b"[[1e-05,2,3,4,5,6]]"], False),
-        ([], True),
-    ],
-    ids=["polygons", "rle and exponents", "none"],
-)
-def test_packed_texts_round_trip(texts, packed):
-    store = coco_utils.PackedTexts(texts)
-    assert store.packed is packed
-    assert len(store) == len(texts)
-    assert [t.rstrip(b" ") for t in store[0 : len(texts)]] == texts
-    assert [t.rstrip(b" ") for t in store[1:2]] == texts[1:2]
-    assert store.first_bytes() == bytes(t[0] for t in texts)
 
 
 def test_polygon_only_dataset_is_packed_and_draws_the_same_masks(quirky_copy, edit_annotations):
@@ -822,7 +738,8 @@ def test_keypoint_targets_are_the_annotation_files_keypoints(synthetic_kp_root, 
         image_id = target["image_id"]
         boxes, labels, masks = expected_target(coco, image_id)
         anns = coco.imgToAnns[image_id]
-        assert all(not a["iscrowd"] and a["bbox"][2] > 1 and a["bbox"][3] > 1 for a in anns)  # so every one is in the target
+        # so every one is in the target
+        assert all(not a["iscrowd"] and a["bbox"][2] > 1 and a["bbox"][3] > 1 for a in anns)
         expected = torch.tensor([a["keypoints"] for a in anns], dtype=torch.float32).reshape(-1, 17, 3)
         keypoints = target["keypoints"]
         assert keypoints.dtype == torch.float32 and keypoints.shape == (len(anns), 17, 3)
@@ -871,18 +788,25 @@ def test_keypoint_training_split_drops_images_with_fewer_than_10_labelled_keypoi
     train = coco_utils.get_coco(kp_copy, "train", transforms=None, dataset="coco_kp")
     assert train.ids == [i for i in before if i not in (nine, nine_of_two)]
     # Evaluation keeps every image, whatever its keypoints; so does a detection dataset of the same images.
-    as_val = coco_utils.get_coco(kp_copy, "val", transforms=None, dataset="coco_kp", img_folder=kp_copy / "train2017", ann_file=path)
+    as_val = coco_utils.get_coco(
+        kp_copy, "val", transforms=None, dataset="coco_kp", img_folder=kp_copy / "train2017", ann_file=path
+    )
     assert {nine, ten, nine_of_two} <= set(as_val.ids)
     _, target = as_val[as_val.ids.index(nine)]
     assert int((target["keypoints"][..., 2] > 0).sum()) == 9
-    assert {nine, nine_of_two} <= set(coco_utils.get_coco(kp_copy, "train", transforms=None).ids)  # instances_*: no keypoint rule
+    # instances_*: no keypoint rule
+    assert {nine, nine_of_two} <= set(coco_utils.get_coco(kp_copy, "train", transforms=None).ids)
 
 
 def test_class_names_of_a_keypoint_dataset(synthetic_kp_root):
-    names = coco_utils.get_coco(synthetic_kp_root, "val", transforms=None, dataset="coco_kp", with_masks=False).class_names()
+    dataset = coco_utils.get_coco(synthetic_kp_root, "val", transforms=None, dataset="coco_kp", with_masks=False)
+    names = dataclasses.asdict(dataset.classes)
     assert names["label_to_category_id"] == [0, 1]
     assert names["categories"] == [{"id": 1, "name": "person"}]
-    assert names["keypoint_names"] == list(synthetic_coco.COCO_PERSON_KEYPOINT_NAMES) and len(names["keypoint_names"]) == 17
+    assert (
+        names["keypoint_names"] == list(synthetic_coco.COCO_PERSON_KEYPOINT_NAMES)
+        and len(names["keypoint_names"]) == 17
+    )
     assert names["keypoint_skeleton"] == synthetic_coco.PERSON_CATEGORY["skeleton"]
     json.dumps(names)  # plain data, as a checkpoint keeps it
 
@@ -901,8 +825,14 @@ def _no_keypoints(data):
 
 
 BAD_KEYPOINT_FILES = {
-    "categories name no keypoints": (_drop_keypoint_names, ['no category lists "keypoints" names', "--dataset coco_kp reads"]),
-    "48 keypoint numbers": (_cut_keypoints, ["has 48 keypoint numbers", "needs 51 numbers (x, y, visibility for each of"]),
+    "categories name no keypoints": (
+        _drop_keypoint_names,
+        ['no category lists "keypoints" names', "--dataset coco_kp reads"],
+    ),
+    "48 keypoint numbers": (
+        _cut_keypoints,
+        ["has 48 keypoint numbers", "needs 51 numbers (x, y, visibility for each of"],
+    ),
     "no keypoints": (_no_keypoints, ["has no keypoints", "needs 51 numbers"]),
 }
 
@@ -922,7 +852,9 @@ def test_bad_keypoint_file_is_one_line_naming_it(case, kp_copy):
 def test_an_instances_file_is_not_a_keypoint_file(synthetic_root):
     path = synthetic_root / "annotations" / "instances_val2017.json"
     with pytest.raises(coco_utils.DataError) as error:
-        coco_utils.get_coco(synthetic_root, "val", None, dataset="coco_kp", img_folder=synthetic_root / "val2017", ann_file=path)
+        coco_utils.get_coco(
+            synthetic_root, "val", None, dataset="coco_kp", img_folder=synthetic_root / "val2017", ann_file=path
+        )
     _assert_one_line_naming(error, path, ['no category lists "keypoints" names', "person_keypoints_*.json"])
 
 
@@ -930,7 +862,9 @@ def test_keypoint_dataset_on_a_root_without_person_keypoints_files(synthetic_roo
     with pytest.raises(coco_utils.DataError) as error:
         coco_utils.get_coco(synthetic_root, "train", transforms=None, dataset="coco_kp")
     _assert_one_line_naming(
-        error, synthetic_root / "annotations" / "person_keypoints_train2017.json", ["--data-path: ", "is missing", "person_keypoints_*2017"]
+        error,
+        synthetic_root / "annotations" / "person_keypoints_train2017.json",
+        ["--data-path: ", "is missing", "person_keypoints_*2017"],
     )
 
 
@@ -940,7 +874,11 @@ def test_keypoint_dataset_on_a_root_without_person_keypoints_files(synthetic_roo
 def test_label_to_category_ids():
     assert coco_utils.label_to_category_ids([17, 2, 11, 5], contiguous=True) == [0, 2, 5, 11, 17]
     assert coco_utils.label_to_category_ids([17, 2, 11, 5], contiguous=False) == list(range(18))
-    assert coco_utils.label_to_category_ids([], contiguous=True) == coco_utils.label_to_category_ids([], contiguous=False) == [0]
+    assert (
+        coco_utils.label_to_category_ids([], contiguous=True)
+        == coco_utils.label_to_category_ids([], contiguous=False)
+        == [0]
+    )
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
@@ -961,9 +899,14 @@ def test_contiguous_labels_number_the_categories_in_id_order(synthetic_root, spl
         assert torch.equal(target["boxes"], same["boxes"]) and torch.equal(target["masks"], same["masks"])
         seen |= set(target["labels"].tolist())
     assert seen == {1, 2, 3, 4}
-    assert contiguous.class_names() == {
+    assert dataclasses.asdict(contiguous.classes) == {
         "label_to_category_id": [0, 2, 5, 11, 17],
-        "categories": [{"id": 2, "name": "disc"}, {"id": 5, "name": "square"}, {"id": 11, "name": "triangle"}, {"id": 17, "name": "bars"}],
+        "categories": [
+            {"id": 2, "name": "disc"},
+            {"id": 5, "name": "square"},
+            {"id": 11, "name": "triangle"},
+            {"id": 17, "name": "bars"},
+        ],
         "keypoint_names": [],
         "keypoint_skeleton": [],
     }
@@ -975,7 +918,9 @@ def test_a_given_label_mapping_labels_the_second_split(synthetic_root):
     assert val.label_to_category_id == [0, 2, 5, 11, 17] and val.num_classes == 5
     # Any order, and categories the file does not list: the given mapping wins over contiguous_labels and the file.
     mapping = [0, 17, 11, 5, 2, 23]
-    shuffled = coco_utils.get_coco(synthetic_root, "val", transforms=None, contiguous_labels=True, label_to_category_id=mapping)
+    shuffled = coco_utils.get_coco(
+        synthetic_root, "val", transforms=None, contiguous_labels=True, label_to_category_id=mapping
+    )
     assert shuffled.label_to_category_id == mapping and shuffled.num_classes == 6
     coco = pycoco(synthetic_root, "val")
     for index in range(len(shuffled)):
@@ -988,7 +933,9 @@ def test_a_category_missing_from_a_given_mapping_is_one_line_naming_the_file(syn
     with pytest.raises(coco_utils.DataError) as error:
         coco_utils.get_coco(synthetic_root, "val", transforms=None, label_to_category_id=[0, 2, 5, 11])
     path = synthetic_root / "annotations" / "instances_val2017.json"
-    _assert_one_line_naming(error, path, ["category id 17 (bars) is not among the model's categories (ids [2, 5, 11])", "same categories"])
+    _assert_one_line_naming(
+        error, path, ["category id 17 (bars) is not among the model's categories (ids [2, 5, 11])", "same categories"]
+    )
 
 
 def _person_is_category_0(data):
@@ -1002,14 +949,16 @@ def test_category_id_0_needs_contiguous_labels(quirky_copy, edit_annotations):
     path = edit_annotations(quirky_copy, "val", _person_is_category_0)
     with pytest.raises(coco_utils.DataError) as error:
         coco_utils.get_coco(quirky_copy, "val", transforms=None)
-    _assert_one_line_naming(error, path, ["category id 0 (person) would be label 0", "background", "--label-mapping contiguous"])
+    _assert_one_line_naming(
+        error, path, ["category id 0 (person) would be label 0", "background", "--label-mapping contiguous"]
+    )
     ds = coco_utils.get_coco(quirky_copy, "val", transforms=None, contiguous_labels=True)
     assert ds.label_to_category_id == [0, 0, 3, 44]
     _, target = ds[ds.ids.index(1500000)]  # an RLE car (3), then a polygon person (0)
     assert target["labels"].tolist() == [2, 1]
 
 
-# ----------------------------------------------------------------------------- own data (--train-images, --train-annotations, ...)
+# ----------------------------------------------------------------------------- own data (--train-images, ...)
 
 
 def own_copy(root: Path, dest: Path) -> Path:
@@ -1030,7 +979,11 @@ def test_own_image_folder_and_annotation_file_load_as_the_2017_layout(any_root, 
     own_layout = own_copy(any_root, tmp_path / "mine")
     layout = coco_utils.get_coco(any_root, split, transforms=None)
     own = coco_utils.get_coco(
-        tmp_path / "nowhere", split, transforms=None, img_folder=own_layout / split / "pics", ann_file=own_layout / split / "labels.json"
+        tmp_path / "nowhere",
+        split,
+        transforms=None,
+        img_folder=own_layout / split / "pics",
+        ann_file=own_layout / split / "labels.json",
     )
     assert own.img_folder == own_layout / split / "pics" and own.ann_file == own_layout / split / "labels.json"
     assert own.ids == layout.ids  # with the training split's rules: quirky's train split drops 3 of its 6 images

@@ -53,7 +53,14 @@ def _write(path: Path, records: list, extra_lines: dict[int, str] | None = None)
 def _killed_and_resumed() -> list[dict]:
     """Two epochs of 4 iterations, --print-freq 2. The first run checkpoints after 2 iterations of epoch 1,
     logs iteration 2 (loss 9.0) and is killed; the resumed run logs iteration 2 again (loss 0.5)."""
-    first_run = [_train(0, 0, 4.0), _train(0, 2, 3.0), _train(0, 3, 2.0), _eval(0, 0.2), _train(1, 0, 1.5), _train(1, 2, 9.0)]
+    first_run = [
+        _train(0, 0, 4.0),
+        _train(0, 2, 3.0),
+        _train(0, 3, 2.0),
+        _eval(0, 0.2),
+        _train(1, 0, 1.5),
+        _train(1, 2, 9.0),
+    ]
     resumed = [_train(1, 2, 0.5), _train(1, 3, 0.4), _eval(1, 0.5)]
     return first_run + resumed
 
@@ -77,7 +84,9 @@ def test_a_run_resumed_from_an_older_checkpoint_drops_everything_the_old_run_log
 
 
 def test_unreadable_lines_are_skipped_with_a_warning(tmp_path, capsys):
-    path = _write(tmp_path / "metrics.jsonl", _killed_and_resumed(), {6: '{"type": "train", "epoch": 1, "itera', 8: "[1, 2]"})
+    path = _write(
+        tmp_path / "metrics.jsonl", _killed_and_resumed(), {6: '{"type": "train", "epoch": 1, "itera', 8: "[1, 2]"}
+    )
     records = curves.read_records(path)
     assert records == _killed_and_resumed()
     assert capsys.readouterr().err.strip() == f"warning: {path}: skipped 2 unreadable line(s) (line 7 first)"
@@ -121,7 +130,9 @@ def test_without_matplotlib_it_says_how_to_get_it(tmp_path, capsys, monkeypatch)
     _write(tmp_path / "metrics.jsonl", _killed_and_resumed())
     code, _, err = _run_cli(capsys, str(tmp_path))
     assert code == 2
-    assert err == ["error: curves.py needs matplotlib: pip install matplotlib (or pip install -r requirements-extras.txt)"]
+    assert err == [
+        "error: curves.py needs matplotlib: pip install matplotlib (or pip install -r requirements-extras.txt)"
+    ]
     assert not list(tmp_path.glob("*.png"))
 
 
@@ -155,7 +166,8 @@ def test_curves_draw_losses_lr_and_ap_into_pngs(tmp_path, capsys):
 
 def test_an_output_dir_argument_reads_its_metrics_and_writes_beside_them(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    _write(tmp_path / "metrics.jsonl", [r for r in _killed_and_resumed() if r["type"] == "train"])  # killed in epoch 0's evaluation
+    # killed in epoch 0's evaluation
+    _write(tmp_path / "metrics.jsonl", [r for r in _killed_and_resumed() if r["type"] == "train"])
     code, out, _ = _run_cli(capsys, str(tmp_path))
     assert code == 0
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["loss.png", "lr.png"]

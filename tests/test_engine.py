@@ -4,6 +4,8 @@ evaluate() encodes the model's masks as its own pasting does and scores every im
 
 import json
 import math
+import os
+import signal
 import time
 from types import SimpleNamespace
 
@@ -13,19 +15,19 @@ import torch
 import torchvision
 from pycocotools import mask as mask_utils
 
+import engine
 import utils
-from coco_eval import CocoEvaluator
+from coco_eval import CocoEvaluator, named_stats
 from coco_utils import get_coco
 from engine import (
-    LinearWarmup,
     NonFiniteLossError,
     TrainingStopped,
     evaluate,
     evaluation_record,
     images_to_device,
-    iou_types_of,
     train_one_epoch,
 )
+from solver import LinearWarmup
 from transforms import get_transform
 
 SMALL_RCNN = dict(
@@ -41,7 +43,9 @@ SMALL_RCNN = dict(
 
 def _model(num_classes: int) -> torch.nn.Module:
     torch.manual_seed(0)
-    return torchvision.models.get_model("maskrcnn_resnet50_fpn", weights=None, weights_backbone=None, num_classes=num_classes, **SMALL_RCNN)
+    return torchvision.models.get_model(
+        "maskrcnn_resnet50_fpn", weights=None, weights_backbone=None, num_classes=num_classes, **SMALL_RCNN
+    )
 
 
 class _Repeat(torch.utils.data.Dataset):
@@ -65,28 +69,6 @@ def test_images_to_device_scales_uint8_to_unit_range():
     assert torch.allclose(moved * 255, image.float())
 
 
-def test_warmup_matches_the_reference_linear_lr_and_needs_only_the_iteration():
-    param = torch.nn.Parameter(torch.zeros(1))
-    reference_optimizer = torch.optim.SGD([param], lr=0.02)
-    reference = torch.optim.lr_scheduler.LinearLR(reference_optimizer, start_factor=1 / 1000, total_iters=10)
-    optimizer = torch.optim.SGD([param], lr=0.02)
-    warmup = LinearWarmup(optimizer, iters_per_epoch=11)
-    assert warmup.iters == 10
-    for iteration in range(11):
-        warmup.set_lr(iteration)
-        assert optimizer.param_groups[0]["lr"] == pytest.approx(reference_optimizer.param_groups[0]["lr"], rel=1e-9)
-        reference_optimizer.step()
-        reference.step()
-    assert optimizer.param_groups[0]["lr"] == 0.02  # exactly the base lr once warm-up is over
-    # A resumed run's optimizer holds a warmed-up lr; the warm-up starts from the scheduler's initial_lr.
-    optimizer.param_groups[0].update(lr=0.001, initial_lr=0.02)
-    resumed = LinearWarmup(optimizer, iters_per_epoch=11)
-    resumed.set_lr(5)
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02 * (1 / 1000 * 0.5 + 0.5))
-    assert LinearWarmup(optimizer, iters_per_epoch=5000).iters == 1000
-    assert LinearWarmup(optimizer, iters_per_epoch=1).factor(0) == 1.0
-
-
 @pytest.mark.slow
 def test_loss_falls_over_a_few_iterations(synthetic_root):
     dataset = get_coco(synthetic_root, "train", get_transform(train=False))
@@ -98,7 +80,14 @@ def test_loss_falls_over_a_few_iterations(synthetic_root):
     assert len(losses) == 8
     assert all(math.isfinite(v) for v in losses)
     assert sum(losses[-2:]) / 2 < 0.6 * losses[0], losses
-    assert set(logger.meters) >= {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg", "lr"}
+    assert set(logger.meters) >= {
+        "loss_classifier",
+        "loss_box_reg",
+        "loss_mask",
+        "loss_objectness",
+        "loss_rpn_box_reg",
+        "lr",
+    }
 
 
 @pytest.mark.slow
@@ -136,7 +125,7 @@ def _tiny_loader(batches: int):
 def test_a_stop_signal_ends_the_epoch_after_a_whole_step():
     model = _TinyDetector()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    stop = utils.StopSignal()
+    stop = engine.StopSignal()
     steps = []
 
     def after_step(done):
@@ -145,7 +134,9 @@ def test_a_stop_signal_ends_the_epoch_after_a_whole_step():
             stop.signum = 15  # what the SIGTERM handler records
 
     with pytest.raises(TrainingStopped) as stopped:
-        train_one_epoch(model, optimizer, _tiny_loader(10), torch.device("cpu"), 2, 100, stop=stop, after_step=after_step)
+        train_one_epoch(
+            model, optimizer, _tiny_loader(10), torch.device("cpu"), 2, 100, stop=stop, after_step=after_step
+        )
     assert (stopped.value.epoch, stopped.value.iteration, stopped.value.signum) == (2, 4, 15)
     assert steps == [1, 2, 3]  # the fourth step ran, then training stopped before asking for more
     w = 0.0
@@ -158,7 +149,9 @@ def test_first_iteration_numbers_a_resumed_epoch_and_sets_its_warmup_lr():
     model = _TinyDetector()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     done = []
-    train_one_epoch(model, optimizer, _tiny_loader(3), torch.device("cpu"), 0, 100, first_iteration=7, after_step=done.append)
+    train_one_epoch(
+        model, optimizer, _tiny_loader(3), torch.device("cpu"), 0, 100, first_iteration=7, after_step=done.append
+    )
     assert done == [8, 9, 10]
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * LinearWarmup(optimizer, 10).factor(9))
 
@@ -184,14 +177,18 @@ def test_a_metrics_record_goes_with_every_log_line_holding_the_logged_values(cap
     model = _TinyDetector()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     records = []
-    train_one_epoch(model, optimizer, _tiny_loader(5), torch.device("cpu"), 3, print_freq=2, write_metrics=records.append)
+    train_one_epoch(
+        model, optimizer, _tiny_loader(5), torch.device("cpu"), 3, print_freq=2, write_metrics=records.append
+    )
     logged = [line for line in capsys.readouterr().out.splitlines() if "]  eta: " in line]
     assert [r["iteration"] for r in records] == [0, 2, 4] and len(logged) == 3  # one record per console line
     expected = _expected_losses(0.1, 5)
     for record, line in zip(records, logged):
         i = record["iteration"]
         assert (record["type"], record["epoch"], record["global_iteration"]) == ("train", 3, 3 * 5 + i)
-        assert record["losses"] == {"loss_a": pytest.approx(expected[i])} and record["loss"] == pytest.approx(expected[i])
+        assert record["losses"] == {"loss_a": pytest.approx(expected[i])} and record["loss"] == pytest.approx(
+            expected[i]
+        )
         assert record["lr"] == 0.1 and f"lr: {record['lr']:.6f}" in line
         assert record["iter_time"] >= record["data_time"] >= 0 and abs(record["timestamp"] - time.time()) < 60
         assert "grad_norm" not in record and ("max_mem_mb" in record) == torch.cuda.is_available()
@@ -201,7 +198,9 @@ def test_a_resumed_epoch_numbers_its_records_from_its_first_iteration():
     model = _TinyDetector()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     records = []
-    train_one_epoch(model, optimizer, _tiny_loader(3), torch.device("cpu"), 2, 2, first_iteration=7, write_metrics=records.append)
+    train_one_epoch(
+        model, optimizer, _tiny_loader(3), torch.device("cpu"), 2, 2, first_iteration=7, write_metrics=records.append
+    )
     # Iterations 7, 8, 9 of a 10-iteration epoch: lines at multiples of print_freq and at the last iteration.
     assert [(r["iteration"], r["global_iteration"]) for r in records] == [(8, 28), (9, 29)]
 
@@ -210,7 +209,9 @@ def test_metrics_records_carry_the_gradient_norm_when_clipping():
     model = _TinyDetector()
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     records = []
-    train_one_epoch(model, optimizer, _tiny_loader(1), torch.device("cpu"), 1, 100, clip_grad_norm=0.5, write_metrics=records.append)
+    train_one_epoch(
+        model, optimizer, _tiny_loader(1), torch.device("cpu"), 1, 100, clip_grad_norm=0.5, write_metrics=records.append
+    )
     assert records[0]["grad_norm"] == pytest.approx(6.0)  # before clipping, as logged
 
 
@@ -240,10 +241,11 @@ def test_metrics_records_measure_the_wait_for_data():
 
 def test_evaluation_record_names_the_twelve_numbers_of_each_iou_type():
     stats = {"bbox": [0.5 + i / 100 for i in range(12)], "segm": [0.25 + i / 100 for i in range(12)]}
-    evaluator = SimpleNamespace(coco_eval={t: SimpleNamespace(stats=np.array(v)) for t, v in stats.items()})
-    record = evaluation_record(evaluator, epoch=4, global_iteration=50)
+    coco_evals = {t: SimpleNamespace(stats=np.array(v)) for t, v in stats.items()}
+    record = evaluation_record(named_stats(coco_evals), epoch=4, global_iteration=50)
     assert (record["type"], record["epoch"], record["global_iteration"]) == ("eval", 4, 50)
-    names = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")  # pycocotools' order
+    # pycocotools' order
+    names = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
     assert record["bbox"] == dict(zip(names, stats["bbox"]))
     assert list(record["segm"].values()) == stats["segm"] and list(record["segm"]) == list(record["bbox"])
     assert all(type(v) is float for v in record["bbox"].values())  # numpy floats would not serialize to JSON
@@ -255,7 +257,8 @@ def test_evaluate_pastes_masks_as_the_model_does_and_backends_agree(synthetic_ro
     """evaluate() keeps the model's masks unpasted and encodes them box by box: the RLEs are the
     model's own pasted masks thresholded (pycocotools' encoding), and both backends give the same numbers."""
     dataset = get_coco(synthetic_root, "val", get_transform(train=False))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=utils.collate_fn)  # as the one-image forward below
+    # batches of one, as the one-image forward below
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=utils.collate_fn)
     model = _model(dataset.num_classes)
     with torch.no_grad():  # spread the untrained mask logits, so that probabilities are not all near 0.5
         model.roi_heads.mask_predictor.mask_fcn_logits.weight.mul_(30)
@@ -265,14 +268,16 @@ def test_evaluate_pastes_masks_as_the_model_does_and_backends_agree(synthetic_ro
     assert set(evaluator.coco_eval) == {"bbox", "segm"}
     # the same results scored by pycocotools
     by_pycocotools = CocoEvaluator(evaluator.coco_gt, ["bbox", "segm"], backend="pycocotools")
-    by_pycocotools.results = dict(evaluator.results)
+    by_pycocotools.image_results = dict(evaluator.image_results)
     by_pycocotools.accumulate()
     by_pycocotools.summarize()
     for iou_type in ("bbox", "segm"):
         assert len(evaluator.coco_eval[iou_type].stats) == 12
-        np.testing.assert_allclose(evaluator.coco_eval[iou_type].stats, by_pycocotools.coco_eval[iou_type].stats, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(
+            evaluator.coco_eval[iou_type].stats, by_pycocotools.coco_eval[iou_type].stats, rtol=0, atol=1e-12
+        )
 
-    results = evaluator.results
+    results = evaluator.image_results
     compared = 0
     with torch.inference_mode():
         for index in range(len(dataset)):
@@ -292,12 +297,6 @@ def test_evaluate_pastes_masks_as_the_model_does_and_backends_agree(synthetic_ro
     assert compared > 50
 
 
-def test_iou_types_follow_the_model_class():
-    assert iou_types_of(_model(3)) == ["bbox", "segm"]
-    faster = torchvision.models.get_model("fasterrcnn_resnet50_fpn", weights=None, weights_backbone=None, num_classes=3)
-    assert iou_types_of(faster) == ["bbox"]
-
-
 @pytest.mark.slow
 def test_amp_trains_under_autocast_with_a_grad_scaler(synthetic_root):
     dataset = get_coco(synthetic_root, "train", get_transform(train=False))
@@ -310,3 +309,63 @@ def test_amp_trains_under_autocast_with_a_grad_scaler(synthetic_root):
     assert all(math.isfinite(v) for v in logger.meters["loss"].deque)
     assert not torch.equal(before, model.roi_heads.box_predictor.cls_score.weight)
     assert scaler.state_dict()["scale"] > 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_stop_signals_are_remembered_and_the_old_handlers_restored(signum):
+    before = signal.getsignal(signum)
+    with engine.catching_stop_signals() as stop:
+        assert not stop.received
+        os.kill(os.getpid(), signum)
+        assert stop.received and stop.signum == signum
+    assert signal.getsignal(signum) is before
+
+
+class _RecordingEvaluator:
+    """The smallest coco_eval.Evaluator: keeps which fields each image's output had, scores nothing."""
+
+    def __init__(self, accepts_unpasted_masks: bool):
+        self.accepts_unpasted_masks = accepts_unpasted_masks
+        self.fields: dict[int, set[str]] = {}
+        self.synchronized = 0
+        self.metrics: dict[str, dict[str, float]] = {}
+
+    def update(self, predictions: dict[int, dict]) -> None:
+        self.fields.update({image_id: set(output) for image_id, output in predictions.items()})
+
+    def synchronize_between_processes(self) -> None:
+        self.synchronized += 1
+
+    def summarize(self) -> dict[str, dict[str, float]]:
+        self.metrics = {"count": {"images": float(len(self.fields))}}
+        return self.metrics
+
+
+@pytest.mark.parametrize("accepts_unpasted_masks", [False, True])
+def test_evaluate_drives_any_evaluator_through_the_contract(synthetic_root, accepts_unpasted_masks):
+    dataset = get_coco(synthetic_root, "val", get_transform(train=False))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, [0, 1]), batch_size=2, collate_fn=utils.collate_fn
+    )
+    model = _model(dataset.num_classes)
+    evaluator = _RecordingEvaluator(accepts_unpasted_masks)
+    assert evaluate(model, loader, torch.device("cpu"), evaluator=evaluator) is evaluator
+    assert set(evaluator.fields) == set(dataset.ids[:2]) and evaluator.synchronized == 1
+    masks = {"raw_masks", "image_size"} if accepts_unpasted_masks else {"masks"}
+    assert all(fields == {"boxes", "labels", "scores"} | masks for fields in evaluator.fields.values())
+    assert "postprocess" not in vars(model.transform)  # the model is as it was
+    # The metrics.jsonl record reads the evaluator's numbers, whatever they are.
+    assert evaluation_record(evaluator.metrics, epoch=1, global_iteration=8)["count"] == {"images": 2.0}
+
+
+def test_coco_evaluator_fulfils_the_contract_and_its_metrics_name_pycocotools_numbers(synthetic_root):
+    dataset = get_coco(synthetic_root, "val", get_transform(train=False))
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, [0, 1]), collate_fn=utils.collate_fn)
+    for name in ("update", "synchronize_between_processes", "summarize"):
+        assert callable(getattr(CocoEvaluator, name))
+    evaluator = evaluate(_model(dataset.num_classes), loader, torch.device("cpu"))
+    assert isinstance(evaluator, CocoEvaluator) and evaluator.accepts_unpasted_masks
+    assert set(evaluator.metrics) == {"bbox", "segm"}
+    for iou_type, numbers in evaluator.metrics.items():
+        assert list(numbers.values()) == evaluator.coco_eval[iou_type].stats.tolist()
+        assert list(numbers)[:3] == ["AP", "AP50", "AP75"]

@@ -17,18 +17,22 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torchvision.transforms.v2 import functional as F
 
+import checkpoint as ckpt
 import predict
 import train
 
 CATEGORY_IDS = {2: "disc", 5: "square", 11: "triangle", 17: "bars"}  # the synthetic dataset's, not contiguous
-# One iteration (-b 2 on 2 images, no aspect-ratio groups) at a tiny lr: the model stays near its initialisation, and with
-# box_score_thresh=0 it still returns detections; fewer of them than 100 keep the mask (or keypoint) head cheap on 2 CPU cores.
+# One iteration (-b 2 on 2 images, no aspect-ratio groups) at a tiny lr: the model stays near its initialisation, and
+# with box_score_thresh=0 it still returns detections; fewer of them than 100 keep the mask (or keypoint) head cheap on
+# 2 CPU cores.
 TRAIN_FLAGS = [
     "--epochs", "1", "--lr", "0.0001", "-b", "2", "--aspect-ratio-group-factor", "-1", "--weights-backbone", "none",
-    "--device", "cpu", "--min-size", "96", "--max-size", "128", "-j", "0", "--seed", "0", "--print-freq", "1", "--save-predictions",
+    "--device", "cpu", "--min-size", "96", "--max-size", "128", "-j", "0", "--seed", "0", "--print-freq", "1",
+    "--save-predictions",
 ]  # fmt: skip
 MODEL_KWARGS = [
-    "rpn_pre_nms_top_n_train=100", "rpn_post_nms_top_n_train=100", "rpn_pre_nms_top_n_test=100", "rpn_post_nms_top_n_test=100",
+    "rpn_pre_nms_top_n_train=100", "rpn_post_nms_top_n_train=100", "rpn_pre_nms_top_n_test=100",
+    "rpn_post_nms_top_n_test=100",
     "box_score_thresh=0.0",
 ]  # fmt: skip
 # Shorter side 256: the synthetic images (width x height) 128x128, 128x96 and 96x128 are drawn at these sizes.
@@ -55,7 +59,12 @@ def _small_copy(root: Path, dest: Path, num_images: dict[str, int]) -> Path:
 def _train(output: Path, *flags: str, detections: int = 25, rois: int = 32) -> Path:
     """train.py for one iteration, sampling `rois` proposals per image (a quarter of them positive, for the mask or
     keypoint head); a checkpoint whose model returns its best `detections` per image, whatever their scores."""
-    model_kwargs = ["--model-kwargs", *MODEL_KWARGS, f"box_batch_size_per_image={rois}", f"box_detections_per_img={detections}"]
+    model_kwargs = [
+        "--model-kwargs",
+        *MODEL_KWARGS,
+        f"box_batch_size_per_image={rois}",
+        f"box_detections_per_img={detections}",
+    ]
     with contextlib.redirect_stdout(io.StringIO()):
         assert train.cli([*flags, "--output-dir", str(output), *TRAIN_FLAGS, *model_kwargs]) == 0
     return output
@@ -178,7 +187,10 @@ def test_predictions_json_loads_into_pycocotools_and_scores(run):
 
 @pytest.mark.slow
 def test_pictures_show_the_detections_above_the_threshold_and_the_report_counts_them(run):
-    reported = {Path(m.group(1)).name: (int(m.group(2)), int(m.group(3)), m.group(4)) for m in REPORT_LINE.finditer(run["printed"])}
+    reported = {
+        Path(m.group(1)).name: (int(m.group(2)), int(m.group(3)), m.group(4))
+        for m in REPORT_LINE.finditer(run["printed"])
+    }
     assert set(reported) == {p.name for p in run["images"]}
     per_file = defaultdict(list)
     for entry in run["entries"]:
@@ -247,7 +259,8 @@ def test_predictions_match_train_py_s_saved_predictions_for_the_same_checkpoint(
 @pytest.mark.slow
 def test_labels_that_are_no_category_are_left_out(run, small_root):
     """With labels = category ids, the classifier also has outputs for the ids between them (1, 3, 4, 6, ...); an
-    untrained one scores them as much as the real ones. Neither predict.py nor train.py's saved predictions keep them."""
+    untrained one scores them as much as the real ones. Neither predict.py nor train.py's saved predictions keep
+    them."""
     model, _ = predict.load_trained_model(str(run["checkpoint"]), torch.device("cpu"))
     image = _read_rgb(next((small_root / "val2017").iterdir()))
     with torch.inference_mode():
@@ -264,7 +277,7 @@ def test_labels_that_are_no_category_are_left_out(run, small_root):
 def test_class_names_are_indexed_by_label(run):
     checkpoint = torch.load(run["checkpoint"], map_location="cpu", weights_only=True)
     assert checkpoint["label_to_category_id"] == list(range(18))
-    names = predict.class_names(checkpoint)
+    names = ckpt.Checkpoint.from_dict(checkpoint).classes.names()
     assert len(names) == 18
     assert {label: names[label] for label in CATEGORY_IDS} == CATEGORY_IDS
     assert names[0] == "0" and names[3] == "3"  # the background and an id without a category: their numbers
@@ -279,10 +292,10 @@ def test_contiguous_labels_are_named_and_mapped_back_to_category_ids(small_root,
     output = _train(tmp_path / "train", *(f"{flag}={path}" for flag, path in zip(own_data, paths)), detections=10)
     checkpoint = torch.load(output / "checkpoint.pth", map_location="cpu", weights_only=True)
     assert checkpoint["label_to_category_id"] == [0, 2, 5, 11, 17]
-    assert predict.class_names(checkpoint) == ["0", "disc", "square", "triangle", "bars"]
+    assert ckpt.Checkpoint.from_dict(checkpoint).classes.names() == ["0", "disc", "square", "triangle", "bars"]
     status, _ = _predict(
-        str(small_root / "val2017"), "--checkpoint", str(output / "checkpoint.pth"), "--output-dir", str(tmp_path / "p"),
-        "--annotations", str(annotations["val"]),
+        str(small_root / "val2017"), "--checkpoint", str(output / "checkpoint.pth"),
+        "--output-dir", str(tmp_path / "p"), "--annotations", str(annotations["val"]),
     )  # fmt: skip
     assert status == 0
     entries = json.loads((tmp_path / "p" / "predictions.json").read_text())
@@ -301,11 +314,12 @@ def test_contiguous_labels_are_named_and_mapped_back_to_category_ids(small_root,
 def test_a_keypoint_checkpoint_draws_and_writes_keypoints(synthetic_kp_root, tmp_path):
     root = _small_copy(synthetic_kp_root, tmp_path / "kp", {"train": 2, "val": 2})
     model = ["--dataset", "coco_kp", "--model", "keypointrcnn_resnet50_fpn"]
-    output = _train(tmp_path / "train", *model, "--data-path", str(root), detections=2, rois=8)  # the keypoint head is heavy
+    # few detections and RoIs: the keypoint head is heavy
+    output = _train(tmp_path / "train", *model, "--data-path", str(root), detections=2, rois=8)
     images = sorted((root / "val2017").iterdir())
     status, _ = _predict(
-        str(root / "val2017"), "--checkpoint", str(output / "checkpoint.pth"), "--output-dir", str(tmp_path / "p"), "--score-thresh", "0",
-        "--annotations", str(root / "annotations" / "person_keypoints_val2017.json"),
+        str(root / "val2017"), "--checkpoint", str(output / "checkpoint.pth"), "--output-dir", str(tmp_path / "p"),
+        "--score-thresh", "0", "--annotations", str(root / "annotations" / "person_keypoints_val2017.json"),
     )  # fmt: skip
     assert status == 0
     entries = json.loads((tmp_path / "p" / "predictions.json").read_text())
@@ -334,8 +348,8 @@ def test_images_with_the_same_name_in_two_folders_get_two_pictures(run, tmp_path
     shutil.copy(tall, tmp_path / "b" / "x.jpg")
     out = tmp_path / "out"
     status, printed = _predict(
-        str(tmp_path / "a" / "x.jpg"), str(tmp_path / "b"), "--checkpoint", str(run["checkpoint"]), "--output-dir", str(out),
-        "--score-thresh", "1",
+        str(tmp_path / "a" / "x.jpg"), str(tmp_path / "b"), "--checkpoint", str(run["checkpoint"]),
+        "--output-dir", str(out), "--score-thresh", "1",
     )  # fmt: skip
     assert status == 0
     assert sorted(p.name for p in out.iterdir()) == ["predictions.json", "x.png", "x_2.png"]
@@ -353,10 +367,13 @@ def test_input_pngs_in_the_output_folder_are_never_overwritten(run, tmp_path):
     image = Image.open(source).convert("RGB")
     image.save(tmp_path / "x.png")
     before = (tmp_path / "x.png").read_bytes()
-    status, _ = _predict(str(tmp_path), "--checkpoint", str(run["checkpoint"]), "--output-dir", str(tmp_path), "--score-thresh", "1")
+    status, _ = _predict(
+        str(tmp_path), "--checkpoint", str(run["checkpoint"]), "--output-dir", str(tmp_path), "--score-thresh", "1"
+    )
     assert status == 0
     assert (tmp_path / "x.png").read_bytes() == before
-    assert torch.equal(_read_rgb(tmp_path / "x_2.png"), _read_rgb(tmp_path / "x.png"))  # nothing drawn: the picture is the image
+    # nothing drawn: the picture is the image
+    assert torch.equal(_read_rgb(tmp_path / "x_2.png"), _read_rgb(tmp_path / "x.png"))
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -382,7 +399,10 @@ def _bad_input(case: str, root: Path, tmp_path: Path) -> tuple[list[str], str]:
         torch.save(torch.nn.Conv2d(3, 8, 3).state_dict(), tmp_path / "checkpoint.pth")
         return [str(image), *checkpoint], f"--checkpoint: {tmp_path / 'checkpoint.pth'} does not say which model"
     if case == "missing checkpoint":
-        return [str(image), *checkpoint], f"--checkpoint: model checkpoint file {tmp_path / 'checkpoint.pth'} does not exist"
+        return [
+            str(image),
+            *checkpoint,
+        ], f"--checkpoint: model checkpoint file {tmp_path / 'checkpoint.pth'} does not exist"
     if case == "score above 1":
         return [str(image), *checkpoint, "--score-thresh", "2"], "--score-thresh: must be between 0 and 1, got 2"
     if case == "no images wanted":
@@ -397,8 +417,8 @@ def _bad_input(case: str, root: Path, tmp_path: Path) -> tuple[list[str], str]:
 
 
 BAD_INPUTS = [
-    "missing input", "empty folder", "not an image", "state dict", "missing checkpoint", "score above 1", "no images wanted",
-    "unlisted image",
+    "missing input", "empty folder", "not an image", "state dict", "missing checkpoint", "score above 1",
+    "no images wanted", "unlisted image",
 ]  # fmt: skip
 
 

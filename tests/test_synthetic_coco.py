@@ -1,4 +1,5 @@
-"""The synthetic dataset generator: determinism, the quirks it promises, referential integrity; and its keypoint variant."""
+"""The synthetic dataset generator: determinism, the quirks it promises, referential integrity; and its keypoint
+variant."""
 
 import json
 from pathlib import Path
@@ -102,7 +103,9 @@ def test_crowd_regions_use_uncompressed_rle(default_root):
 
 def test_some_segmentations_are_compressed_rle(default_root):
     compressed = [
-        a for a in annotations(default_root) if isinstance(a["segmentation"], dict) and isinstance(a["segmentation"]["counts"], str)
+        a
+        for a in annotations(default_root)
+        if isinstance(a["segmentation"], dict) and isinstance(a["segmentation"]["counts"], str)
     ]
     assert compressed
     for ann in compressed[:20]:
@@ -113,7 +116,9 @@ def test_some_segmentations_are_compressed_rle(default_root):
 
 def test_some_polygons_have_several_parts(default_root):
     multi = [a for a in annotations(default_root) if isinstance(a["segmentation"], list) and len(a["segmentation"]) > 1]
-    single = [a for a in annotations(default_root) if isinstance(a["segmentation"], list) and len(a["segmentation"]) == 1]
+    single = [
+        a for a in annotations(default_root) if isinstance(a["segmentation"], list) and len(a["segmentation"]) == 1
+    ]
     assert multi and single
     assert all(len(part) >= 6 and len(part) % 2 == 0 for a in multi for part in a["segmentation"])
 
@@ -244,12 +249,19 @@ def test_keypoint_annotations_are_consistent(synthetic_kp_root):
             labelled = kps[kps[:, 2] > 0]
             x, y, w, h = ann["bbox"]
             image = images[ann["image_id"]]
-            assert ((labelled[:, 0] >= x) & (labelled[:, 0] <= x + w) & (labelled[:, 1] >= y) & (labelled[:, 1] <= y + h)).all()
             assert (
-                (labelled[:, 0] >= 0) & (labelled[:, 0] < image["width"]) & (labelled[:, 1] >= 0) & (labelled[:, 1] < image["height"])
+                (labelled[:, 0] >= x) & (labelled[:, 0] <= x + w) & (labelled[:, 1] >= y) & (labelled[:, 1] <= y + h)
+            ).all()
+            assert (
+                (labelled[:, 0] >= 0)
+                & (labelled[:, 0] < image["width"])
+                & (labelled[:, 1] >= 0)
+                & (labelled[:, 1] < image["height"])
             ).all()
     # The small fixture already has keypoints of all three kinds: visible, occluded, outside the image.
-    counts = np.bincount(np.concatenate([keypoints_of(a)[:, 2] for a in kp_annotations(synthetic_kp_root)]).astype(int), minlength=3)
+    counts = np.bincount(
+        np.concatenate([keypoints_of(a)[:, 2] for a in kp_annotations(synthetic_kp_root)]).astype(int), minlength=3
+    )
     assert counts[2] > 10 * counts[1] > 0 and counts[0] > 0
 
 
@@ -267,7 +279,8 @@ def test_figures_face_the_viewer(synthetic_kp_root):
 
 
 def test_keypoints_lie_on_the_drawn_figures(synthetic_kp_root):
-    """The pixel under each visible keypoint is the bright figure, far from the dark plain background (JPEG noise allowed)."""
+    """The pixel under each visible keypoint is the bright figure, far from the dark plain background (JPEG noise
+    allowed)."""
     checked = 0
     for split in SPLITS:
         data = load_kp(synthetic_kp_root, split)
@@ -293,7 +306,8 @@ def test_keypoint_variant_same_seed_gives_identical_files(synthetic_kp_root, tmp
 
 
 def test_keypoint_training_images_have_enough_keypoints(tmp_path):
-    """The reference drops training images with fewer than 10 labelled keypoints; only the every-50th empty image goes."""
+    """The reference drops training images with fewer than 10 labelled keypoints; only the every-50th empty image
+    goes."""
     root = synthetic_coco.generate_keypoints(tmp_path / "fifty", num_train=50, num_val=1, seed=2)
     data = load_kp(root, "train")
     per_image = {img["id"]: 0 for img in data["images"]}

@@ -9,7 +9,6 @@ import re
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -17,11 +16,14 @@ import torch
 import torchvision
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-from torchvision.ops.misc import FrozenBatchNorm2d
 
+import checkpoint as ckpt
+import models
 import synthetic_coco
 import train
 import utils
+from coco_utils import Classes
+from conftest import write_random_resnet50
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small images and a lighter R-CNN sampling keep each run to seconds on 2 CPU cores.
@@ -30,12 +32,19 @@ SMALL_RUN = [
     "--model-kwargs", "box_batch_size_per_image=32", "rpn_pre_nms_top_n_train=100", "rpn_post_nms_top_n_train=100",
     "rpn_pre_nms_top_n_test=100", "rpn_post_nms_top_n_test=100",
 ]  # fmt: skip
-AP_LINE = re.compile(r"Average (Precision|Recall) +\((AP|AR)\) @\[ IoU=([\d.:]+) +\| area= *(\w+) \| maxDets= *(\d+) \] = (-?[\d.]+)")
+AP_LINE = re.compile(
+    r"Average (Precision|Recall) +\((AP|AR)\) @\[ IoU=([\d.:]+) +\| area= *(\w+) \| maxDets= *(\d+) \] = (-?[\d.]+)"
+)
 
 
 def _run(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+        [sys.executable, "train.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -44,15 +53,12 @@ def _ap_table(output: str) -> list[str]:
     return [m.group(0) for m in AP_LINE.finditer(output) if m.group(2) == "AP" or m.group(3) == "0.50:0.95"]
 
 
+def _small_run_from_scratch(root: Path, output: Path) -> list[str]:
+    return ["--data-path", str(root), "--weights-backbone", "none", "--output-dir", str(output), *SMALL_RUN]
+
+
 def _args(*extra: str):
     return train.get_args_parser().parse_args(list(extra))
-
-
-def _write_random_resnet50(path: Path) -> dict:
-    torch.manual_seed(1)
-    state = torchvision.models.resnet50().state_dict()
-    torch.save(state, path)
-    return state
 
 
 # ----------------------------------------------------------------------------- flags
@@ -60,7 +66,13 @@ def _write_random_resnet50(path: Path) -> dict:
 
 def test_flags_have_the_reference_names_and_defaults():
     args = _args()
-    assert (args.model, args.batch_size, args.epochs, args.workers, args.opt) == ("maskrcnn_resnet50_fpn", 2, 26, 4, "sgd")
+    assert (args.model, args.batch_size, args.epochs, args.workers, args.opt) == (
+        "maskrcnn_resnet50_fpn",
+        2,
+        26,
+        4,
+        "sgd",
+    )
     assert (args.lr, args.momentum, args.weight_decay, args.lr_steps, args.lr_gamma) == (0.02, 0.9, 1e-4, [16, 22], 0.1)
     assert (args.aspect_ratio_group_factor, args.dist_url) == (3, "env://")
     assert (args.min_size, args.max_size) == (None, None)  # the model's own defaults (800, 1333 for R-CNNs)
@@ -78,37 +90,7 @@ def test_unknown_model_is_a_usage_error():
         train.main(_args("--model", "maskrcnn_resnet51", "--weights-backbone", "none"))
 
 
-def test_norm_weight_decay_puts_norm_layers_in_their_own_group():
-    model = torchvision.models.get_model("maskrcnn_resnet50_fpn", weights=None, weights_backbone=None, num_classes=3)
-    optimizer = train.build_optimizer(model, _args("--norm-weight-decay", "0", "--opt", "sgd_nesterov"))
-    other, norm = optimizer.param_groups
-    assert norm["weight_decay"] == 0 and other["weight_decay"] == 1e-4 and other["nesterov"]
-    bn_params = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
-    assert {id(p) for p in norm["params"]} == bn_params
-    assert len(other["params"]) + len(norm["params"]) == len(list(model.parameters()))
-
-
 # ----------------------------------------------------------------------------- backbone weights
-
-
-def test_backbone_path_defaults_to_data_path_and_none_means_random(tmp_path):
-    assert train.backbone_weights_path(_args("--data-path", str(tmp_path))) == tmp_path / "resnet50.pth"
-    assert train.backbone_weights_path(_args("--weights-backbone", "none")) is None
-    assert train.backbone_weights_path(_args("--weights-backbone", "x/r.pth")) == Path("x/r.pth")
-
-
-def test_local_resnet50_is_loaded_into_a_frozen_bn_backbone(tmp_path):
-    path = tmp_path / "resnet50.pth"
-    state = _write_random_resnet50(path)
-    args = _args("--data-path", str(tmp_path), "--min-size", "64", "--max-size", "64")
-    model = train.build_model(args, num_classes=5, backbone_state=train.load_resnet50_state_dict(path))
-    body = model.backbone.body
-    assert torch.equal(body.conv1.weight, state["conv1.weight"])
-    assert torch.equal(body.layer4[2].bn3.running_var, state["layer4.2.bn3.running_var"])
-    assert isinstance(body.bn1, FrozenBatchNorm2d)
-    # Three trainable stages by default, as torchvision does with a pretrained backbone.
-    assert not body.layer1[0].conv1.weight.requires_grad and body.layer2[0].conv1.weight.requires_grad
-    assert model.roi_heads.box_predictor.cls_score.out_features == 5
 
 
 def test_missing_resnet50_stops_with_one_line_and_status_2(tmp_path, synthetic_root):
@@ -122,21 +104,6 @@ def test_missing_resnet50_stops_with_one_line_and_status_2(tmp_path, synthetic_r
     assert not output.exists()
 
 
-@pytest.mark.parametrize("content", ["text", "wrong_keys", "wrong_shapes"])
-def test_a_file_that_is_not_a_resnet50_is_refused(tmp_path, content):
-    path = tmp_path / "resnet50.pth"
-    if content == "text":
-        path.write_text("not a checkpoint")
-    elif content == "wrong_keys":
-        torch.save(torchvision.models.resnet18().state_dict(), path)
-    else:
-        state = torchvision.models.resnet50().state_dict()
-        state["conv1.weight"] = torch.zeros(1)
-        torch.save(state, path)
-    with pytest.raises(utils.UsageError, match=re.escape(str(path))):
-        train.load_resnet50_state_dict(path)
-
-
 # ----------------------------------------------------------------------------- end to end
 
 
@@ -145,8 +112,18 @@ def trained(quirky_root, tmp_path_factory):
     """One epoch on the hand-written quirky dataset, with a local random resnet50.pth."""
     output = tmp_path_factory.mktemp("run")
     backbone = output / "resnet50.pth"
-    _write_random_resnet50(backbone)
-    flags = ["--data-path", str(quirky_root), "--weights-backbone", str(backbone), "-b", "2", "--lr", "0.001", *SMALL_RUN]
+    write_random_resnet50(backbone)
+    flags = [
+        "--data-path",
+        str(quirky_root),
+        "--weights-backbone",
+        str(backbone),
+        "-b",
+        "2",
+        "--lr",
+        "0.001",
+        *SMALL_RUN,
+    ]
     tensorboard = ["--tensorboard"] if utils.tensorboard_available() else []  # an optional extra
     result = _run(*flags, "--epochs", "1", "--output-dir", str(output), *tensorboard)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -158,7 +135,7 @@ def _metrics(output: Path) -> list[dict]:
 
 
 TRAIN_LINE = re.compile(r"Epoch: \[(\d+)\]  \[ *(\d+)/(\d+)\]  eta: \S+  lr: ([\d.]+)")
-# What a checkpoint keeps of the dataset's classes (CocoDetection.class_names()), for predictions.
+# What a checkpoint keeps of the dataset's classes (CocoDetection.classes), for predictions.
 CLASS_KEYS = {"label_to_category_id", "categories", "keypoint_names", "keypoint_skeleton"}
 MASK_RCNN_LOSSES = {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
 
@@ -171,7 +148,9 @@ def test_training_writes_a_metrics_record_per_log_line_and_per_evaluation(traine
     lines = TRAIN_LINE.findall(result.stdout)
     iters_per_epoch = int(lines[0][2])
     # --print-freq 1: a record for every iteration, with the lr its console line shows.
-    assert [(r["epoch"], r["iteration"], f"{r['lr']:.6f}") for r in training] == [(int(e), int(i), lr) for e, i, _, lr in lines]
+    assert [(r["epoch"], r["iteration"], f"{r['lr']:.6f}") for r in training] == [
+        (int(e), int(i), lr) for e, i, _, lr in lines
+    ]
     assert [r["global_iteration"] for r in training] == list(range(iters_per_epoch))
     for record in training:
         assert set(record["losses"]) == MASK_RCNN_LOSSES
@@ -209,10 +188,16 @@ def test_training_writes_plain_checkpoints_and_evaluates(trained):
     assert len(_ap_table(result.stdout)) == 24  # 12 bbox + 12 segm
     for name in ("model_0.pth", "checkpoint.pth"):
         checkpoint = torch.load(output / name, weights_only=True)
-        assert set(checkpoint) == {"model", "optimizer", "lr_scheduler", "epoch", "args", "train_state", *CLASS_KEYS}
+        assert set(checkpoint) == {
+            "version", "model", "optimizer", "lr_scheduler", "epoch", "args", "train_state", *CLASS_KEYS
+        }  # fmt: skip
         assert checkpoint["epoch"] == 0
         assert checkpoint["label_to_category_id"] == list(range(45))  # --data-path: the labels are the category ids
-        assert checkpoint["categories"] == [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 44, "name": "bottle"}]
+        assert checkpoint["categories"] == [
+            {"id": 1, "name": "person"},
+            {"id": 3, "name": "car"},
+            {"id": 44, "name": "bottle"},
+        ]
         state = checkpoint["train_state"]
         assert state["iteration"] is None and state["seed"] == 0 and len(state["rng"]) == 1
         assert sorted(state["order"].tolist()) == list(range(len(state["order"])))
@@ -274,38 +259,19 @@ def test_torchrun_trains_with_two_processes(quirky_root, trained, tmp_path):
     assert len(_ap_table(result.stdout)) == 24
     assert result.stdout.count("Epoch: [0] Total time") == 1  # only rank 0 prints
     iterations = [r["iteration"] for r in _metrics(tmp_path) if r["type"] == "train"]
-    assert iterations == [int(i) for _, i, _, _ in TRAIN_LINE.findall(result.stdout)]  # ... and only rank 0 writes metrics.jsonl
+    assert iterations == [
+        int(i) for _, i, _, _ in TRAIN_LINE.findall(result.stdout)
+    ]  # ... and only rank 0 writes metrics.jsonl
     assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["epoch"] == 0
-
-
-def test_whole_model_weights_get_the_pretrained_architecture(tmp_path):
-    """--weights fine-tunes as torchvision does with weights=: frozen BatchNorm, 3 trainable stages."""
-    args = _args("--weights", str(tmp_path / "model.pth"), "--min-size", "64", "--max-size", "64")
-    model = train.build_model(args, num_classes=3, backbone_state=None)
-    assert isinstance(model.backbone.body.bn1, FrozenBatchNorm2d)
-    assert not model.backbone.body.layer1[0].conv1.weight.requires_grad
-    scratch = train.build_model(_args("--weights-backbone", "none"), num_classes=3, backbone_state=None)
-    assert isinstance(scratch.backbone.body.bn1, torch.nn.BatchNorm2d)
-    assert all(p.requires_grad for p in scratch.parameters())
-    # A from-scratch model's state dict (with BatchNorm's num_batches_tracked) loads into the frozen one.
-    model.load_state_dict(scratch.state_dict())
-
-
-def test_test_only_resume_builds_the_model_as_whole_model_weights_do(tmp_path):
-    """--test-only --resume reads no backbone (the checkpoint replaces it): the model is still built as a trained one."""
-    flags = ["--min-size", "64", "--max-size", "64", "--trainable-backbone-layers", "0"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # torchvision warns when trainable_backbone_layers goes to a model built from scratch
-        model = train.build_model(_args("--test-only", "--resume", str(tmp_path / "checkpoint.pth"), *flags), 3, backbone_state=None)
-    assert isinstance(model.backbone.body.bn1, FrozenBatchNorm2d)
-    assert train.backbone_weights_path(_args("--test-only", "--resume", str(tmp_path / "checkpoint.pth"))) is None
 
 
 def test_resume_from_a_plain_state_dict_is_a_usage_error(tmp_path, synthetic_root):
     path = tmp_path / "weights_only.pth"
     model = torchvision.models.get_model("maskrcnn_resnet50_fpn", weights=None, weights_backbone=None, num_classes=18)
     torch.save(model.state_dict(), path)
-    args = _args("--data-path", str(synthetic_root), "--weights-backbone", "none", "--resume", str(path), "--device", "cpu")
+    args = _args(
+        "--data-path", str(synthetic_root), "--weights-backbone", "none", "--resume", str(path), "--device", "cpu"
+    )
     args.output_dir = str(tmp_path / "out")
     with pytest.raises(utils.UsageError, match="not a training checkpoint"):
         train.main(args)
@@ -315,12 +281,14 @@ def test_resume_from_a_plain_state_dict_is_a_usage_error(tmp_path, synthetic_roo
 def test_sync_bn_on_cpu_under_torchrun_is_a_usage_error(synthetic_root, tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
     result = subprocess.run(
-        [*torchrun, "--data-path", str(synthetic_root), "--weights-backbone", "none", "--sync-bn", *SMALL_RUN, "--output-dir", tmp_path],
+        [*torchrun, "--data-path", str(synthetic_root), "--weights-backbone", "none", "--sync-bn", *SMALL_RUN,
+         "--output-dir", tmp_path],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert result.returncode != 0
     assert result.stderr.count("error: --sync-bn: SyncBatchNorm runs on GPUs only") == 1  # rank 0 only
-    assert 'train.py", line' not in result.stderr  # torchrun reports the failed children; train.py itself shows no traceback
+    # torchrun reports the failed children; train.py itself shows no traceback
+    assert 'train.py", line' not in result.stderr
 
 
 @pytest.mark.slow
@@ -330,7 +298,10 @@ def test_a_box_only_model_trains_and_evaluates_boxes(trained, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "IoU metric: bbox" in result.stdout and "IoU metric: segm" not in result.stdout
     assert len(_ap_table(result.stdout)) == 12
-    assert "roi_heads.mask_head.mask_fcn1.0.weight" not in torch.load(tmp_path / "checkpoint.pth", weights_only=True)["model"]
+    assert (
+        "roi_heads.mask_head.mask_fcn1.0.weight"
+        not in torch.load(tmp_path / "checkpoint.pth", weights_only=True)["model"]
+    )
 
 
 def _own_flags(root: Path) -> list[str]:
@@ -356,7 +327,10 @@ BAD_INPUTS = {
     "negative workers": (lambda d, t: ["-j", "-1"], "-j/--workers: must be at least 0"),
     "lr 0": (lambda d, t: ["--lr", "0"], "--lr: must be positive"),
     "lr steps decreasing": (lambda d, t: ["--lr-steps", "5", "3"], "--lr-steps: epochs must increase, got 5 3"),
-    "unknown model": (lambda d, t: ["--model", "maskrcnn_resnet51_fpn"], "--model: unknown model 'maskrcnn_resnet51_fpn'"),
+    "unknown model": (
+        lambda d, t: ["--model", "maskrcnn_resnet51_fpn"],
+        "--model: unknown model 'maskrcnn_resnet51_fpn'",
+    ),
     "keypoint model": (
         lambda d, t: ["--model", "keypointrcnn_resnet50_fpn"],
         "--model: keypointrcnn_resnet50_fpn needs keypoint annotations; add --dataset coco_kp",
@@ -367,7 +341,8 @@ BAD_INPUTS = {
     ),
     "keypoints from instances files": (
         lambda d, t: ["--dataset", "coco_kp", "--model", "keypointrcnn_resnet50_fpn", *_own_flags(d)],
-        'instances_train2017.json: no category lists "keypoints" names, so this is not a keypoint annotation file; --dataset coco_kp',
+        'instances_train2017.json: no category lists "keypoints" names, so this is not a keypoint annotation file; '
+        "--dataset coco_kp",
     ),
     "train images without annotations": (
         lambda d, t: ["--train-images", str(d / "train2017")],
@@ -394,18 +369,36 @@ BAD_INPUTS = {
         lambda d, t: ["--save-predictions", "--output-dir", ""],
         "--save-predictions: needs --output-dir, where it writes predictions_*.json",
     ),
-    "misspelt model kwarg": (lambda d, t: ["--model-kwargs", "box_batch_size_per_imag=3"], "has no argument box_batch_size_per_imag"),
+    "misspelt model kwarg": (
+        lambda d, t: ["--model-kwargs", "box_batch_size_per_imag=3"],
+        "has no argument box_batch_size_per_imag",
+    ),
     "checkpoint every -1": (lambda d, t: ["--checkpoint-every", "-1"], "--checkpoint-every: must be at least 0"),
     "keep 0 checkpoints": (lambda d, t: ["--keep-checkpoints", "0"], "--keep-checkpoints: must be at least 1"),
     "clip grad norm 0": (lambda d, t: ["--clip-grad-norm", "0"], "--clip-grad-norm: must be positive"),
     "dist timeout 0": (lambda d, t: ["--dist-timeout", "0"], "--dist-timeout: must be positive"),
-    "copy-paste without lsj": (lambda d, t: ["--use-copypaste"], "--use-copypaste: works only with --data-augmentation lsj"),
-    "auto-resume without output dir": (lambda d, t: ["--auto-resume", "--output-dir", ""], "--auto-resume: needs --output-dir"),
-    "tensorboard without output dir": (lambda d, t: ["--tensorboard", "--output-dir", ""], "--tensorboard: needs --output-dir"),
+    "copy-paste without lsj": (
+        lambda d, t: ["--use-copypaste"],
+        "--use-copypaste: works only with --data-augmentation lsj",
+    ),
+    "auto-resume without output dir": (
+        lambda d, t: ["--auto-resume", "--output-dir", ""],
+        "--auto-resume: needs --output-dir",
+    ),
+    "tensorboard without output dir": (
+        lambda d, t: ["--tensorboard", "--output-dir", ""],
+        "--tensorboard: needs --output-dir",
+    ),
     "output dir is a file": (lambda d, t: ["--output-dir", str(t / "file.txt")], "is a file, not a folder"),
-    "output dir under a file": (lambda d, t: ["--output-dir", str(t / "file.txt" / "sub")], "--output-dir: cannot write to"),
+    "output dir under a file": (
+        lambda d, t: ["--output-dir", str(t / "file.txt" / "sub")],
+        "--output-dir: cannot write to",
+    ),
     "output dir of an earlier run": (_earlier_run, "already holds checkpoint.pth from an earlier run"),
-    "weights not a checkpoint": (lambda d, t: ["--weights", str(t / "file.txt")], "is not a file written by torch.save"),
+    "weights not a checkpoint": (
+        lambda d, t: ["--weights", str(t / "file.txt")],
+        "is not a file written by torch.save",
+    ),
     "resume missing": (lambda d, t: ["--resume", str(t / "gone.pth")], "--resume: model checkpoint file"),
     "resume not a checkpoint": (lambda d, t: ["--resume", str(t / "file.txt")], "--resume: "),
 }
@@ -417,23 +410,28 @@ def test_bad_input_gets_one_line_and_status_2_and_overwrites_nothing(case, synth
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "model_0.pth").write_text("an earlier run's epoch file")
     make_flags, expected = BAD_INPUTS[case]
-    flags = ["--data-path", str(synthetic_root), "--weights-backbone", "none", "--output-dir", str(tmp_path / "out"), *SMALL_RUN]
+    flags = _small_run_from_scratch(synthetic_root, tmp_path / "out")
     extra = make_flags(synthetic_root, tmp_path)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert train.cli([*flags, *extra]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
-    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == {p: p.read_bytes() for p in before if p.exists()}
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == {
+        p: p.read_bytes() for p in before if p.exists()
+    }
 
 
-def test_tensorboard_without_its_package_is_a_usage_error_before_any_work(synthetic_root, tmp_path, monkeypatch, capsys):
+def test_tensorboard_without_its_package_is_a_usage_error_before_any_work(
+    synthetic_root, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # what a missing package looks like to import
     output = tmp_path / "out"
-    flags = ["--data-path", str(synthetic_root), "--weights-backbone", "none", "--output-dir", str(output), *SMALL_RUN, "--tensorboard"]
+    flags = [*_small_run_from_scratch(synthetic_root, output), "--tensorboard"]
     assert train.cli(flags) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
-        "error: --tensorboard: needs the tensorboard package: pip install tensorboard (or pip install -r requirements-extras.txt)"
+        "error: --tensorboard: needs the tensorboard package: pip install tensorboard "
+        "(or pip install -r requirements-extras.txt)"
     ]
     assert not output.exists()
 
@@ -441,7 +439,15 @@ def test_tensorboard_without_its_package_is_a_usage_error_before_any_work(synthe
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
 def test_an_output_dir_that_cannot_be_written_is_a_usage_error(synthetic_root, tmp_path, capsys):
     (tmp_path / "locked").mkdir(mode=0o500)
-    flags = ["--data-path", str(synthetic_root), "--weights-backbone", "none", "--output-dir", str(tmp_path / "locked"), *SMALL_RUN]
+    flags = [
+        "--data-path",
+        str(synthetic_root),
+        "--weights-backbone",
+        "none",
+        "--output-dir",
+        str(tmp_path / "locked"),
+        *SMALL_RUN,
+    ]
     assert train.cli(flags) == 2
     assert "--output-dir: cannot write to" in capsys.readouterr().err
 
@@ -454,7 +460,19 @@ def test_cuda_without_a_gpu_is_a_usage_error():
 @pytest.mark.slow
 def test_resume_with_another_optimizer_names_the_saved_flags(trained, capsys):
     output, flags, _ = trained
-    code = train.cli([*flags, "--opt", "adamw", "--epochs", "2", "--resume", str(output / "checkpoint.pth"), "--output-dir", str(output)])
+    code = train.cli(
+        [
+            *flags,
+            "--opt",
+            "adamw",
+            "--epochs",
+            "2",
+            "--resume",
+            str(output / "checkpoint.pth"),
+            "--output-dir",
+            str(output),
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "does not fit this run (it was saved with --opt sgd" in err
@@ -468,14 +486,6 @@ def test_resume_past_the_last_epoch_says_so(trained, tmp_path):
     assert "Nothing to train:" in result.stdout and "raise --epochs" in result.stdout
 
 
-def test_models_without_a_resize_get_no_resize_arguments():
-    args = _args("--model", "ssdlite320_mobilenet_v3_large", "--weights-backbone", "none")
-    model = train._build_model_or_explain(args, num_classes=4, backbone_state=None)
-    assert type(model).__name__ == "SSD"
-    with pytest.raises(utils.UsageError, match="ssdlite320_mobilenet_v3_large does not take {'min_size': 96}"):
-        train._build_model_or_explain(_args("--model", "ssdlite320_mobilenet_v3_large", "--min-size", "96"), 4, None)
-
-
 @pytest.fixture(scope="module")
 def five_class_weights(tmp_path_factory) -> Path:
     """Whole-model weights for 5 classes (the synthetic dataset needs 18: its largest category id is 17)."""
@@ -487,29 +497,26 @@ def five_class_weights(tmp_path_factory) -> Path:
 
 
 def test_weights_for_other_classes_explain_num_classes(five_class_weights, synthetic_root, tmp_path, capsys):
-    flags = ["--data-path", str(synthetic_root), "--weights", str(five_class_weights), "--output-dir", str(tmp_path), *SMALL_RUN]
+    flags = ["--data-path", str(synthetic_root), "--weights", str(five_class_weights), "--output-dir", str(tmp_path)]
+    flags += SMALL_RUN
     assert train.cli(flags) == 2
     err = capsys.readouterr().err.strip()
     assert f"--weights: {five_class_weights} does not fit MaskRCNN: it was trained for num_classes=5" in err
-    assert "this dataset needs 18 (labels and the background; see --label-mapping); use one trained on the same categories" in err
+    assert (
+        "this dataset needs 18 (labels and the background; see --label-mapping); use one trained on the same categories"
+        in err
+    )
     assert "\n" not in err
 
 
 def test_weights_of_another_model_name_the_keys(five_class_weights, synthetic_root, tmp_path, capsys):
-    flags = ["--data-path", str(synthetic_root), "--weights", str(five_class_weights), "--output-dir", str(tmp_path), *SMALL_RUN]
+    flags = ["--data-path", str(synthetic_root), "--weights", str(five_class_weights), "--output-dir", str(tmp_path)]
+    flags += SMALL_RUN
     assert train.cli([*flags, "--model", "fasterrcnn_resnet50_fpn", "--test-only"]) == 2
     err = capsys.readouterr().err.strip()
     assert "does not fit FasterRCNN: it was trained for num_classes=5 and this dataset needs 18" in err
     assert re.search(r"; \d+ unexpected keys \(roi_heads.mask_head\.", err)
     assert "was it saved from another --model?" in err and "\n" not in err
-
-
-def test_weights_saved_from_a_ddp_wrapper_load(tmp_path):
-    model = torchvision.models.get_model("fasterrcnn_mobilenet_v3_large_320_fpn", weights=None, weights_backbone=None, num_classes=3)
-    wrapped = {f"module.{k}": v + 1 for k, v in model.state_dict().items() if v.is_floating_point()}
-    wrapped |= {f"module.{k}": v for k, v in model.state_dict().items() if not v.is_floating_point()}
-    train.load_model_weights(model, {"model": wrapped}, "ddp.pth", "--weights")
-    assert all(torch.equal(v, wrapped[f"module.{k}"]) for k, v in model.state_dict().items())
 
 
 # ----------------------------------------------------------------------------- keypoints, your own data, predictions
@@ -518,7 +525,8 @@ def test_weights_saved_from_a_ddp_wrapper_load(tmp_path):
 # them) and a frozen backbone: a run of 2 iterations and 4 to 8 evaluated images takes seconds. No score threshold, so
 # that a model trained this little still detects something.
 FAST_RUN = [
-    *SMALL_RUN[: SMALL_RUN.index("--model-kwargs")], "--trainable-backbone-layers", "0", "--model-kwargs", "box_batch_size_per_image=4",
+    *SMALL_RUN[: SMALL_RUN.index("--model-kwargs")], "--trainable-backbone-layers", "0",
+    "--model-kwargs", "box_batch_size_per_image=4",
     "box_detections_per_img=5", "box_score_thresh=0.0", "rpn_pre_nms_top_n_train=50", "rpn_post_nms_top_n_train=50",
     "rpn_pre_nms_top_n_test=50", "rpn_post_nms_top_n_test=50",
 ]  # fmt: skip
@@ -536,7 +544,7 @@ def _cli(flags: list[str]) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def random_backbone(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("backbone") / "resnet50.pth"
-    _write_random_resnet50(path)
+    write_random_resnet50(path)
     return path
 
 
@@ -549,7 +557,19 @@ def small_kp_root(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_keypoint_rcnn_trains_and_evaluates_keypoints(small_kp_root, random_backbone, tmp_path):
     model = ["--dataset", "coco_kp", "--model", "keypointrcnn_resnet50_fpn"]
-    flags = [*model, "--data-path", small_kp_root, "--weights-backbone", random_backbone, "--epochs", "1", "-b", "4", "--lr", "0.001"]
+    flags = [
+        *model,
+        "--data-path",
+        small_kp_root,
+        "--weights-backbone",
+        random_backbone,
+        "--epochs",
+        "1",
+        "-b",
+        "4",
+        "--lr",
+        "0.001",
+    ]
     code, out, err = _cli([*flags, "--output-dir", tmp_path, *FAST_RUN])
     assert code == 0, out[-3000:] + err[-3000:]
     assert "Epoch: [0]" in out and "IoU metric: segm" not in out
@@ -561,14 +581,25 @@ def test_keypoint_rcnn_trains_and_evaluates_keypoints(small_kp_root, random_back
     records = _metrics(tmp_path)
     assert all("loss_keypoint" in r["losses"] for r in records if r["type"] == "train")
     evaluation = records[-1]
-    assert evaluation["type"] == "eval" and set(evaluation) == {"type", "epoch", "global_iteration", "bbox", "keypoints", "timestamp"}
+    assert evaluation["type"] == "eval" and set(evaluation) == {
+        "type",
+        "epoch",
+        "global_iteration",
+        "bbox",
+        "keypoints",
+        "timestamp",
+    }
     assert list(evaluation["keypoints"]) == KEYPOINT_STAT_NAMES
     assert list(evaluation["keypoints"].values()) == pytest.approx(printed, abs=0.00051)
     checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
-    assert checkpoint["keypoint_names"] == list(synthetic_coco.COCO_PERSON_KEYPOINT_NAMES) and len(checkpoint["keypoint_names"]) == 17
+    assert (
+        checkpoint["keypoint_names"] == list(synthetic_coco.COCO_PERSON_KEYPOINT_NAMES)
+        and len(checkpoint["keypoint_names"]) == 17
+    )
     assert checkpoint["categories"] == [{"id": 1, "name": "person"}] and checkpoint["label_to_category_id"] == [0, 1]
     assert checkpoint["keypoint_skeleton"] == synthetic_coco.PERSON_CATEGORY["skeleton"]
-    assert checkpoint["model"]["roi_heads.keypoint_predictor.kps_score_lowres.weight"].shape[1] == 17  # one heatmap per keypoint
+    # one heatmap per keypoint
+    assert checkpoint["model"]["roi_heads.keypoint_predictor.kps_score_lowres.weight"].shape[1] == 17
 
 
 def _subset(data: dict, count: int) -> dict:
@@ -587,7 +618,12 @@ def own_data(synthetic_root, tmp_path_factory) -> tuple[Path, list[str]]:
         shutil.copytree(synthetic_root / f"{split}2017", root / "pictures" / split)
         data = json.loads((synthetic_root / "annotations" / f"instances_{split}2017.json").read_text())
         (root / f"{split}_labels.json").write_text(json.dumps(_subset(data, count) if count else data))
-        flags += [f"--{split}-images", str(root / "pictures" / split), f"--{split}-annotations", str(root / f"{split}_labels.json")]
+        flags += [
+            f"--{split}-images",
+            str(root / "pictures" / split),
+            f"--{split}-annotations",
+            str(root / f"{split}_labels.json"),
+        ]
     return root, flags
 
 
@@ -608,7 +644,10 @@ def test_own_data_trains_with_contiguous_labels(own_trained):
     assert "Epoch: [0]  [1/2]" in out and len(_ap_table(out)) == 24
     checkpoint = torch.load(output / "checkpoint.pth", weights_only=True)
     assert checkpoint["label_to_category_id"] == [0, 2, 5, 11, 17]
-    assert [c["id"] for c in checkpoint["categories"]] == [2, 5, 11, 17] and checkpoint["categories"][0] == {"id": 2, "name": "disc"}
+    assert [c["id"] for c in checkpoint["categories"]] == [2, 5, 11, 17] and checkpoint["categories"][0] == {
+        "id": 2,
+        "name": "disc",
+    }
     assert (checkpoint["keypoint_names"], checkpoint["keypoint_skeleton"]) == ([], [])
     assert checkpoint["model"]["roi_heads.box_predictor.cls_score.weight"].shape[0] == 5
     assert checkpoint["model"]["roi_heads.mask_predictor.mask_fcn_logits.weight"].shape[0] == 5
@@ -636,20 +675,32 @@ def test_saved_predictions_hold_category_ids(own_data, own_trained):
     assert {p["image_id"] for p in predictions} <= {image["id"] for image in val["images"]}
     # The results file scores as the run's own evaluation did.
     evaluation = _metrics(output)[-1]
-    assert _pycocotools_bbox_stats(root / "val_labels.json", predictions) == pytest.approx(list(evaluation["bbox"].values()), abs=1e-12)
+    assert _pycocotools_bbox_stats(root / "val_labels.json", predictions) == pytest.approx(
+        list(evaluation["bbox"].values()), abs=1e-12
+    )
 
 
 @pytest.mark.slow
 def test_test_only_evaluates_with_the_checkpoints_label_mapping(own_data, own_trained, tmp_path):
     root, data_flags = own_data
     output, flags, trained_out = own_trained
-    # The evaluation file also lists a category with no annotations: labelled as it says, the model would need 6 classes.
+    # The evaluation file also lists a category with no annotations: labelled as it says, the model would need 6
+    # classes.
     val = json.loads((root / "val_labels.json").read_text())
     val["categories"].append({"id": 23, "name": "extra", "supercategory": "shape"})
     (tmp_path / "val_labels.json").write_text(json.dumps(val))
     val_flags = [*data_flags[4:6], "--val-annotations", tmp_path / "val_labels.json"]
     code, out, err = _cli(
-        [*val_flags, *flags, "--test-only", "--resume", output / "checkpoint.pth", "--save-predictions", "--output-dir", tmp_path]
+        [
+            *val_flags,
+            *flags,
+            "--test-only",
+            "--resume",
+            output / "checkpoint.pth",
+            "--save-predictions",
+            "--output-dir",
+            tmp_path,
+        ]
     )
     assert code == 0, out[-3000:] + err[-3000:]
     assert "Epoch" not in out and len(_ap_table(out)) == 24
@@ -673,20 +724,30 @@ LABEL_MAPPINGS = [
 @pytest.mark.parametrize("data, mapping, expected", LABEL_MAPPINGS, ids=[f"{d}-{m}" for d, m, _ in LABEL_MAPPINGS])
 def test_label_mapping_sets_the_number_of_classes(synthetic_root, data, mapping, expected):
     data_flags = _own_flags(synthetic_root) if data == "own" else ["--data-path", str(synthetic_root)]
-    args = _args(*data_flags, "--label-mapping", mapping, "--weights-backbone", "none", "--min-size", "64", "--max-size", "64")
+    args = _args(
+        *data_flags, "--label-mapping", mapping, "--weights-backbone", "none", "--min-size", "64", "--max-size", "64"
+    )
     dataset_train, dataset_test = train.load_datasets(args, None)
     assert dataset_train.label_to_category_id == dataset_test.label_to_category_id == expected
     assert dataset_test.num_classes == len(expected)
-    model = train._build_model_or_explain(args, dataset_test.num_classes, None)
+    model = models.build_model_or_explain(models.ModelSpec.from_args(args), dataset_test.num_classes)
     assert model.roi_heads.box_predictor.cls_score.out_features == len(expected)
     # A trained model's mapping (resuming, or evaluating it) wins over the flag.
     assert train.load_datasets(args, [0, 17, 11, 5, 2])[1].label_to_category_id == [0, 17, 11, 5, 2]
 
 
 def test_the_trained_label_mapping_comes_from_the_checkpoint_or_evaluated_weights():
-    mapping = {"label_to_category_id": [0, 2, 5, 11, 17]}
+    classes = Classes(label_to_category_id=[0, 2, 5, 11, 17], categories=[])
+    mapping = ckpt.Checkpoint(model={}, classes=classes)
     assert train._trained_label_mapping(_args(), None, mapping) == [0, 2, 5, 11, 17]  # --resume
-    assert train._trained_label_mapping(_args("--test-only"), mapping, None) == [0, 2, 5, 11, 17]  # --test-only --weights
+    assert train._trained_label_mapping(_args("--test-only"), mapping, None) == [
+        0,
+        2,
+        5,
+        11,
+        17,
+    ]  # --test-only --weights
     assert train._trained_label_mapping(_args(), mapping, None) is None  # fine-tuning --weights: the data's labels
-    assert train._trained_label_mapping(_args(), None, {"model": {}}) is None  # a checkpoint from before label mappings
+    # a checkpoint from before label mappings
+    assert train._trained_label_mapping(_args(), None, ckpt.Checkpoint.from_dict({"model": {}})) is None
     assert train._trained_label_mapping(_args(), None, None) is None

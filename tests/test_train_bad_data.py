@@ -10,7 +10,8 @@ import train
 
 # Tiny images and a light R-CNN sampling: a run that gets as far as its first batch takes seconds.
 QUICK_RUN = [
-    "--device", "cpu", "--weights-backbone", "none", "--min-size", "64", "--max-size", "96", "--print-freq", "1", "--seed", "0",
+    "--device", "cpu", "--weights-backbone", "none", "--min-size", "64", "--max-size", "96", "--print-freq", "1",
+    "--seed", "0",
     "--epochs", "1", "-b", "2", "--model-kwargs", "box_batch_size_per_image=16", "rpn_pre_nms_top_n_train=50",
     "rpn_post_nms_top_n_train=50", "rpn_pre_nms_top_n_test=50", "rpn_post_nms_top_n_test=50",
 ]  # fmt: skip
@@ -37,7 +38,9 @@ def _tiny_boxes(root: Path, edit_annotations) -> Path:
 
 
 def _results_list_as_val(root: Path, edit_annotations) -> Path:
-    return edit_annotations(root, "val", lambda d: [{"image_id": 999, "category_id": 44, "bbox": [1, 2, 3, 4], "score": 0.5}])
+    return edit_annotations(
+        root, "val", lambda d: [{"image_id": 999, "category_id": 44, "bbox": [1, 2, 3, 4], "score": 0.5}]
+    )
 
 
 def _not_json(root: Path, edit_annotations) -> Path:
@@ -99,7 +102,18 @@ def test_corrupt_image_names_the_skip_flag(quirky_copy, tmp_path, capsys):
 def test_skip_bad_images_trains_past_an_unreadable_image(quirky_copy, tmp_path, capsys):
     bad = quirky_copy / "train2017" / "img_12.jpg"
     _truncate(bad)
-    flags = ["--data-path", str(quirky_copy), "--output-dir", str(tmp_path), *QUICK_RUN, "-b", "3", "-j", "0", "--skip-bad-images"]
+    flags = [
+        "--data-path",
+        str(quirky_copy),
+        "--output-dir",
+        str(tmp_path),
+        *QUICK_RUN,
+        "-b",
+        "3",
+        "-j",
+        "0",
+        "--skip-bad-images",
+    ]
     assert train.cli(flags) == 0
     captured = capsys.readouterr()
     warnings = [line for line in captured.err.splitlines() if line.startswith("warning: ")]

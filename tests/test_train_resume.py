@@ -49,7 +49,12 @@ def _run(command: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
 def _run_until(command: list[str], line_start: str, action, timeout: int = 600) -> subprocess.CompletedProcess:
     """Start `command`, call action(process) once a stdout line starts with `line_start`, wait for the end."""
     process = subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        command,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     lines = []
     deadline = time.time() + timeout
@@ -115,7 +120,8 @@ def test_kill_9_after_a_mid_epoch_checkpoint_loses_only_the_work_since(tiny_root
     assert "Epoch: [1]  [3/8]" in resumed.stdout and "Epoch: [1]  [2/8]" not in resumed.stdout
     assert _max_difference(_final_weights(tmp_path), uninterrupted) == 0
 
-    # Both runs appended to metrics.jsonl: iteration 3 of epoch 1 is there twice, with the same losses (an exact resume).
+    # Both runs appended to metrics.jsonl: iteration 3 of epoch 1 is there twice, with the same losses (an exact
+    # resume).
     records = curves.read_records(tmp_path / "metrics.jsonl")
     killed_3, resumed_3 = [r for r in records if r["type"] == "train" and (r["epoch"], r["iteration"]) == (1, 3)]
     assert killed_3["losses"] == resumed_3["losses"] and killed_3["timestamp"] < resumed_3["timestamp"]
@@ -126,10 +132,16 @@ def test_kill_9_after_a_mid_epoch_checkpoint_loses_only_the_work_since(tiny_root
 
 def test_a_non_finite_loss_exits_1_and_keeps_the_last_good_checkpoint(tiny_root, tmp_path):
     # SGD at lr 0.02 from scratch diverges on this data within two epochs.
-    result = _run(_command(tiny_root, tmp_path, "-j", "0", "--opt", "sgd", "--lr", "0.5", "--checkpoint-every", "1", "--epochs", "3"))
+    result = _run(
+        _command(
+            tiny_root, tmp_path, "-j", "0", "--opt", "sgd", "--lr", "0.5", "--checkpoint-every", "1", "--epochs", "3"
+        )
+    )
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
     error = result.stderr.strip().splitlines()
-    assert len(error) == 1 and error[0].startswith("error: loss is ") and "stopped before the optimizer step" in error[0]
+    assert (
+        len(error) == 1 and error[0].startswith("error: loss is ") and "stopped before the optimizer step" in error[0]
+    )
     checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
 
@@ -141,18 +153,19 @@ def _kill_one_rank(torchrun: subprocess.Popen) -> None:
 
 
 def test_when_a_torchrun_rank_dies_the_others_exit_with_a_message(tiny_root, tmp_path):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *_command(tiny_root, tmp_path)[1:]]
-    command += ["-j", "0", "--dist-timeout", "60", "--epochs", "5"]
+    command = _torchrun(tiny_root, tmp_path, "-j", "0", "--dist-timeout", "60", "--epochs", "5")
     started = time.time()
     result = _run_until(command, "Epoch: [0]  [2/", _kill_one_rank, timeout=300)
     assert time.time() - started < 240
     assert result.returncode != 0
-    assert "Signal 9 (SIGKILL)" in result.stderr or "distributed training failed" in result.stderr, result.stderr[-3000:]
+    failed = "Signal 9 (SIGKILL)" in result.stderr or "distributed training failed" in result.stderr
+    assert failed, result.stderr[-3000:]
     assert not any(p.name.startswith("model_") for p in tmp_path.iterdir())
 
 
 def _torchrun(root: Path, output: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *_command(root, output, *extra)[1:]]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            *_command(root, output, *extra)[1:]]  # fmt: skip
 
 
 def _signal_rank_1(torchrun: subprocess.Popen) -> None:
@@ -165,11 +178,15 @@ def test_a_signal_to_one_torchrun_rank_stops_every_rank_at_the_same_iteration(ti
     stopped = _run_until(command, "Epoch: [0]  [1/", _signal_rank_1, timeout=300)
     assert stopped.returncode != 0
     # Rank 0 prints: it stopped for rank 1's signal (or for the SIGTERM torchrun sends it once rank 1 has exited).
-    assert re.search(r"Stopped by (a signal to another rank|SIGTERM) at epoch 0, iteration \d/", stopped.stdout), stopped.stdout[-2000:]
+    assert re.search(r"Stopped by (a signal to another rank|SIGTERM) at epoch 0, iteration \d/", stopped.stdout), (
+        stopped.stdout[-2000:]
+    )
     checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert checkpoint["epoch"] == 0 and 0 < checkpoint["train_state"]["iteration"] < 4
     assert len(checkpoint["train_state"]["rng"]) == 2  # both ranks' random states
 
     resumed = _run(command)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Auto-resuming from" in resumed.stdout and torch.load(tmp_path / "model_1.pth", weights_only=True)["epoch"] == 1
+    assert (
+        "Auto-resuming from" in resumed.stdout and torch.load(tmp_path / "model_1.pth", weights_only=True)["epoch"] == 1
+    )

@@ -1,4 +1,5 @@
-"""The train and eval pipelines: every recipe keeps boxes, masks and keypoints on the image; copy-paste keeps targets on its pixels."""
+"""The train and eval pipelines: every recipe keeps boxes, masks and keypoints on the image; copy-paste keeps targets
+on its pixels."""
 
 import numpy as np
 import pytest
@@ -125,7 +126,9 @@ def painted_sample() -> tuple[Image.Image, dict]:
         masks.append(shape)
         for x, y, _, marker_colour in points[1:]:
             if marker_colour is not None:
-                pixels[y - MARKER_RADIUS : y + MARKER_RADIUS + 1, x - MARKER_RADIUS : x + MARKER_RADIUS + 1] = marker_colour
+                pixels[y - MARKER_RADIUS : y + MARKER_RADIUS + 1, x - MARKER_RADIUS : x + MARKER_RADIUS + 1] = (
+                    marker_colour
+                )
         keypoints.append([(x + 0.5, y + 0.5, v) if v else (0.0, 0.0, 0) for x, y, v, _ in points])
     masks = np.stack(masks)
     target = {
@@ -201,7 +204,9 @@ def check_output(recipe: str, image: torch.Tensor, target: dict, palette: dict) 
     assert labels.unique().numel() == len(labels) and set(labels.tolist()) <= set(SCENE)
     assert target["image_id"] == 7
     padded = check_boxes_and_masks(recipe, image, target, palette)
-    flips = {seen_flipped(mask.bool()) for label, mask in zip(labels.tolist(), masks) if label in ASYMMETRIC_LABELS} - {None}
+    flips = {seen_flipped(mask.bool()) for label, mask in zip(labels.tolist(), masks) if label in ASYMMETRIC_LABELS} - {
+        None
+    }
     assert len(flips) <= 1, "asymmetric objects disagree about the flip"
     flipped = flips.pop() if flips else None
     left_image, markers_checked = check_keypoints(recipe, image, target, palette, flipped)
@@ -226,13 +231,17 @@ def check_boxes_and_masks(recipe: str, image: torch.Tensor, target: dict, palett
     for label, mask in zip(labels.tolist(), masks):
         distance = colour_distance(image, palette[SCENE[label][1]])
         assert (distance[erode(mask[None], margin)[0]] <= colour_tolerance).all(), f"label {label}: mask off its colour"
-        assert not ((distance <= colour_tolerance) & ~dilate(mask[None], margin)[0]).any(), f"label {label}: colour outside its mask"
+        assert not ((distance <= colour_tolerance) & ~dilate(mask[None], margin)[0]).any(), (
+            f"label {label}: colour outside its mask"
+        )
     padding = colour_distance(image, FILL_MEAN) == 0
     assert not (masks.bool() & padding).any()
     return bool(padding.any())
 
 
-def check_keypoints(recipe: str, image: torch.Tensor, target: dict, palette: dict, flipped: bool | None) -> tuple[bool, int]:
+def check_keypoints(
+    recipe: str, image: torch.Tensor, target: dict, palette: dict, flipped: bool | None
+) -> tuple[bool, int]:
     """Keypoint k sits on the marker of keypoint FLIP_INDICES[k] exactly when the image was flipped, keeps that
     keypoint's visibility, and is invisible outside the image. Returns whether some keypoint left the image, and
     how many keypoints were found on their marker."""
@@ -245,7 +254,9 @@ def check_keypoints(recipe: str, image: torch.Tensor, target: dict, palette: dic
             source = FLIP_INDICES[k] if flipped else k
             _, _, v_in, marker = SCENE[label][2][source]
             inside = 0 <= x < image.shape[2] and 0 <= y < image.shape[1]
-            assert v == (v_in if inside else 0), f"label {label} keypoint {k}: visibility {v}, expected {v_in if inside else 0}"
+            assert v == (v_in if inside else 0), (
+                f"label {label} keypoint {k}: visibility {v}, expected {v_in if inside else 0}"
+            )
             left_image |= v_in > 0 and not inside
             distance = colour_distance(image, palette[marker]) if v else None
             if v == 0 or (distance > tolerance).all():
@@ -268,7 +279,9 @@ def test_every_recipe_keeps_targets_on_the_image(recipe):
         out_image, out_target = transform(image, target)
         outcomes.append(check_output(recipe, out_image, out_target, palette))
     assert {o["flipped"] for o in outcomes} >= {True, False}, "both flip outcomes should be checked"
-    assert sum(o["markers_checked"] for o in outcomes) >= 2 * len(SEEDS), "too few keypoints were found on their markers"
+    assert sum(o["markers_checked"] for o in outcomes) >= 2 * len(SEEDS), (
+        "too few keypoints were found on their markers"
+    )
     if recipe in CROPPING:
         assert any(o["dropped"] for o in outcomes), "no seed dropped an object"
         assert any(o["left_image"] for o in outcomes), "no seed moved a keypoint out of the image"
@@ -277,7 +290,10 @@ def test_every_recipe_keeps_targets_on_the_image(recipe):
 
 
 # The synthetic people face the viewer: their left shoulder and hip are at larger x than their right ones.
-PAIRS = [(COCO_PERSON_KEYPOINT_NAMES.index(f"left_{p}"), COCO_PERSON_KEYPOINT_NAMES.index(f"right_{p}")) for p in ("shoulder", "hip")]
+PAIRS = [
+    (COCO_PERSON_KEYPOINT_NAMES.index(f"left_{p}"), COCO_PERSON_KEYPOINT_NAMES.index(f"right_{p}"))
+    for p in ("shoulder", "hip")
+]
 
 
 @pytest.mark.parametrize("recipe", DATA_AUGMENTATIONS)
@@ -293,7 +309,12 @@ def test_every_recipe_keeps_synthetic_people_consistent(synthetic_kp_root, recip
         boxes, keypoints = plain(target["boxes"]), target["keypoints"]
         visible = keypoints[..., 2] > 0
         x, y = keypoints[..., 0], keypoints[..., 1]
-        inside = (x >= boxes[:, None, 0] - 1) & (x <= boxes[:, None, 2] + 1) & (y >= boxes[:, None, 1] - 1) & (y <= boxes[:, None, 3] + 1)
+        inside = (
+            (x >= boxes[:, None, 0] - 1)
+            & (x <= boxes[:, None, 2] + 1)
+            & (y >= boxes[:, None, 1] - 1)
+            & (y <= boxes[:, None, 3] + 1)
+        )
         assert inside[visible].all(), f"seed {seed}: a visible keypoint outside its box"
         assert (x[visible] <= image.shape[-1]).all() and (y[visible] <= image.shape[-2]).all()
         for left, right in PAIRS:
@@ -332,7 +353,14 @@ def test_keypoint_flip_indices_from_names():
     names = ["Left Wrist", "tip", "RIGHT-eye", "left-Eye", "Right Wrist", "hand_left_thumb", "HAND_RIGHT_THUMB"]
     assert keypoint_flip_indices(names) == (4, 1, 3, 2, 0, 6, 5)
     # Only whole words count, and a side without its counterpart stays where it is.
-    assert keypoint_flip_indices(["leftover", "rightover", "left_knee", "brightness", "left", "right"]) == (0, 1, 2, 3, 5, 4)
+    assert keypoint_flip_indices(["leftover", "rightover", "left_knee", "brightness", "left", "right"]) == (
+        0,
+        1,
+        2,
+        3,
+        5,
+        4,
+    )
     assert keypoint_flip_indices([]) == ()
     with pytest.raises(ValueError, match="ignoring case"):
         keypoint_flip_indices(["left_eye", "Left_Eye"])
@@ -409,19 +437,28 @@ def test_boxes_from_masks_follow_masks_and_keep_invalid_boxes_invalid():
     masks[1, 6:8, 1:2] = 1  # box a crop marked invalid: must not come back
     masks[3, 0:12, 15:16] = 1
     boxes = tv_tensors.BoundingBoxes(
-        [[1.0, 0.0, 12.0, 9.0], [0.0, 0.0, 0.0, 0.0], [2.0, 2.0, 6.0, 6.0], [14.5, 0.0, 16.0, 12.0]], format="XYXY", canvas_size=(12, 16)
+        [[1.0, 0.0, 12.0, 9.0], [0.0, 0.0, 0.0, 0.0], [2.0, 2.0, 6.0, 6.0], [14.5, 0.0, 16.0, 12.0]],
+        format="XYXY",
+        canvas_size=(12, 16),
     )
     image = tv_tensors.Image(torch.zeros(3, 12, 16, dtype=torch.uint8))
-    _, out = transforms.BoxesFromMasks()(image, {"boxes": boxes, "masks": tv_tensors.Mask(masks), "labels": torch.arange(4)})
+    _, out = transforms.BoxesFromMasks()(
+        image, {"boxes": boxes, "masks": tv_tensors.Mask(masks), "labels": torch.arange(4)}
+    )
     assert isinstance(out["boxes"], tv_tensors.BoundingBoxes) and out["boxes"].canvas_size == (12, 16)
-    assert out["boxes"].tolist() == [[3.0, 2.0, 9.0, 5.0], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [15.0, 0.0, 16.0, 12.0]]
+    assert out["boxes"].tolist() == [
+        [3.0, 2.0, 9.0, 5.0],
+        [0.0, 0.0, 0.0, 0.0],
+        [0.0, 0.0, 0.0, 0.0],
+        [15.0, 0.0, 16.0, 12.0],
+    ]
     _, sanitized = v2.SanitizeBoundingBoxes()(image, out)
     assert sanitized["labels"].tolist() == [0, 3]
     _, no_masks = transforms.BoxesFromMasks()(image, {"boxes": boxes, "labels": torch.arange(4)})
     assert no_masks["boxes"] is boxes
 
 
-# ----------------------------------------------------------------------------- sample-level behaviour on real dataset samples
+# ----------------------------------------------------------------------------- behaviour on dataset samples
 
 
 def test_train_transform_flips_image_boxes_and_masks_together(any_root):
@@ -541,9 +578,14 @@ PASTE_SIZE = 64
 
 
 def _paste_sample(index: int, rectangles: list[tuple[int, int, int, int]]) -> tuple[torch.Tensor, dict]:
-    """An image of PASTE_SIZE with one rectangle or ellipse per object, each in its own colour; labels 10 * index + j."""
+    """An image of PASTE_SIZE with one rectangle or ellipse per object, each in its own colour; labels 10 * index +
+    j."""
     generator = torch.Generator().manual_seed(index)
-    image = torch.randint(0, 256, (3, 1, 1), dtype=torch.uint8, generator=generator).expand(3, PASTE_SIZE, PASTE_SIZE).clone()
+    image = (
+        torch.randint(0, 256, (3, 1, 1), dtype=torch.uint8, generator=generator)
+        .expand(3, PASTE_SIZE, PASTE_SIZE)
+        .clone()
+    )
     masks = []
     for j, (x1, y1, x2, y2) in enumerate(rectangles):
         canvas = Image.new("L", (PASTE_SIZE, PASTE_SIZE), 0)
@@ -623,7 +665,10 @@ def test_copy_paste_keeps_targets_on_the_pasted_pixels(blending):
 
 def test_copy_paste_is_reproducible_and_leaves_its_input_alone():
     batch = paste_batch()
-    before = [(image.clone(), {k: v.clone() if torch.is_tensor(v) else v for k, v in target.items()}) for image, target in batch]
+    before = [
+        (image.clone(), {k: v.clone() if torch.is_tensor(v) else v for k, v in target.items()})
+        for image, target in batch
+    ]
     results = []
     for _ in range(2):
         torch.manual_seed(5)

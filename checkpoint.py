@@ -1,0 +1,271 @@
+"""The checkpoint format, written down once: what a checkpoint holds, and how it is saved, read and resumed.
+
+A checkpoint file is a dict of plain data (tensors, numbers, strings, lists and dicts of them), so that
+`torch.load(path, weights_only=True)` reads it and no pickled code can run. `Checkpoint` names its keys:
+
+| key | what |
+|---|---|
+| `version` | FORMAT_VERSION (files without it are version 1) |
+| `model` | the model's state dict |
+| `optimizer`, `lr_scheduler` | their state dicts (the epoch scheduler's, as the reference's checkpoints hold it) |
+| `scaler` | the GradScaler's state dict, with --amp only |
+| `epoch` | the epoch the checkpoint is in (finished, unless train_state.iteration says otherwise) |
+| `args` | train.py's flags as a plain dict (vars(args)) |
+| `label_to_category_id`, `categories`, `keypoint_names`, `keypoint_skeleton` | the labels' meaning (Classes) |
+| `train_state` | where training stands (TrainState): `seed`, `epoch`, `order`, `iteration`, `rng` |
+
+To add a field: add it to Checkpoint (or TrainState), to_dict() and from_dict(), and bump FORMAT_VERSION if
+older files must be read differently.
+
+Saving is atomic (a temporary file beside the target, fsynced, renamed over it): `checkpoint.pth` is
+always a complete checkpoint. At the end of an epoch the checkpoint is written as `model_{epoch}.pth` and
+`checkpoint.pth` becomes a second name for it; `keep` bounds how many `model_{epoch}.pth` stay.
+"""
+
+import pickle
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import utils
+from coco_utils import Classes
+
+FORMAT_VERSION = 1
+CHECKPOINT_FILE = "checkpoint.pth"
+EPOCH_FILE = re.compile(r"model_(\d+)\.pth")
+# What a checkpoint needs to continue training, beyond the model.
+TRAINING_KEYS = ("model", "optimizer", "lr_scheduler", "epoch")
+CLASS_KEYS = ("label_to_category_id", "categories", "keypoint_names", "keypoint_skeleton")
+
+
+# ----------------------------------------------------------------------------- the format
+
+
+@dataclass
+class TrainState:
+    """Where training stands, so that a resumed run continues with the very next batch.
+
+    `seed` is the data seed (training order and augmentation), `epoch` and `order` the epoch's training order
+    (samplers.TrainSampler), `iteration` the iterations done in the checkpoint's epoch (None: the epoch is
+    finished), `rng` every rank's random generators (rng_state()), in rank order."""
+
+    seed: int
+    epoch: int
+    order: torch.Tensor
+    iteration: int | None = None
+    rng: list[dict] = field(default_factory=list)
+
+    def sampler_state(self) -> dict:
+        """What samplers.TrainSampler.load_state_dict takes."""
+        return {"seed": self.seed, "epoch": self.epoch, "order": self.order}
+
+
+@dataclass
+class Checkpoint:
+    """One checkpoint file's content (see the table above). A plain state dict read as a checkpoint has only
+    `model`."""
+
+    model: dict[str, torch.Tensor]
+    epoch: int | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+    classes: Classes | None = None
+    optimizer: dict | None = None
+    lr_scheduler: dict | None = None
+    scaler: dict | None = None
+    train_state: TrainState | None = None
+    version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict:
+        data = {"version": self.version, "model": self.model, "epoch": self.epoch, "args": dict(self.args)}
+        if self.classes is not None:
+            data |= {key: getattr(self.classes, key) for key in CLASS_KEYS}
+        for key in ("optimizer", "lr_scheduler", "scaler"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
+        if self.train_state is not None:
+            data["train_state"] = vars(self.train_state).copy()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Checkpoint":
+        """A checkpoint from what torch.load read: one of ours (any version), or a plain state dict."""
+        if "model" not in data:
+            return cls(model=data, version=0)
+        state = data.get("train_state")
+        return cls(
+            model=data["model"],
+            epoch=data.get("epoch"),
+            args=dict(data.get("args") or {}),
+            classes=Classes(**{key: data[key] for key in CLASS_KEYS if key in data}) if CLASS_KEYS[0] in data else None,
+            optimizer=data.get("optimizer"),
+            lr_scheduler=data.get("lr_scheduler"),
+            scaler=data.get("scaler"),
+            train_state=None if state is None else TrainState(**state),
+            version=int(data.get("version", 1)),
+        )
+
+    @property
+    def can_resume_training(self) -> bool:
+        return self.optimizer is not None and self.lr_scheduler is not None and self.epoch is not None
+
+    @property
+    def epoch_finished(self) -> bool:
+        return self.train_state is None or self.train_state.iteration is None
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def load_file(path: str | Path, what: str, flag: str) -> Any:
+    """torch.load with weights_only=True; any failure becomes a UsageError naming the file and flag."""
+    path = Path(path)
+    if not path.is_file():
+        hint = " (a file path: nothing is downloaded)" if "Weights." in str(path) else ""
+        raise utils.UsageError(f"{flag}: {what} file {path} does not exist{hint}; check the path")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a torn or foreign file: the same advice whatever the library raised
+        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):
+            # Pickled objects (such as the torchvision reference's argparse.Namespace) could run code: never unpickled.
+            raise utils.UsageError(
+                f"{flag}: {path} holds pickled Python objects, which weights_only loading refuses to run; if you trust "
+                f"it, keep only its weights: python -c \"import torch; c = torch.load('{path}', weights_only=False); "
+                f"torch.save({{'model': c['model']}}, 'weights.pth')\" and pass weights.pth to --weights"
+            ) from None
+        raise utils.UsageError(
+            f"{flag}: {path} is not a file written by torch.save ({type(e).__name__}: {utils.short_reason(e)}); "
+            f"pass a {what}"
+        ) from None
+
+
+def read_model_file(path: str | Path, flag: str, training_checkpoint: bool = False) -> Checkpoint:
+    """Read --weights, --resume or predict.py's --checkpoint up front, so that a wrong file stops the run before
+    any slow work: a checkpoint, or a whole-model state dict (`training_checkpoint`: one that can resume training)."""
+    loaded = load_file(path, "model checkpoint", flag)
+    if not isinstance(loaded, dict):
+        raise utils.UsageError(f"{flag}: {path} holds a {type(loaded).__name__}, not a state dict or checkpoint")
+    missing = [k for k in TRAINING_KEYS if k not in loaded]
+    if training_checkpoint and missing:
+        raise utils.UsageError(
+            f"{flag}: {path} has no {', '.join(missing)}; it is not a training checkpoint (use --weights)"
+        )
+    return Checkpoint.from_dict(loaded)
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def _write_torch_file(obj: Any, tmp: Path) -> None:
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        utils.fsync_file(f)
+
+
+def save_on_master(obj: Any, path: str | Path) -> None:
+    """Save from rank 0 only, atomically: a crash mid-write never leaves a torn file at `path`."""
+    if utils.is_main_process():
+        utils.replace_atomically(Path(path), lambda tmp: _write_torch_file(obj, tmp))
+
+
+def save_checkpoint(data: dict, output_dir: str | Path, epoch: int | None = None, keep: int | None = None) -> Path:
+    """Write a checkpoint dict (Checkpoint.to_dict()) to <output_dir>/checkpoint.pth, atomically, from rank 0.
+
+    With an `epoch` (the end of one), it is written as model_{epoch}.pth first and checkpoint.pth
+    becomes a second name for it; then only the newest `keep` model_*.pth files are kept.
+    Mid-epoch checkpoints (no epoch) replace checkpoint.pth alone. Returns checkpoint.pth's path.
+    """
+    output_dir = Path(output_dir)
+    latest = output_dir / CHECKPOINT_FILE
+    if not utils.is_main_process():
+        return latest
+    if epoch is None:
+        save_on_master(data, latest)
+        return latest
+    epoch_file = output_dir / f"model_{epoch}.pth"
+    save_on_master(data, epoch_file)
+    utils.replace_atomically(latest, lambda tmp: utils.link_or_copy(epoch_file, tmp))
+    if keep is not None:
+        _remove_old_epoch_files(output_dir, keep)
+    return latest
+
+
+def _remove_old_epoch_files(output_dir: Path, keep: int) -> None:
+    epochs = sorted(int(m.group(1)) for p in output_dir.iterdir() if (m := EPOCH_FILE.fullmatch(p.name)))
+    for old in epochs[: max(len(epochs) - keep, 0)]:
+        (output_dir / f"model_{old}.pth").unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- random state
+
+
+def rng_state() -> dict:
+    """This process's random generators (python, numpy, torch CPU and CUDA) as plain data."""
+    version, mt_state, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(mt_state), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    version, mt_state, gauss = state["python"]
+    random.setstate((version, tuple(mt_state), gauss))
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def restore_random_state(checkpoint: Checkpoint | None) -> None:
+    """Continue each rank's random stream where the checkpoint left it (last, just before training)."""
+    states = checkpoint.train_state.rng if checkpoint is not None and checkpoint.train_state is not None else None
+    if not states:
+        return
+    if len(states) != utils.get_world_size():
+        print(
+            f"Warning: the checkpoint holds random states for {len(states)} processes, "
+            f"this run has {utils.get_world_size()}"
+        )
+        return
+    set_rng_state(states[utils.get_rank()])
+
+
+# ----------------------------------------------------------------------------- resuming
+
+
+def restore_training_state(
+    checkpoint: Checkpoint, path: str, optimizer, lr_scheduler, scaler, train_sampler
+) -> tuple[int, int]:
+    """Load the optimizer, scheduler and scaler states and the position in the training order (the model is
+    loaded by models.load_model_weights). Returns the epoch to start at and the iterations already done in it."""
+    saved_groups = checkpoint.optimizer.get("param_groups", [])
+    fits = len(saved_groups) == len(optimizer.param_groups) and all(
+        set(saved) == set(current) and len(saved["params"]) == len(current["params"])
+        for saved, current in zip(saved_groups, optimizer.param_groups)
+    )
+    if not fits:
+        saved = checkpoint.args
+        raise utils.UsageError(
+            f"--resume: the optimizer state in {path} does not fit this run (it was saved with --opt "
+            f"{saved.get('opt', '?')}, --model {saved.get('model', '?')}, --norm-weight-decay "
+            f"{saved.get('norm_weight_decay')}); resume with that run's flags"
+        )
+    optimizer.load_state_dict(checkpoint.optimizer)
+    lr_scheduler.load_state_dict(checkpoint.lr_scheduler)
+    if scaler is not None and checkpoint.scaler is not None:
+        scaler.load_state_dict(checkpoint.scaler)
+    state = checkpoint.train_state
+    start_epoch = checkpoint.epoch + (1 if checkpoint.epoch_finished else 0)
+    if state is not None and not train_sampler.load_state_dict(state.sampler_state()):
+        print(f"Warning: {path} was saved with a training set of {len(state.order)} images; this one differs")
+    return start_epoch, 0 if checkpoint.epoch_finished else state.iteration

@@ -1,0 +1,105 @@
+"""annotations.py: the reader's table, segmentation texts kept compact and exact, and a second format served by
+CocoDetection through a reader of its own."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import annotations
+import coco_utils
+
+
+@pytest.mark.parametrize(
+    "texts, packed",
+    [
+        ([b"[[1.5, 2,3.25,4,5,6]]", b"[]", b"[[0,0,10,0,10,10],[-1.0, 2.5,3,4,5,6]]"], True),
+        ([b"[[1,2,3,4,5,6]]", b'{"size":[2,3],"counts":"0c1"}', b"[[1e-05,2,3,4,5,6]]"], False),
+        ([], True),
+    ],
+    ids=["polygons", "rle and exponents", "none"],
+)
+def test_packed_texts_round_trip(texts, packed):
+    store = annotations.PackedTexts(texts)
+    assert store.packed is packed
+    assert len(store) == len(texts)
+    assert [t.rstrip(b" ") for t in store[0 : len(texts)]] == texts
+    assert [t.rstrip(b" ") for t in store[1:2]] == texts[1:2]
+    assert store.first_bytes() == bytes(t[0] for t in texts)
+
+
+def test_the_coco_reader_gives_the_files_columns(quirky_root):
+    path = quirky_root / "annotations" / "instances_val2017.json"
+    data = json.loads(path.read_text())
+    table = annotations.COCO_JSON.read(path)
+    assert table.image_ids.tolist() == [img["id"] for img in data["images"]]
+    assert table.file_names == [img["file_name"] for img in data["images"]]
+    assert table.ann_ids.tolist() == [a["id"] for a in data["annotations"]]
+    assert [table.image_ids[row] for row in table.image_of_ann] == [a["image_id"] for a in data["annotations"]]
+    np.testing.assert_array_equal(table.boxes_xywh, np.array([a["bbox"] for a in data["annotations"]], np.float32))
+    assert table.crowd.tolist() == [bool(a["iscrowd"]) for a in data["annotations"]]
+    assert [json.loads(bytes(s)) for s in table.segmentations] == [a["segmentation"] for a in data["annotations"]]
+    assert [(c.id, c.name) for c in table.categories] == [(c["id"], c["name"]) for c in data["categories"]]
+    assert annotations.COCO_JSON.ground_truth(path) == data
+
+
+class _CsvReader:
+    """A second annotation format, in a few lines: one box per line, "file_name,width,height,category,x,y,w,h"."""
+
+    def read(self, path: Path) -> annotations.AnnotationTable:
+        rows = [line.split(",") for line in path.read_text().splitlines()]
+        names = sorted({row[0] for row in rows})
+        sizes = {row[0]: (int(row[1]), int(row[2])) for row in rows}
+        categories = sorted({row[3] for row in rows})
+        return annotations.AnnotationTable(
+            source=path,
+            image_ids=np.arange(1, len(names) + 1),
+            widths=np.array([sizes[n][0] for n in names]),
+            heights=np.array([sizes[n][1] for n in names]),
+            file_names=names,
+            ann_ids=np.arange(1, len(rows) + 1),
+            image_of_ann=np.array([names.index(row[0]) for row in rows]),
+            category_ids=np.array([categories.index(row[3]) + 1 for row in rows]),
+            boxes_xywh=np.array([[float(v) for v in row[4:8]] for row in rows], dtype=np.float32),
+            crowd=np.zeros(len(rows), dtype=bool),
+            segmentations=[b"[]"] * len(rows),
+            keypoints=[None] * len(rows),
+            categories=[annotations.Category(i + 1, name) for i, name in enumerate(categories)],
+        )
+
+    def ground_truth(self, path: Path) -> dict:
+        table = self.read(path)
+        images = [
+            {"id": int(i), "file_name": n, "width": int(w), "height": int(h)}
+            for i, n, w, h in zip(table.image_ids, table.file_names, table.widths, table.heights)
+        ]
+        anns = [
+            {"id": int(a), "image_id": int(table.image_ids[r]), "category_id": int(c), "bbox": b.tolist(),
+             "area": float(b[2] * b[3]), "iscrowd": 0}
+            for a, r, c, b in zip(table.ann_ids, table.image_of_ann, table.category_ids, table.boxes_xywh)
+        ]  # fmt: skip
+        return {
+            "images": images,
+            "annotations": anns,
+            "categories": [{"id": c.id, "name": c.name} for c in table.categories],
+        }
+
+
+def test_a_second_format_needs_only_a_reader(quirky_root, tmp_path):
+    """CocoDetection, its targets, its classes and the evaluation ground truth serve any AnnotationReader."""
+    folder = quirky_root / "val2017"
+    csv = tmp_path / "boxes.csv"
+    csv.write_text(
+        "img_999.jpg,90,90,cat,5,5,30,25\nimg_999.jpg,90,90,dog,40,40,45,40\nimg_2000003.jpg,100,80,cat,60,50,35,25\n"
+    )
+    dataset = coco_utils.CocoDetection(folder, csv, with_masks=False, reader=_CsvReader())
+    assert dataset.ids == [1, 2] and dataset.aspect_ratios == [100 / 80, 1.0]
+    assert dataset.classes.names() == ["0", "cat", "dog"] and dataset.num_classes == 3
+    image, target = dataset[1]
+    assert image.size == (90, 90) and target["labels"].tolist() == [1, 2]
+    assert target["boxes"].tolist() == [[5, 5, 35, 30], [40, 40, 85, 80]]
+    ground_truth = coco_utils.get_coco_api_from_dataset(dataset)
+    assert sorted(ground_truth.imgs) == [1, 2] and len(ground_truth.anns) == 3
+    assert coco_utils.get_coco_api_from_dataset(torch.utils.data.Subset(dataset, [1])).getImgIds() == [2]

@@ -1,0 +1,229 @@
+"""checkpoint.py: the format's round trip, atomic saves that survive kill -9, weights_only loading that refuses
+pickled code, and every random generator restored."""
+
+import os
+import re
+import signal
+import time
+
+import pytest
+import torch
+
+import checkpoint as ckpt
+import utils
+from coco_utils import Classes
+
+
+def test_save_on_master_is_atomic(tmp_path):
+    path = tmp_path / "checkpoint.pth"
+    obj = {"model": {"w": torch.arange(6.0).reshape(2, 3)}, "epoch": 3, "args": {"lr": 0.02}}
+    ckpt.save_on_master(obj, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth"]  # no temporary file left behind
+    loaded = torch.load(path, weights_only=True)
+    assert loaded["epoch"] == 3
+    assert torch.equal(loaded["model"]["w"], obj["model"]["w"])
+    # overwriting an existing file works the same way
+    ckpt.save_on_master({"epoch": 4}, str(path))
+    assert torch.load(path, weights_only=True) == {"epoch": 4}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth"]
+
+
+def test_save_on_master_leaves_the_old_file_when_saving_fails(tmp_path):
+    path = tmp_path / "checkpoint.pth"
+    ckpt.save_on_master({"epoch": 1}, path)
+    with pytest.raises(Exception):  # noqa: B017 - whatever torch.save raises for an unpicklable object
+        ckpt.save_on_master({"epoch": 2, "bad": lambda: None}, path)
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+
+
+def test_save_on_master_only_saves_on_rank_zero(tmp_path, monkeypatch):
+    monkeypatch.setattr(utils, "get_rank", lambda: 1)
+    path = tmp_path / "checkpoint.pth"
+    ckpt.save_on_master({"epoch": 1}, path)
+    assert not path.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_file_roundtrip(tmp_path):
+    path = tmp_path / "weights.pth"
+    torch.save({"w": torch.ones(2)}, path)
+    assert torch.equal(ckpt.load_file(path, "checkpoint", "--resume")["w"], torch.ones(2))
+
+
+def test_load_file_missing(tmp_path):
+    path = tmp_path / "missing.pth"
+    with pytest.raises(utils.UsageError) as info:
+        ckpt.load_file(path, "checkpoint", "--resume")
+    assert str(path) in str(info.value)
+    assert "--resume" in str(info.value)
+
+
+def test_load_file_not_a_torch_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("these are not weights\n")
+    with pytest.raises(utils.UsageError) as info:
+        ckpt.load_file(path, "checkpoint", "--resume")
+    message = str(info.value)
+    assert str(path) in message
+    assert "--resume" in message
+    assert "\n" not in message
+    assert info.value.__cause__ is None
+
+
+def test_load_file_directory(tmp_path):
+    with pytest.raises(utils.UsageError, match="does not exist"):
+        ckpt.load_file(tmp_path, "checkpoint", "--resume")
+
+
+class _Payload:
+    """Unpickling this would create a file: the proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_load_file_refuses_pickled_objects_and_runs_nothing(tmp_path):
+    import argparse
+
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"w": torch.zeros(1)}, "args": argparse.Namespace(lr=0.02), "payload": _Payload(marker)}, path)
+    with pytest.raises(utils.UsageError) as info:
+        ckpt.load_file(path, "model checkpoint", "--resume")
+    assert not marker.exists()
+    message = str(info.value)
+    assert message.startswith(f"--resume: {path} holds pickled Python objects") and "\n" not in message
+
+
+def test_rng_state_round_trips_every_generator_through_a_checkpoint_file(tmp_path):
+    import random
+
+    import numpy as np
+
+    torch.save({"rng": ckpt.rng_state()}, tmp_path / "rng.pth")
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    ckpt.set_rng_state(torch.load(tmp_path / "rng.pth", weights_only=True)["rng"])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_save_checkpoint_writes_the_epoch_file_and_links_the_latest(tmp_path):
+    for epoch in range(4):
+        latest = ckpt.save_checkpoint({"epoch": epoch}, tmp_path, epoch=epoch, keep=2)
+    assert latest == tmp_path / "checkpoint.pth"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth", "model_2.pth", "model_3.pth"]
+    assert torch.load(latest, weights_only=True) == {"epoch": 3}
+    ckpt.save_checkpoint({"epoch": 4, "iteration": 5}, tmp_path)  # mid-epoch: checkpoint.pth alone
+    assert torch.load(latest, weights_only=True)["iteration"] == 5
+    assert torch.load(tmp_path / "model_3.pth", weights_only=True) == {"epoch": 3}
+    ckpt.save_checkpoint({"epoch": 4}, tmp_path, epoch=4)  # keep=None: every epoch file stays
+    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == ["model_2.pth", "model_3.pth", "model_4.pth"]
+
+
+def test_a_stale_temporary_link_from_a_killed_save_does_not_change_the_epoch_file(tmp_path):
+    ckpt.save_checkpoint({"step": 3}, tmp_path, epoch=3)
+    os.link(tmp_path / "model_3.pth", tmp_path / ".checkpoint.pth.tmp")  # killed between linking and renaming
+    ckpt.save_checkpoint({"step": 4}, tmp_path)  # the next, mid-epoch, save
+    assert torch.load(tmp_path / "model_3.pth", weights_only=True) == {"step": 3}
+    assert torch.load(tmp_path / "checkpoint.pth", weights_only=True) == {"step": 4}
+
+
+def _save_forever(folder: str, saved_once) -> None:
+    """The child of the kill -9 test: save ever-growing checkpoints, each internally consistent."""
+    # A forked child must not enter the OpenMP pool its parent started (it would wait forever): one thread.
+    torch.set_num_threads(1)
+    for step in range(1, 10**9):
+        weights = torch.full((step % 7 + 1, 50_000), float(step))
+        ckpt.save_checkpoint(
+            {"model": {"w": weights}, "step": step}, folder, epoch=step if step % 3 == 0 else None, keep=2
+        )
+        saved_once.set()
+
+
+def test_kill_9_at_any_moment_of_a_save_loop_leaves_a_loadable_checkpoint(tmp_path):
+    import multiprocessing
+    import random
+
+    rng = random.Random(0)
+    context = multiprocessing.get_context("fork")
+    trials = 25
+    for trial in range(trials):
+        saved_once = context.Event()
+        child = context.Process(target=_save_forever, args=(str(tmp_path), saved_once))
+        child.start()
+        # Most trials kill at a random moment once the loop is under way (however loaded the machine);
+        # every fifth one right after the start, possibly before any save completes.
+        if trial % 5:
+            assert saved_once.wait(timeout=120), "the saver never completed a checkpoint"
+        time.sleep(rng.uniform(0.0, 0.3))
+        os.kill(child.pid, signal.SIGKILL)
+        child.join()
+        latest = tmp_path / "checkpoint.pth"
+        if not latest.exists():
+            continue  # killed before the first checkpoint completed
+        checkpoint = ckpt.load_file(latest, "checkpoint", "--resume")
+        step = checkpoint["step"]
+        assert torch.equal(checkpoint["model"]["w"], torch.full((step % 7 + 1, 50_000), float(step))), trial
+        for epoch_file in tmp_path.glob("model_*.pth"):
+            assert ckpt.load_file(epoch_file, "checkpoint", "--resume")["step"] == int(epoch_file.stem.split("_")[1])
+    assert (tmp_path / "checkpoint.pth").exists()
+
+
+# ----------------------------------------------------------------------------- the format
+
+
+def _full_checkpoint() -> ckpt.Checkpoint:
+    classes = Classes(
+        label_to_category_id=[0, 2, 5],
+        categories=[{"id": 2, "name": "disc"}, {"id": 5, "name": "square"}],
+        keypoint_names=["a", "b"],
+        keypoint_skeleton=[[1, 2]],
+    )
+    state = ckpt.TrainState(seed=7, epoch=3, order=torch.tensor([2, 0, 1]), iteration=5, rng=[ckpt.rng_state()])
+    return ckpt.Checkpoint(
+        model={"w": torch.arange(4.0)}, epoch=3, args={"lr": 0.02, "model_kwargs": [("min_size", 64)]},
+        classes=classes, optimizer={"state": {}, "param_groups": []}, lr_scheduler={"last_epoch": 3},
+        scaler={"scale": 1024.0}, train_state=state,
+    )  # fmt: skip
+
+
+def test_a_checkpoint_round_trips_through_a_weights_only_file(tmp_path):
+    saved = _full_checkpoint()
+    ckpt.save_on_master(saved.to_dict(), tmp_path / "c.pth")
+    loaded = ckpt.read_model_file(tmp_path / "c.pth", "--resume", training_checkpoint=True)
+    assert loaded.version == ckpt.FORMAT_VERSION
+    assert torch.equal(loaded.model["w"], saved.model["w"]) and torch.equal(
+        loaded.train_state.order, torch.tensor([2, 0, 1])
+    )
+    assert loaded.classes == saved.classes
+    assert (loaded.epoch, loaded.args, loaded.optimizer, loaded.lr_scheduler, loaded.scaler) == (
+        3, {"lr": 0.02, "model_kwargs": [("min_size", 64)]}, saved.optimizer, {"last_epoch": 3}, {"scale": 1024.0},
+    )  # fmt: skip
+    assert (loaded.train_state.seed, loaded.train_state.epoch, loaded.train_state.iteration) == (7, 3, 5)
+    assert loaded.can_resume_training and not loaded.epoch_finished
+    assert loaded.train_state.sampler_state().keys() == {"seed", "epoch", "order"}
+
+
+def test_the_documented_keys_are_the_keys_written():
+    """The table in checkpoint.py's docstring names every key a full checkpoint holds, and no other."""
+    written = set(_full_checkpoint().to_dict())
+    documented = set(re.findall(r"^\| `([a-z_]+)`", ckpt.__doc__, re.MULTILINE))
+    documented |= {key for row in re.findall(r"^\| (`[a-z_]+`(?:, `[a-z_]+`)+) \|", ckpt.__doc__, re.MULTILINE)
+                   for key in re.findall(r"`([a-z_]+)`", row)}  # fmt: skip
+    assert written == documented
+    assert set(vars(_full_checkpoint().train_state)) == {"seed", "epoch", "order", "iteration", "rng"}
+
+
+def test_files_of_earlier_versions_and_plain_state_dicts_read_as_checkpoints(tmp_path):
+    """A checkpoint written before the format had a version is version 1; a plain state dict is just a model."""
+    older = _full_checkpoint().to_dict()
+    del older["version"]
+    assert ckpt.Checkpoint.from_dict(older).version == 1
+    plain = ckpt.Checkpoint.from_dict({"backbone.w": torch.zeros(1)})
+    assert (plain.version, list(plain.model), plain.classes, plain.epoch) == (0, ["backbone.w"], None, None)
+    assert not plain.can_resume_training
+    torch.save({"backbone.w": torch.zeros(1)}, tmp_path / "state.pth")
+    with pytest.raises(utils.UsageError, match="has no model, optimizer, lr_scheduler, epoch; it is not a training"):
+        ckpt.read_model_file(tmp_path / "state.pth", "--resume", training_checkpoint=True)
