@@ -22,6 +22,7 @@ always a complete checkpoint. At the end of an epoch the checkpoint is written a
 `checkpoint.pth` becomes a second name for it; `keep` bounds how many `model_{epoch}.pth` stay.
 """
 
+import argparse
 import pickle
 import random
 import re
@@ -67,8 +68,9 @@ class TrainState:
 
 @dataclass
 class Checkpoint:
-    """One checkpoint file's content (see the table above). A plain state dict read as a checkpoint has only
-    `model`."""
+    """One checkpoint file's content (see the table above). Files of other kinds read as checkpoints too (`source`
+    says which): a plain state dict, as torchvision distributes its weights, has only `model`; a checkpoint of
+    torchvision's reference train.py has no classes and no train_state, and its `args` become a plain dict."""
 
     model: dict[str, torch.Tensor]
     epoch: int | None = None
@@ -79,6 +81,7 @@ class Checkpoint:
     scaler: dict | None = None
     train_state: TrainState | None = None
     version: int = FORMAT_VERSION
+    source: str = field(default="train.py", compare=False)  # or "state dict", "torchvision reference"; not saved
 
     def to_dict(self) -> dict:
         data = {"version": self.version, "model": self.model, "epoch": self.epoch, "args": dict(self.args)}
@@ -95,18 +98,20 @@ class Checkpoint:
     def from_dict(cls, data: dict) -> "Checkpoint":
         """A checkpoint from what torch.load read: one of ours (any version), or a plain state dict."""
         if "model" not in data:
-            return cls(model=data, version=0)
-        state = data.get("train_state")
+            return cls(model=data, version=0, source="state dict")
+        state, args = data.get("train_state"), data.get("args") or {}
+        reference = isinstance(args, argparse.Namespace)  # the reference pickles its flags
         return cls(
             model=data["model"],
             epoch=data.get("epoch"),
-            args=dict(data.get("args") or {}),
+            args=dict(vars(args) if reference else args),
             classes=Classes(**{key: data[key] for key in CLASS_KEYS if key in data}) if CLASS_KEYS[0] in data else None,
             optimizer=data.get("optimizer"),
             lr_scheduler=data.get("lr_scheduler"),
             scaler=data.get("scaler"),
             train_state=None if state is None else TrainState(**state),
-            version=int(data.get("version", 1)),
+            version=0 if reference else int(data.get("version", 1)),
+            source="torchvision reference" if reference else "train.py",
         )
 
     @property
@@ -122,16 +127,18 @@ class Checkpoint:
 
 
 def load_file(path: str | Path, what: str, flag: str) -> Any:
-    """torch.load with weights_only=True; any failure becomes a UsageError naming the file and flag."""
+    """torch.load with weights_only=True, allowing argparse.Namespace (the reference's checkpoints hold one, and it is
+    plain data) and nothing else; any failure becomes a UsageError naming the file and flag."""
     path = Path(path)
     if not path.is_file():
         hint = " (a file path: nothing is downloaded)" if "Weights." in str(path) else ""
         raise utils.UsageError(f"{flag}: {what} file {path} does not exist{hint}; check the path")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a torn or foreign file: the same advice whatever the library raised
         if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):
-            # Pickled objects (such as the torchvision reference's argparse.Namespace) could run code: never unpickled.
+            # Pickled objects other than plain data could run code: never unpickled.
             raise utils.UsageError(
                 f"{flag}: {path} holds pickled Python objects, which weights_only loading refuses to run; if you trust "
                 f"it, keep only its weights: python -c \"import torch; c = torch.load('{path}', weights_only=False); "
@@ -249,8 +256,10 @@ def restore_training_state(
     """Load the optimizer, scheduler and scaler states and the position in the training order (the model is
     loaded by models.load_model_weights). Returns the epoch to start at and the iterations already done in it."""
     saved_groups = checkpoint.optimizer.get("param_groups", [])
+    # The same optimizer (AdamW's groups have betas, SGD's momentum) over the same parameters; other keys may come
+    # and go with the torch version that saved them.
     fits = len(saved_groups) == len(optimizer.param_groups) and all(
-        set(saved) == set(current) and len(saved["params"]) == len(current["params"])
+        ("betas" in saved) == ("betas" in current) and len(saved["params"]) == len(current["params"])
         for saved, current in zip(saved_groups, optimizer.param_groups)
     )
     if not fits:

@@ -107,11 +107,12 @@ class DetectionDataset(Protocol):
     def __getitem__(self, index: int) -> tuple[Any, dict]: ...
 
 
-def label_to_category_ids(category_ids: Sequence[int], contiguous: bool) -> list[int]:
+def label_to_category_ids(category_ids: Sequence[int], contiguous: bool, min_num_classes: int = 0) -> list[int]:
     """The category id of each label (label 0, the background, maps to 0): contiguous labels 1..K in
-    category id order, or the category ids themselves (then num_classes is the largest id + 1)."""
+    category id order, or the category ids themselves (then num_classes is the largest id + 1, or
+    `min_num_classes` where a model trained on more ids is used: torchvision's COCO models have 91)."""
     ids = sorted(int(i) for i in category_ids)
-    return [0, *ids] if contiguous else list(range(max(ids, default=0) + 1))
+    return [0, *ids] if contiguous else list(range(max(max(ids, default=0) + 1, min_num_classes)))
 
 
 def coco_from_dict(data: dict) -> COCO:
@@ -208,6 +209,7 @@ class CocoDetection(torch.utils.data.Dataset):
         contiguous_labels: bool = False,
         label_to_category_id: Sequence[int] | None = None,
         reader: AnnotationReader = COCO_JSON,
+        min_num_classes: int = 0,
     ):
         self.img_folder = Path(img_folder)
         self.ann_file = Path(ann_file)
@@ -223,7 +225,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.keypoint_names = table.keypoint_names() if with_keypoints else []
         self.keypoint_skeleton = table.keypoint_skeleton() if with_keypoints else []
         if label_to_category_id is None:  # else given: another split's, or a trained model's
-            label_to_category_id = label_to_category_ids(self.categories, contiguous_labels)
+            label_to_category_id = label_to_category_ids(self.categories, contiguous_labels, min_num_classes)
         self.label_to_category_id = [int(i) for i in label_to_category_id]
         self._index(table, remove_images_without_annotations)
         del table
@@ -446,6 +448,7 @@ def get_coco(
     ann_file: str | Path | None = None,
     contiguous_labels: bool = False,
     label_to_category_id: Sequence[int] | None = None,
+    min_num_classes: int = 0,
 ) -> CocoDetection:
     """The `image_set` ("train" or "val") split: of the COCO 2017 layout under `root` (`dataset` "coco"
     reads instances_*.json, "coco_kp" person_keypoints_*.json), or of a user's own annotation file and
@@ -464,6 +467,7 @@ def get_coco(
         with_keypoints=dataset == "coco_kp",
         contiguous_labels=contiguous_labels,
         label_to_category_id=label_to_category_id,
+        min_num_classes=min_num_classes,
     )
 
 

@@ -16,18 +16,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes, draw_keypoints, draw_segmentation_masks
 
 import coco_eval
 import utils
+import weights
 from annotations import read_annotation_file
 from checkpoint import read_model_file
 from coco_utils import Classes
 from images import IMAGE_READ_ERRORS, UnreadableImage, read_rgb
 from masks import MASK_THRESHOLD
-from models import iou_types_of, model_from_checkpoint
+from models import DEFAULT_MODEL, iou_types_of, model_from_checkpoint
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 # Distinct colours, one per class (label modulo their number).
@@ -42,7 +44,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser.add_argument(
         "inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders of images (not recursive)"
     )
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint or model_{epoch}.pth written by train.py")
+    parser.add_argument(
+        "--checkpoint", required=True, metavar="FILE",
+        help="weights: a checkpoint or model_{epoch}.pth written by train.py, a torchvision reference checkpoint, a "
+        "torchvision state dict, or a torchvision enum such as MaskRCNN_ResNet50_FPN_Weights.COCO_V1 (hub cache)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--model", default=None, help=f"the architecture of a file that does not record one (default {DEFAULT_MODEL})"
+    )
     parser.add_argument("--output-dir", default="predictions", help="where the pictures and predictions.json go")
     parser.add_argument("--score-thresh", default=0.5, type=float, help="draw detections scoring at least this")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
@@ -112,10 +121,13 @@ def read_image(path: Path) -> torch.Tensor:
 # ----------------------------------------------------------------------------- model
 
 
-def load_trained_model(path: str, device: torch.device) -> tuple[torch.nn.Module, Classes]:
-    """The model a train.py checkpoint holds, in eval mode, and its classes (label_to_category_id, categories,
-    keypoints)."""
-    model, classes = model_from_checkpoint(read_model_file(path, "--checkpoint"), path, "--checkpoint")
+def load_trained_model(
+    value: str, device: torch.device, model_name: str | None = None
+) -> tuple[torch.nn.Module, Classes]:
+    """The model a weights file (or torchvision enum) holds, in eval mode, and its classes (label_to_category_id,
+    categories, keypoints); `model_name` builds a file that records no model."""
+    path = weights.resolve(value, "--checkpoint").path
+    model, classes = model_from_checkpoint(read_model_file(path, "--checkpoint"), path, "--checkpoint", model_name)
     return model.to(device).eval(), classes
 
 
@@ -179,6 +191,9 @@ def predict(args: argparse.Namespace) -> Path:
     if args.max_images is not None and args.max_images < 1:
         raise utils.UsageError(f"--max-images: must be at least 1, got {args.max_images}")
     utils.check_device(args.device)
+    detection_models = torchvision.models.list_models(module=torchvision.models.detection)
+    if args.model is not None and args.model not in detection_models:
+        raise utils.UsageError(f"--model: unknown model {args.model!r}; choose one of {', '.join(detection_models)}")
     images = find_images(args.inputs)[: args.max_images]
     image_ids = _image_ids(images, args.annotations)
     for path in (
@@ -186,7 +201,7 @@ def predict(args: argparse.Namespace) -> Path:
     ):  # a file that is no image stops the run now, not after the pictures before it (without predictions.json)
         check_image(path)
     device = torch.device(args.device)
-    model, classes = load_trained_model(args.checkpoint, device)
+    model, classes = load_trained_model(args.checkpoint, device, args.model)
     names, iou_types, labels = classes.names(), iou_types_of(model), classes.category_labels()
     label_to_category_id = np.asarray(classes.label_to_category_id, dtype=np.int64)
     output_dir = Path(args.output_dir)

@@ -23,12 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 
 import checkpoint as ckpt
 import coco_eval
+import flags
 import models
 import utils
+import weights
 from coco_utils import ANNOTATION_PREFIXES, Classes, get_coco
 from engine import (
     NonFiniteLossError,
@@ -40,7 +41,10 @@ from engine import (
 )
 from samplers import build_data_loaders
 from solver import build_lr_scheduler, build_optimizer
-from transforms import DATA_AUGMENTATIONS, copypaste_allowed, get_transform, keypoint_flip_indices
+from transforms import DATA_AUGMENTATIONS, get_transform, keypoint_flip_indices
+
+DEFAULT_LR = 0.02  # the reference's, for 16 images per step
+REFERENCE_BATCH = 16
 
 # ----------------------------------------------------------------------------- flags
 
@@ -67,12 +71,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("-b", "--batch-size", default=2, type=int, help="images per process; total batch = this x processes")
     add("--epochs", default=26, type=int, help="number of epochs to run")
     add("-j", "--workers", default=4, type=int, help="data loading workers per process")
-    add("--opt", default="sgd", choices=["sgd", "sgd_nesterov", "adamw"], help="optimizer")
-    add("--lr", default=0.02, type=float, help="0.02 is for 8 GPUs x 2 images; scale it linearly with the total batch")
+    add("--opt", default="sgd", type=str.lower, choices=["sgd", "sgd_nesterov", "adamw"], help="optimizer")
+    add("--lr", default=DEFAULT_LR, type=float, help="for 16 images per step (8 GPUs x 2); see --auto-scale-lr")
+    add("--auto-scale-lr", action="store_true", help="scale --lr by the total batch / 16 (mmdetection's flag)")
     add("--momentum", default=0.9, type=float, help="SGD momentum")
     add("--wd", "--weight-decay", default=1e-4, type=float, dest="weight_decay", help="weight decay")
     add("--norm-weight-decay", default=None, type=float, help="weight decay for normalization layers (default: --wd)")
-    add("--lr-scheduler", default="multisteplr", choices=["multisteplr", "cosineannealinglr"], help="epoch scheduler")
+    add("--lr-scheduler", default="multisteplr", type=str.lower, choices=["multisteplr", "cosineannealinglr"],
+        help="epoch scheduler")  # fmt: skip
     add("--lr-step-size", default=8, type=int, help="kept for command-line compatibility; unused, as upstream")
     add("--lr-steps", default=[16, 22], nargs="+", type=int, help="epochs at which multisteplr decays the lr")
     add("--lr-gamma", default=0.1, type=float, help="lr decay factor of multisteplr")
@@ -95,9 +101,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--use-deterministic-algorithms", action="store_true", help="force deterministic algorithms")
     add("--world-size", default=1, type=int, help="number of distributed processes")
     add("--dist-url", default="env://", help="url used to set up distributed training")
-    add("--weights", default=None, help="whole-model state dict or checkpoint (fine-tuning, --test-only)")
+    add("--weights", default=None,
+        help="whole-model weights (fine-tuning, --test-only): a file, or a torchvision enum such as "
+        "MaskRCNN_ResNet50_FPN_Weights.COCO_V1 read from torch hub's cache")  # fmt: skip
     add("--weights-backbone", default=None,
-        help="ResNet-50 state dict (default <data-path>/resnet50.pth); 'none' for random")  # fmt: skip
+        help="ImageNet backbone weights: a file (default <data-path>/resnet50.pth), a torchvision enum such as "
+        "ResNet50_Weights.IMAGENET1K_V1 read from torch hub's cache, or none for random")  # fmt: skip
     add("--amp", action="store_true", help="mixed precision (autocast + GradScaler)")
     add("--min-size", default=None, type=int, help="resize the shorter image side to this (R-CNN default 800)")
     add("--max-size", default=None, type=int, help="... and the longer side to at most this (R-CNN default 1333)")
@@ -134,82 +143,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-def _validate_args(args: argparse.Namespace) -> None:
-    """Catch flag values that would otherwise fail deep inside a run, with a traceback."""
-    detection_models = torchvision.models.list_models(module=torchvision.models.detection)
-    if args.model not in detection_models:
-        choices = ", ".join(sorted(detection_models))
-        raise utils.UsageError(f"--model: unknown model {args.model!r}; choose one of {choices}")
-    if args.model.startswith("keypointrcnn") and args.dataset != "coco_kp":
-        raise utils.UsageError(f"--model: {args.model} needs keypoint annotations; add --dataset coco_kp")
-    _validate_own_data(args)
-    lowest = {
-        "-b/--batch-size": (args.batch_size, 1),
-        "--epochs": (args.epochs, 1),
-        "--print-freq": (args.print_freq, 1),
-        "-j/--workers": (args.workers, 0),
-        "--checkpoint-every": (args.checkpoint_every, 0),
-        "--keep-checkpoints": (args.keep_checkpoints, 1),
-        "--start-epoch": (args.start_epoch, 0),
-    }
-    for flag, (value, low) in lowest.items():
-        if value is not None and value < low:
-            raise utils.UsageError(f"{flag}: must be at least {low}, got {value}")
-    for flag, value in {
-        "--lr": args.lr,
-        "--clip-grad-norm": args.clip_grad_norm,
-        "--dist-timeout": args.dist_timeout,
-    }.items():
-        if value is not None and not value > 0:
-            raise utils.UsageError(f"{flag}: must be positive, got {value}")
-    if args.use_copypaste and not (copypaste_allowed(args.data_augmentation) and "maskrcnn" in args.model):
-        raise utils.UsageError(
-            "--use-copypaste: works only with --data-augmentation lsj and a Mask R-CNN model (it pastes masks)"
-        )
-    writes_output = {
-        "--auto-resume": (args.auto_resume, "where it looks for checkpoint.pth"),
-        "--save-predictions": (args.save_predictions, "where it writes predictions_*.json"),
-        "--tensorboard": (args.tensorboard, "where it writes tensorboard/"),
-    }
-    for flag, (given, role) in writes_output.items():
-        if given and not args.output_dir:
-            raise utils.UsageError(f"{flag}: needs --output-dir, {role}")
-    if args.tensorboard and not utils.tensorboard_available():
-        raise utils.UsageError(f"--tensorboard: {utils.TENSORBOARD_HINT}")
-    if any(b <= a for a, b in zip(args.lr_steps, args.lr_steps[1:])):
-        raise utils.UsageError(f"--lr-steps: epochs must increase, got {' '.join(map(str, args.lr_steps))}")
-    utils.check_device(args.device)
-    coco_eval.backend_classes(args.eval_backend)  # a missing package stops the run now, not after the first epoch
-
-
-def _validate_own_data(args: argparse.Namespace) -> None:
-    """--train-images/--train-annotations/--val-images/--val-annotations come in pairs, and for each split that runs."""
-    for split in ("train", "val"):
-        images, annotations = getattr(args, f"{split}_images"), getattr(args, f"{split}_annotations")
-        if (images is None) != (annotations is None):
-            given, needed = ("images", "annotations") if annotations is None else ("annotations", "images")
-            raise utils.UsageError(
-                f"--{split}-{given}: needs --{split}-{needed} too (a split is an image folder and its annotation file)"
-            )
-    if _own_data(args) and args.val_images is None:
-        # else the evaluation would quietly run on --data-path's val2017
-        raise utils.UsageError(
-            "--val-images/--val-annotations: missing; your own data needs its evaluation split too "
-            "(--train-images, --train-annotations, --val-images, --val-annotations; "
-            "--test-only needs only the last two)"
-        )
-    if _own_data(args) and not args.test_only and args.train_images is None:
-        raise utils.UsageError(
-            "--train-images/--train-annotations: missing; training on your own data needs both splits "
-            "(--train-images, --train-annotations, --val-images, --val-annotations)"
-        )
-
-
-def _own_data(args: argparse.Namespace) -> bool:
-    own_data_flags = (f"{split}_{kind}" for split in ("train", "val") for kind in ("images", "annotations"))
-    return any(getattr(args, name) is not None for name in own_data_flags)
-
-
 # ----------------------------------------------------------------------------- set-up
 
 
@@ -227,11 +160,13 @@ def _apply_auto_resume(args: argparse.Namespace) -> None:
 
 def _read_model_files(args: argparse.Namespace) -> tuple[ckpt.Checkpoint | None, ckpt.Checkpoint | None]:
     """--weights and --resume, read before any slow work so that a wrong file stops the run at once."""
-    weights = ckpt.read_model_file(args.weights, "--weights") if args.weights else None
+    pretrained = None
+    if args.weights:
+        pretrained = ckpt.read_model_file(weights.resolve(args.weights, "--weights").path, "--weights")
     resumed = None
     if args.resume:
         resumed = ckpt.read_model_file(args.resume, "--resume", training_checkpoint=not args.test_only)
-    return weights, resumed
+    return pretrained, resumed
 
 
 def _make_output_dir(args: argparse.Namespace) -> None:
@@ -275,24 +210,30 @@ def _data_seed(args: argparse.Namespace, resumed: ckpt.Checkpoint | None) -> int
 # ----------------------------------------------------------------------------- data
 
 
-def _contiguous_labels(args: argparse.Namespace) -> bool:
-    if args.label_mapping == "auto":
-        return _own_data(args)  # the reference's category-id labels for COCO itself, so torchvision's COCO weights fit
-    return args.label_mapping == "contiguous"
-
-
 def _trained_label_mapping(
-    args: argparse.Namespace, weights: ckpt.Checkpoint | None, resumed: ckpt.Checkpoint | None
+    args: argparse.Namespace, pretrained: ckpt.Checkpoint | None, resumed: ckpt.Checkpoint | None
 ) -> list[int] | None:
     """The labels a trained model already has, when this run must keep them: resuming, or evaluating it."""
-    source = resumed if resumed is not None else (weights if args.test_only else None)
+    source = resumed if resumed is not None else (pretrained if args.test_only else None)
     return None if source is None or source.classes is None else source.classes.label_to_category_id
 
 
-def load_datasets(args: argparse.Namespace, label_to_category_id: list[int] | None):
+def _trained_num_classes(args: argparse.Namespace, pretrained, resumed) -> int:
+    """With category-id labels, a model trained for more ids than the data has (torchvision's COCO models have 91)
+    keeps its classes, as the reference does: no class layer is re-initialised."""
+    source = resumed if resumed is not None else pretrained
+    if source is None or flags.contiguous_labels(args):
+        return 0
+    return models.num_classes_in(models.ModelSpec.from_args(args), source.model) or 0
+
+
+def load_datasets(args: argparse.Namespace, label_to_category_id: list[int] | None, min_num_classes: int = 0):
     """The training split (None with --test-only) and the evaluation split, labelled alike: with
-    `label_to_category_id` when given (a trained model's), else as the training annotations say."""
-    common = {"dataset": args.dataset, "contiguous_labels": _contiguous_labels(args)}
+    `label_to_category_id` when given (a trained model's), else as the training annotations say (with category-id
+    labels, `min_num_classes` labels at least)."""
+    common = {
+        "dataset": args.dataset, "contiguous_labels": flags.contiguous_labels(args), "min_num_classes": min_num_classes
+    }  # fmt: skip
     dataset_train = None
     if not args.test_only:
         dataset_train = get_coco(
@@ -315,12 +256,12 @@ def load_datasets(args: argparse.Namespace, label_to_category_id: list[int] | No
 # ----------------------------------------------------------------------------- model
 
 
-def _build_model(args: argparse.Namespace, classes: Classes, backbone_state, device: torch.device):
+def _build_model(args: argparse.Namespace, classes: Classes, backbone: models.Backbone | None, device: torch.device):
     """The model on `device`, and the same model without its DistributedDataParallel wrapper."""
     model = models.build_model_or_explain(
         models.ModelSpec.from_args(args),
         classes.num_classes,
-        backbone_state=backbone_state,
+        backbone=backbone,
         num_keypoints=len(classes.keypoint_names) or None,
         whole_model_weights=args.weights is not None or bool(args.test_only and args.resume),
     )
@@ -333,6 +274,43 @@ def _build_model(args: argparse.Namespace, classes: Classes, backbone_state, dev
         return model, model
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[args.gpu] if device.type == "cuda" else None)
     return ddp, ddp.module
+
+
+def _load_whole_model(args: argparse.Namespace, model: torch.nn.Module, pretrained, resumed) -> None:
+    """--weights (fine-tuned to the dataset's classes when training) and --resume into the model; a model that
+    descends from torchvision's legacy COCO weights gets their FrozenBatchNorm eps, as torchvision's builder sets it."""
+    spec = models.ModelSpec.from_args(args)
+    if pretrained is not None:
+        new = models.load_model_weights(model, spec, pretrained.model, args.weights, "--weights", not args.test_only)
+        if new:
+            trained_for, needs = (
+                models.num_classes_in(spec, pretrained.model),
+                models.num_classes_in(spec, model.state_dict()),
+            )
+            print(
+                f"Fine-tuning {args.weights}, trained for {trained_for} classes, to this dataset's {needs}: "
+                f"{', '.join(new)} start as the model builder initialises them; every other tensor is loaded"
+            )
+    if resumed is not None:
+        models.load_model_weights(model, spec, resumed.model, args.resume, "--resume")
+    recorded = resumed.args.get("weights") if resumed is not None else None
+    if any(value and weights.identify(str(value)).legacy_eps for value in (args.weights, recorded)):
+        weights.overwrite_eps(model, 0.0)
+
+
+def _scale_lr(args: argparse.Namespace) -> None:
+    """--auto-scale-lr: --lr is for 16 images per step; scale it linearly to this run's total batch. Without it, a
+    default --lr with another total batch gets a one-line suggestion."""
+    total = args.batch_size * utils.get_world_size()
+    scaled = args.lr * total / REFERENCE_BATCH
+    if args.auto_scale_lr:
+        print(f"--auto-scale-lr: lr {args.lr:g} x {total} images per step / {REFERENCE_BATCH} = {scaled:g}")
+        args.lr = scaled
+    elif args.lr == DEFAULT_LR and total != REFERENCE_BATCH:
+        print(
+            f"Note: --lr {args.lr:g} is for {REFERENCE_BATCH} images per step and this run takes {total} "
+            f"({args.batch_size} x {utils.get_world_size()} processes); --auto-scale-lr would use {scaled:g}"
+        )
 
 
 # ----------------------------------------------------------------------------- during training
@@ -374,11 +352,11 @@ def _report_stop(path: Path | None, own_signum: int | None, where: str) -> int:
 
 def main(args: argparse.Namespace) -> int:
     """Train (or only evaluate); returns the exit status: 0, or 128 + the signal that stopped training."""
-    _validate_args(args)
+    flags.validate(args)
     _apply_auto_resume(args)
     # Read every input file first, so that a wrong one stops the run before any slow work.
-    backbone_state = models.load_backbone(args)
-    weights, resumed = _read_model_files(args)
+    backbone = models.load_backbone(args)
+    pretrained, resumed = _read_model_files(args)
     _make_output_dir(args)
     utils.init_distributed_mode(args)
     print(args)
@@ -389,7 +367,8 @@ def main(args: argparse.Namespace) -> int:
         torch.use_deterministic_algorithms(True)
 
     print("Loading data")
-    dataset_train, dataset_test = load_datasets(args, _trained_label_mapping(args, weights, resumed))
+    mapping = _trained_label_mapping(args, pretrained, resumed)
+    dataset_train, dataset_test = load_datasets(args, mapping, _trained_num_classes(args, pretrained, resumed))
     seed = _data_seed(args, resumed)
     train_sampler, batch_sampler, data_loader, data_loader_test = build_data_loaders(
         args, dataset_train, dataset_test, device, seed
@@ -397,14 +376,11 @@ def main(args: argparse.Namespace) -> int:
     classes = (dataset_train or dataset_test).classes  # the training split's: what the model learns
 
     print("Creating model")
-    model, model_without_ddp = _build_model(args, classes, backbone_state, device)
-    if weights is not None:
-        models.load_model_weights(model_without_ddp, weights.model, args.weights, "--weights")
-    if resumed is not None:
-        models.load_model_weights(model_without_ddp, resumed.model, args.resume, "--resume")
+    model, model_without_ddp = _build_model(args, classes, backbone, device)
+    _load_whole_model(args, model_without_ddp, pretrained, resumed)
 
     if args.test_only:
-        if weights is None and resumed is None:
+        if pretrained is None and resumed is None:
             print("Warning: --test-only without --resume or --weights evaluates an untrained model")
         torch.backends.cudnn.deterministic = True
         evaluator = evaluate(model_without_ddp, data_loader_test, device, backend=args.eval_backend)
@@ -412,6 +388,8 @@ def main(args: argparse.Namespace) -> int:
         return 0
 
     iters_per_epoch = len(batch_sampler.batch_sampler)
+    if resumed is None:  # a resumed run goes on with its optimizer's lr
+        _scale_lr(args)
     optimizer = build_optimizer(model_without_ddp, args)
     lr_scheduler = build_lr_scheduler(optimizer, args, iters_per_epoch)
     scaler = torch.amp.GradScaler(device.type) if args.amp else None

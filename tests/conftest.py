@@ -1,6 +1,7 @@
 """Shared fixtures: the generator's synthetic datasets (shapes; stick figures with keypoints), a hand-written COCO
 dataset with other quirks, and copies of it to break; and helpers several test files import (`from conftest import`)."""
 
+import argparse
 import contextlib
 import io
 import json
@@ -216,6 +217,15 @@ def quirky_copy(quirky_root, tmp_path) -> Path:
 
 
 @pytest.fixture
+def torch_home(tmp_path, monkeypatch) -> Path:
+    """An empty torch hub cache ($TORCH_HOME/hub/checkpoints) for a test to fill with stand-in weight files."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    folder = tmp_path / "torch_home" / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    return folder
+
+
+@pytest.fixture
 def edit_annotations() -> Callable:
     """edit(root, split, change): rewrite a split's annotation file with `change` applied to its dict
     (in place, or replaced by what `change` returns); returns the file's path."""
@@ -288,3 +298,54 @@ def write_random_resnet50(path: Path) -> dict:
     state = torchvision.models.resnet50().state_dict()
     torch.save(state, path)
     return state
+
+
+def reference_args(**changes) -> argparse.Namespace:
+    """The flags of torchvision's reference train.py (today's), with its defaults, as its checkpoints pickle them."""
+    defaults = dict(
+        data_path="/datasets01/COCO/022719/", dataset="coco", model="maskrcnn_resnet50_fpn", device="cuda",
+        batch_size=2, epochs=26, workers=4, opt="sgd", lr=0.02, momentum=0.9, weight_decay=1e-4,
+        norm_weight_decay=None, lr_scheduler="multisteplr", lr_step_size=8, lr_steps=[16, 22], lr_gamma=0.1,
+        print_freq=20, output_dir=".", resume="", start_epoch=0, aspect_ratio_group_factor=3, rpn_score_thresh=None,
+        trainable_backbone_layers=None, data_augmentation="hflip", sync_bn=False, test_only=False,
+        use_deterministic_algorithms=False, world_size=8, dist_url="env://", weights=None,
+        weights_backbone="ResNet50_Weights.IMAGENET1K_V1", amp=False, use_copypaste=False, backend="pil",
+        use_v2=False, distributed=True, rank=0, gpu=0, dist_backend="nccl",
+    )  # fmt: skip
+    return argparse.Namespace(**defaults | changes)
+
+
+def write_reference_checkpoint(path: Path, checkpoint: dict, **arg_changes) -> Path:
+    """A checkpoint as the reference's train.py saves it (utils.save_on_master): model, optimizer, lr_scheduler, args
+    (an argparse.Namespace, pickled) and epoch, from one of train.py's checkpoint dicts."""
+    saved = {key: checkpoint[key] for key in ("model", "optimizer", "lr_scheduler", "epoch")}
+    torch.save(saved | {"args": reference_args(**arg_changes)}, path)
+    return path
+
+
+def write_standin_resnet50(path: Path) -> dict:
+    """A ResNet-50 that behaves like ImageNet weights under FrozenBatchNorm: zero-initialised residual branches, and
+    BatchNorm statistics calibrated on a few normalised random batches (a plain resnet50()'s are 0 and 1, with which
+    losses turn NaN within a few iterations at lr 0.01)."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(zero_init_residual=True)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # a plain average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.randn(8, 3, 96, 96))
+    state = model.state_dict()
+    torch.save(state, path)
+    return state
+
+
+def run_train(flags: list) -> tuple[int, str, str]:
+    """train.cli in this process: its exit status, stdout and stderr."""
+    import train  # here: conftest is imported before the tests put the project on sys.path
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = train.cli([str(flag) for flag in flags])
+    return code, out.getvalue(), err.getvalue()

@@ -12,6 +12,7 @@ import torch
 import checkpoint as ckpt
 import utils
 from coco_utils import Classes
+from conftest import write_reference_checkpoint
 
 
 def test_save_on_master_is_atomic(tmp_path):
@@ -227,3 +228,15 @@ def test_files_of_earlier_versions_and_plain_state_dicts_read_as_checkpoints(tmp
     torch.save({"backbone.w": torch.zeros(1)}, tmp_path / "state.pth")
     with pytest.raises(utils.UsageError, match="has no model, optimizer, lr_scheduler, epoch; it is not a training"):
         ckpt.read_model_file(tmp_path / "state.pth", "--resume", training_checkpoint=True)
+
+
+def test_a_checkpoint_of_torchvisions_reference_reads_with_its_flags_as_plain_data(tmp_path):
+    """Its pickled argparse.Namespace is allowed under weights_only, and nothing else is."""
+    saved = _full_checkpoint().to_dict()
+    path = write_reference_checkpoint(tmp_path / "model_25.pth", saved, epochs=26)
+    loaded = ckpt.read_model_file(path, "--resume", training_checkpoint=True)
+    assert loaded.source == "torchvision reference" and loaded.version == 0
+    assert loaded.args["model"] == "maskrcnn_resnet50_fpn" and loaded.args["weights_backbone"].startswith("ResNet50")
+    assert type(loaded.args) is dict and loaded.classes is None and loaded.train_state is None
+    assert loaded.epoch == 3 and loaded.can_resume_training and loaded.epoch_finished
+    assert torch.equal(loaded.model["w"], saved["model"]["w"]) and loaded.optimizer == saved["optimizer"]

@@ -397,7 +397,10 @@ def _bad_input(case: str, root: Path, tmp_path: Path) -> tuple[list[str], str]:
         return [str(tmp_path / "folder"), *checkpoint], f"{tmp_path / 'folder' / 'b.jpg'}: not an image"
     if case == "state dict":
         torch.save(torch.nn.Conv2d(3, 8, 3).state_dict(), tmp_path / "checkpoint.pth")
-        return [str(image), *checkpoint], f"--checkpoint: {tmp_path / 'checkpoint.pth'} does not say which model"
+        return [
+            str(image),
+            *checkpoint,
+        ], f"--checkpoint: {tmp_path / 'checkpoint.pth'} holds no maskrcnn_resnet50_fpn weights"
     if case == "missing checkpoint":
         return [
             str(image),

@@ -1,6 +1,7 @@
 """train.py: flags, the local ResNet-50 backbone, checkpoints, and end-to-end runs (train, --resume,
 --test-only, torchrun with 2 processes) on a COCO-format dataset the generator did not write."""
 
+import argparse
 import contextlib
 import io
 import json
@@ -23,7 +24,7 @@ import synthetic_coco
 import train
 import utils
 from coco_utils import Classes
-from conftest import write_random_resnet50
+from conftest import run_train, write_random_resnet50
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small images and a lighter R-CNN sampling keep each run to seconds on 2 CPU cores.
@@ -369,6 +370,10 @@ BAD_INPUTS = {
         lambda d, t: ["--save-predictions", "--output-dir", ""],
         "--save-predictions: needs --output-dir, where it writes predictions_*.json",
     ),
+    "num_classes as a model kwarg": (
+        lambda d, t: ["--model-kwargs", "num_classes=91"],
+        "--model-kwargs: num_classes is not a model argument here: the classes and keypoints come from the dataset",
+    ),
     "misspelt model kwarg": (
         lambda d, t: ["--model-kwargs", "box_batch_size_per_imag=3"],
         "has no argument box_batch_size_per_imag",
@@ -401,7 +406,46 @@ BAD_INPUTS = {
     ),
     "resume missing": (lambda d, t: ["--resume", str(t / "gone.pth")], "--resume: model checkpoint file"),
     "resume not a checkpoint": (lambda d, t: ["--resume", str(t / "file.txt")], "--resume: "),
+    "weights with a pickle payload": (
+        lambda d, t: ["--weights", _payload_file(t)],
+        "holds pickled Python objects, which weights_only loading refuses to run",
+    ),
+    "weights cut short": (lambda d, t: ["--weights", _truncated_weights(t)], "is not a file written by torch.save"),
+    "weights of another architecture": (
+        lambda d, t: ["--weights", _mobilenet_weights(t)],
+        "does not fit MaskRCNN: ",
+    ),
 }
+
+
+class _Payload:
+    """Unpickling this would create a file (which the test would find): the proof that code ran."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def _payload_file(folder: Path) -> str:
+    path = folder / "payload.pth"
+    torch.save({"model": {}, "args": argparse.Namespace(lr=0.02), "extra": _Payload(folder / "code_ran")}, path)
+    return str(path)
+
+
+def _truncated_weights(folder: Path) -> str:
+    path = folder / "cut.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return str(path)
+
+
+def _mobilenet_weights(folder: Path) -> str:
+    path = folder / "mobilenet.pth"
+    model = torchvision.models.get_model("fasterrcnn_mobilenet_v3_large_fpn", weights=None, weights_backbone=None)
+    torch.save(model.state_dict(), path)
+    return str(path)
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
@@ -496,9 +540,12 @@ def five_class_weights(tmp_path_factory) -> Path:
     return path
 
 
-def test_weights_for_other_classes_explain_num_classes(five_class_weights, synthetic_root, tmp_path, capsys):
+def test_evaluating_weights_for_other_classes_explains_num_classes(
+    five_class_weights, synthetic_root, tmp_path, capsys
+):
+    """Training fine-tunes such weights to the dataset's classes (tests/test_train_weights.py); evaluating cannot."""
     flags = ["--data-path", str(synthetic_root), "--weights", str(five_class_weights), "--output-dir", str(tmp_path)]
-    flags += SMALL_RUN
+    flags += [*SMALL_RUN, "--test-only"]
     assert train.cli(flags) == 2
     err = capsys.readouterr().err.strip()
     assert f"--weights: {five_class_weights} does not fit MaskRCNN: it was trained for num_classes=5" in err
@@ -533,14 +580,6 @@ FAST_RUN = [
 KEYPOINT_STAT_NAMES = ["AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"]
 
 
-def _cli(flags: list[str]) -> tuple[int, str, str]:
-    """train.cli in this process: its exit status, stdout and stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = train.cli([str(flag) for flag in flags])
-    return code, out.getvalue(), err.getvalue()
-
-
 @pytest.fixture(scope="module")
 def random_backbone(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("backbone") / "resnet50.pth"
@@ -570,7 +609,7 @@ def test_keypoint_rcnn_trains_and_evaluates_keypoints(small_kp_root, random_back
         "--lr",
         "0.001",
     ]
-    code, out, err = _cli([*flags, "--output-dir", tmp_path, *FAST_RUN])
+    code, out, err = run_train([*flags, "--output-dir", tmp_path, *FAST_RUN])
     assert code == 0, out[-3000:] + err[-3000:]
     assert "Epoch: [0]" in out and "IoU metric: segm" not in out
     lines = list(AP_LINE.finditer(out.split("IoU metric: keypoints", 1)[1]))
@@ -633,7 +672,7 @@ def own_trained(own_data, random_backbone, tmp_path_factory) -> tuple[Path, list
     _, data_flags = own_data
     output = tmp_path_factory.mktemp("own_run")
     flags = ["--weights-backbone", str(random_backbone), "-b", "4", "--lr", "0.001", *FAST_RUN]
-    code, out, err = _cli([*data_flags, *flags, "--epochs", "1", "--save-predictions", "--output-dir", output])
+    code, out, err = run_train([*data_flags, *flags, "--epochs", "1", "--save-predictions", "--output-dir", output])
     assert code == 0, out[-3000:] + err[-3000:]
     return output, flags, out
 
@@ -690,7 +729,7 @@ def test_test_only_evaluates_with_the_checkpoints_label_mapping(own_data, own_tr
     val["categories"].append({"id": 23, "name": "extra", "supercategory": "shape"})
     (tmp_path / "val_labels.json").write_text(json.dumps(val))
     val_flags = [*data_flags[4:6], "--val-annotations", tmp_path / "val_labels.json"]
-    code, out, err = _cli(
+    code, out, err = run_train(
         [
             *val_flags,
             *flags,
