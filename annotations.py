@@ -18,7 +18,9 @@ from typing import Any, Protocol
 
 import msgspec
 import numpy as np
+from pycocotools import mask as mask_utils
 
+import masks
 from utils import DataError
 
 # ----------------------------------------------------------------------------- the table a reader returns
@@ -165,10 +167,58 @@ class CocoJsonReader:
     def ground_truth(self, path: Path) -> dict:
         # The standard library's parser, as pycocotools reads the file: the same floats, so the same numbers.
         with open(path) as f:
-            return json.load(f)
+            data = json.load(f)
+        filled = fill_exported_fields(data, path)
+        if filled["area"] or filled["iscrowd"]:
+            counts = ", ".join(f'{filled[name]} without "{name}"' for name in ("area", "iscrowd") if filled[name])
+            print(
+                f"Note: {path}: {counts} of {len(data['annotations'])} annotations, as exporting tools write them; "
+                "filled as COCO defines them (area: the segmentation's, the box's for box-only ones; iscrowd: 0)"
+            )
+        if filled["id"]:
+            print(
+                f"Note: {path}: annotation ids start at {1 - filled['id']}, and COCO evaluation takes id 0 for "
+                f"'unmatched'; evaluated with every annotation id + {filled['id']}"
+            )
+        return data
 
 
 COCO_JSON = CocoJsonReader()
+
+
+def fill_exported_fields(data: dict, source: Path) -> dict[str, int]:
+    """Write in what COCO defines but many exporters (labelme, CVAT, Roboflow) leave out, so that every evaluator
+    reads the same ground truth: without "area", faster-coco-eval counts every object as small, and pycocotools
+    stops at a missing "iscrowd". Annotation ids from 0 are shifted to start at 1: pycocotools and faster-coco-eval
+    record a match by the ground truth's id, with 0 for none, so a detection matching annotation 0 would count as a
+    false positive. Returns how many annotations lacked area and iscrowd, and the shift of the ids ("id")."""
+    sizes = {image["id"]: (image["height"], image["width"]) for image in data.get("images", [])}
+    annotations = data.get("annotations", [])
+    filled = {"area": 0, "iscrowd": 0, "id": max(0, 1 - min((a["id"] for a in annotations), default=1))}
+    for annotation in annotations:
+        annotation["id"] += filled["id"]
+        if "iscrowd" not in annotation:
+            annotation["iscrowd"] = 0
+            filled["iscrowd"] += 1
+        if "area" not in annotation:
+            annotation["area"] = _area(source, annotation, *sizes[annotation["image_id"]])
+            filled["area"] += 1
+    return filled
+
+
+def _area(source: Path, annotation: dict, height: int, width: int) -> float:
+    """COCO's area: the segmentation's pixel count, or the box's area where there is no segmentation to draw."""
+    try:
+        rle = masks.segmentation_to_rle(annotation.get("segmentation") or [], height, width)
+    except masks.SEGMENTATION_ERRORS as e:
+        raise DataError(
+            f"{source}: annotation id {annotation.get('id')} has a segmentation that cannot be drawn ({e}); "
+            "fix or remove it"
+        ) from None
+    if rle is None:
+        _, _, box_width, box_height = annotation["bbox"]
+        return float(box_width * box_height)
+    return float(mask_utils.area(rle))
 
 
 def read_annotation_file(ann_file: Path) -> _AnnotationFile:

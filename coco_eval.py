@@ -220,6 +220,40 @@ def named_stats(coco_evals: dict[str, Any]) -> dict[str, dict[str, float]]:
     }
 
 
+def _mean_precision(precision: np.ndarray) -> float:
+    """pycocotools' mean over the entries that are defined (-1 marks none), or -1."""
+    defined = precision[precision > -1]
+    return float(defined.mean()) if defined.size else -1.0
+
+
+def per_category(coco_eval: Any, categories: dict[int, dict]) -> dict[str, dict[str, float]]:
+    """Each category's AP, AP50 and AP75 (all areas, the most detections) from the accumulated precision array:
+    what pycocotools gives with params.catIds = [that category], with no second evaluation. Keyed by name (by
+    "name (id)" where two categories share one)."""
+    precision = coco_eval.eval["precision"]  # iou thresholds x recall x categories x areas x max detections
+    thresholds = np.asarray(coco_eval.params.iouThrs)
+    names = [categories.get(i, {}).get("name", str(i)) for i in coco_eval.params.catIds]
+    table = {}
+    for k, (category_id, name) in enumerate(zip(coco_eval.params.catIds, names)):
+        at = precision[:, :, k, 0, -1]
+        key = name if names.count(name) == 1 else f"{name} ({category_id})"
+        table[key] = {
+            "AP": _mean_precision(at),
+            "AP50": _mean_precision(at[np.where(thresholds == 0.5)[0]]),
+            "AP75": _mean_precision(at[np.where(thresholds == 0.75)[0]]),
+        }
+    return table
+
+
+def per_category_table(iou_type: str, table: dict[str, dict[str, float]]) -> str:
+    """The per-category numbers as a small console table (-1: nothing to score)."""
+    width = max([len("category"), *map(len, table)])
+    lines = [f"Per category ({iou_type}):", f"  {'category':<{width}}      AP    AP50    AP75"]
+    for name, numbers in table.items():
+        lines.append(f"  {name:<{width}}  " + "  ".join(f"{numbers[k]:6.3f}" for k in ("AP", "AP50", "AP75")))
+    return "\n".join(lines)
+
+
 @contextlib.contextmanager
 def _without_cyclic_gc() -> Iterator[None]:
     """Building a dict per detection (10^5 of them and more) would set off the cyclic garbage
@@ -340,4 +374,7 @@ class CocoEvaluator:
             # faster-coco-eval prints two more lines (AR at IoU 0.5 and 0.75) after the table's
             print("".join(table.getvalue().splitlines(keepends=True)[: len(coco_eval.stats)]), end="")
         self.metrics = named_stats(self.coco_eval)
+        self.metrics["per_category"] = {t: per_category(e, self._gt.cats) for t, e in self.coco_eval.items()}
+        for iou_type, table in self.metrics["per_category"].items():
+            print(per_category_table(iou_type, table))
         return self.metrics

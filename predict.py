@@ -1,35 +1,43 @@
-r"""Run a model trained by train.py on image files or folders: PNG pictures of its predictions and a COCO results file.
+r"""Run a model on image files or folders, or look at an annotation file's labels: PNG pictures and a results file.
 
     python predict.py --checkpoint output/demo/checkpoint.pth data/synthetic/val2017 --output-dir output/demo/pictures
+    python predict.py --ground-truth data/synthetic/annotations/instances_val2017.json data/synthetic/val2017
 
 Each picture shows the detections scoring at least --score-thresh: masks, boxes, class names and
-scores (and keypoints, for a keypoint model), drawn with torchvision.utils. predictions.json holds
-every detection of a category the model returns, as a COCO results list whose entries also name their file.
-With --annotations (a COCO annotation file listing the images), image ids are that file's, so
-the results can be scored with pycocotools; otherwise images are numbered 1, 2, ... in input order.
+scores (and keypoints, for a keypoint model), drawn with torchvision.utils, every label inside the picture.
+predictions.json holds every detection of a category the model returns, as a COCO results list whose entries
+also name their file. With --annotations (a COCO annotation file listing the images), image ids are that file's,
+so the results can be scored with pycocotools; otherwise images are numbered 1, 2, ... in input order.
+With --ground-truth, each picture shows that file's annotations (masks, boxes, names; crowd regions marked), on
+the left of the predictions when a --checkpoint is given, alone without one: the way to check labels before
+training. Folders are searched recursively, as exports nest images in sub-folders.
 The checkpoint says which model to build and the names of its classes (train.py stores them).
 """
 
 import argparse
+import json
 import sys
+import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 import torchvision
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes, draw_keypoints, draw_segmentation_masks
 
 import coco_eval
 import utils
 import weights
-from annotations import read_annotation_file
+from annotations import COCO_JSON, AnnotationTable
 from checkpoint import read_model_file
 from coco_utils import Classes
 from images import IMAGE_READ_ERRORS, UnreadableImage, read_rgb
-from masks import MASK_THRESHOLD
+from masks import MASK_THRESHOLD, SEGMENTATION_ERRORS, decode_masks
 from models import DEFAULT_MODEL, iou_types_of, model_from_checkpoint
+from utils import DataError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 # Distinct colours, one per class (label modulo their number).
@@ -40,47 +48,47 @@ PALETTE = [
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Draw a trained detection model's predictions", add_help=add_help)
-    parser.add_argument(
-        "inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders of images (not recursive)"
+    parser = utils.OneLineArgumentParser(
+        description="Draw a trained detection model's predictions, or an annotation file's labels",
+        add_help=add_help,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "--checkpoint", required=True, metavar="FILE",
+    add = parser.add_argument
+    add("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders of images (searched recursively)")
+    add("--checkpoint", default=None, metavar="FILE",
         help="weights: a checkpoint or model_{epoch}.pth written by train.py, a torchvision reference checkpoint, a "
-        "torchvision state dict, or a torchvision enum such as MaskRCNN_ResNet50_FPN_Weights.COCO_V1 (hub cache)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--model", default=None, help=f"the architecture of a file that does not record one (default {DEFAULT_MODEL})"
-    )
-    parser.add_argument("--output-dir", default="predictions", help="where the pictures and predictions.json go")
-    parser.add_argument("--score-thresh", default=0.5, type=float, help="draw detections scoring at least this")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
-    parser.add_argument(
-        "--annotations", default=None, metavar="FILE", help="COCO annotation file whose image ids the results use"
-    )
-    parser.add_argument("--max-images", default=None, type=int, metavar="N", help="only the first N images")
-    parser.add_argument(
-        "--upscale-to",
-        default=0,
-        type=int,
-        metavar="PIXELS",
-        help="draw on images enlarged to this shorter side (readable labels)",
-    )
+        "torchvision state dict, or a torchvision enum such as MaskRCNN_ResNet50_FPN_Weights.COCO_V1 (hub cache); "
+        "needed unless --ground-truth")  # fmt: skip
+    add("--ground-truth", default=None, metavar="ANNOTATIONS",
+        help="a COCO annotation file: draw its masks, boxes and names (beside predictions, given a model)")  # fmt: skip
+    add("--model", default=None, help=f"the architecture of a file that does not record one (default {DEFAULT_MODEL})")
+    add("--output-dir", default="predictions", help="where the pictures and predictions.json go")
+    add("--score-thresh", default=0.5, type=float, help="draw detections scoring at least this")
+    add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
+    add("--annotations", default=None, metavar="FILE", help="COCO annotation file whose image ids the results use")
+    add("--max-images", default=None, type=int, metavar="N", help="only the first N images")
+    add("--upscale-to", default=0, type=int, metavar="PIXELS",
+        help="draw on images enlarged to this shorter side (readable labels)")  # fmt: skip
     return parser
 
 
 # ----------------------------------------------------------------------------- inputs
 
 
-def find_images(inputs: list[str]) -> list[Path]:
-    """The image files named, and those inside the folders named (sorted by name), in the order given."""
+def find_images(inputs: list[str], skip: Path | None = None) -> list[Path]:
+    """The image files named, and those anywhere inside the folders named (sorted by path), in the order given;
+    files under `skip` (the output folder: earlier pictures) are left out of the folders above it."""
     images = []
     for name in inputs:
         path = Path(name)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if skip is not None and skip.resolve() != path.resolve():  # a sub-folder holding earlier pictures
+                found = [p for p in found if not p.resolve().is_relative_to(skip.resolve())]
             if not found:
-                raise utils.UsageError(f"{path}: no image files in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                raise utils.UsageError(
+                    f"{path}: no image files in this folder or below it ({', '.join(sorted(IMAGE_SUFFIXES))})"
+                )
             images += found
         elif path.is_file():
             images.append(path)
@@ -89,17 +97,34 @@ def find_images(inputs: list[str]) -> list[Path]:
     return images
 
 
-def _image_ids(images: list[Path], annotations: str | None) -> list[int]:
-    """Each image's id: the annotation file's (matched by file name), or 1, 2, ..."""
-    if annotations is None:
-        return list(range(1, len(images) + 1))
-    listed = {Path(entry.file_name).name: entry.id for entry in read_annotation_file(Path(annotations)).images}
-    unlisted = [path.name for path in images if path.name not in listed]
-    if unlisted:
-        raise utils.UsageError(
-            f"--annotations: {annotations} does not list {unlisted[0]} ({len(unlisted)} images unlisted)"
-        )
-    return [listed[path.name] for path in images]
+def listed_rows(images: list[Path], table: AnnotationTable, flag: str) -> list[int]:
+    """Each image's row in an annotation file: the entry whose file_name ends the image's path (exports nest images
+    in folders, and two folders may hold the same name), else the only entry of that name."""
+    by_name: dict[str, list[int]] = defaultdict(list)
+    for row, file_name in enumerate(table.file_names):
+        by_name[Path(file_name).name].append(row)
+    rows = []
+    for path in images:
+        candidates = by_name.get(path.name, [])
+        ending = [row for row in candidates if _ends_with(path, table.file_names[row])]
+        if len(ending) == 1 or (not ending and len(candidates) == 1):
+            rows.append((ending or candidates)[0])
+        elif candidates:
+            raise utils.UsageError(
+                f"{flag}: {table.source} lists {len(candidates)} images named {path.name}, and not one file_name "
+                f"alone ends the path {path}; pass the folder the file_name values are relative to"
+            )
+        else:
+            unlisted = sum(1 for p in images if p.name not in by_name)
+            raise utils.UsageError(
+                f"{flag}: {table.source} does not list {path.name} ({unlisted} of the {len(images)} images unlisted)"
+            )
+    return rows
+
+
+def _ends_with(path: Path, file_name: str) -> bool:
+    parts = Path(file_name).parts
+    return path.resolve().parts[-len(parts) :] == parts
 
 
 def check_image(path: Path) -> None:
@@ -110,12 +135,13 @@ def check_image(path: Path) -> None:
         raise utils.UsageError(f"{path}: not an image PIL can read ({utils.short_reason(e)})") from None
 
 
-def read_image(path: Path) -> torch.Tensor:
-    """An image file as a (3, H, W) uint8 tensor, read as training reads it; a UsageError naming it if PIL cannot."""
+def read_image(path: Path, expected_size: tuple[int, int] | None = None, listed_in: str = "") -> torch.Tensor:
+    """An image file as a (3, H, W) uint8 tensor, read as training reads it; a UsageError naming it if PIL cannot
+    (or if it is not `expected_size`, as the annotation file `listed_in` says)."""
     try:
-        return F.pil_to_tensor(read_rgb(path))
+        return F.pil_to_tensor(read_rgb(path, expected_size, listed_in))
     except UnreadableImage as e:
-        raise utils.UsageError(f"{path}: not an image PIL can read ({e})") from None
+        raise utils.UsageError(f"{path}: cannot use this image ({e})") from None
 
 
 # ----------------------------------------------------------------------------- model
@@ -133,6 +159,64 @@ def load_trained_model(
 
 # ----------------------------------------------------------------------------- pictures and results
 
+LABEL_FONT = ImageFont.load_default()  # what torchvision's draw_bounding_boxes writes with when given no font
+BOX_WIDTH = 2
+SIDE_BY_SIDE_GAP = 4  # white pixels between the ground truth and the predictions
+
+
+def _enlarged(image: torch.Tensor, upscale_to: int) -> tuple[torch.Tensor, float]:
+    """`image` enlarged to `upscale_to` pixels on its shorter side (never shrunk), and the scale."""
+    height, width = image.shape[-2:]
+    scale = max(1.0, upscale_to / min(height, width))
+    if scale == 1:
+        return image, 1.0
+    return F.resize(image, [round(height * scale), round(width * scale)], antialias=True), scale
+
+
+def label_anchors(boxes: torch.Tensor, captions: list[str], height: int, width: int) -> torch.Tensor:
+    """Where to write each box's caption so that it lies inside the picture: at the box's top left corner, as
+    torchvision writes it, moved up or left where the caption would run past the bottom or right edge."""
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    margin = BOX_WIDTH + 1  # torchvision's text offset from the box corner
+    anchors = boxes.clone()
+    for i, caption in enumerate(captions):
+        _, _, text_width, text_height = measure.textbbox((0, 0), caption, font=LABEL_FONT)
+        anchors[i, 0] = min(max(float(boxes[i, 0]), 0.0), max(width - text_width - 2 * margin, 0))
+        anchors[i, 1] = min(max(float(boxes[i, 1]), 0.0), max(height - text_height - 2 * margin, 0))
+    return anchors
+
+
+def draw_instances(
+    picture: torch.Tensor,
+    boxes: torch.Tensor,
+    captions: list[str],
+    colors: list[tuple[int, int, int]],
+    masks: torch.Tensor | None = None,
+    keypoints: torch.Tensor | None = None,
+    skeleton: list[list[int]] | None = None,
+) -> torch.Tensor:
+    """Masks (bool, N x H x W), then boxes, then their captions, inside the picture, then keypoints (N x K x 3:
+    x, y, visibility), on `picture` (uint8, 3 x H x W) with torchvision.utils."""
+    if not len(boxes):  # torchvision warns on every image with no box to draw
+        return picture
+    if masks is not None:
+        picture = draw_segmentation_masks(picture, masks, alpha=0.45, colors=colors)
+    picture = draw_bounding_boxes(picture, boxes, colors=colors, width=BOX_WIDTH)
+    # width 0: the captions alone, written where they fit (a box at the bottom edge would lose its caption)
+    anchors = label_anchors(boxes, captions, *picture.shape[-2:])
+    picture = draw_bounding_boxes(picture, anchors, captions, colors=colors, width=0, fill_labels=True)
+    if keypoints is not None:
+        connectivity = [(a - 1, b - 1) for a, b in skeleton] if skeleton else None
+        visible = keypoints[..., 2] > 0
+        picture = draw_keypoints(
+            picture, keypoints[..., :2], connectivity, colors="white", radius=2, width=2, visibility=visible
+        )
+    return picture
+
+
+def _color(label: int) -> tuple[int, int, int]:
+    return PALETTE[label % len(PALETTE)]
+
 
 def draw_predictions(
     image: torch.Tensor, prediction: dict, names: list[str], score_thresh: float, upscale_to: int = 0, skeleton=None
@@ -141,28 +225,77 @@ def draw_predictions(
     masks, then boxes labelled "name score", then keypoints; enlarged first to `upscale_to` pixels
     on its shorter side, so the labels' fixed-size font stays readable on small images."""
     keep = prediction["scores"] >= score_thresh
-    height, width = image.shape[-2:]
-    scale = max(1.0, upscale_to / min(height, width))
-    size = [round(height * scale), round(width * scale)]
-    picture = F.resize(image, size, antialias=True) if scale > 1 else image
+    picture, scale = _enlarged(image, upscale_to)
     labels = prediction["labels"][keep].tolist()
-    colors = [PALETTE[label % len(PALETTE)] for label in labels]
-    if "masks" in prediction and keep.any():
+    masks = None
+    if "masks" in prediction:
         probabilities = prediction["masks"][keep][:, 0]
         if scale > 1:
-            probabilities = F.resize(probabilities, size, antialias=False)
+            probabilities = F.resize(probabilities, list(picture.shape[-2:]), antialias=False)
         masks = probabilities > MASK_THRESHOLD
-        picture = draw_segmentation_masks(picture, masks, alpha=0.45, colors=colors)
+    keypoints = prediction["keypoints"][keep] * torch.tensor([scale, scale, 1.0]) if "keypoints" in prediction else None
     captions = [f"{names[label]} {score:.2f}" for label, score in zip(labels, prediction["scores"][keep].tolist())]
-    if keep.any():  # torchvision warns on every image with no box to draw
-        picture = draw_bounding_boxes(
-            picture, prediction["boxes"][keep] * scale, captions, colors=colors, width=2, fill_labels=True
-        )
-    if "keypoints" in prediction and keep.any():
-        keypoints = prediction["keypoints"][keep]
-        connectivity = [(a - 1, b - 1) for a, b in skeleton] if skeleton else None
-        picture = draw_keypoints(picture, keypoints[..., :2] * scale, connectivity, colors="white", radius=2, width=2)
-    return picture
+    colors = [_color(label) for label in labels]
+    return draw_instances(picture, prediction["boxes"][keep] * scale, captions, colors, masks, keypoints, skeleton)
+
+
+class GroundTruth:
+    """An annotation file's instances, image by image, to draw (`--ground-truth`)."""
+
+    def __init__(self, path: Path, label_to_category_id: list[int] | None = None):
+        try:
+            self.table = COCO_JSON.read(path)
+        except DataError as e:
+            raise utils.UsageError(f"--ground-truth: {e}") from None
+        self.names = {c.id: c.name or str(c.id) for c in self.table.categories}
+        # The model's labels where there is one, so that a class has one colour on both sides; else 1..K in id order.
+        ids = label_to_category_id or [0, *sorted(self.names)]
+        self.label_of = {category_id: label for label, category_id in enumerate(ids) if label}
+        self._rows_of_image: dict[int, list[int]] = defaultdict(list)
+        for ann_row, image_row in enumerate(self.table.image_of_ann.tolist()):
+            self._rows_of_image[image_row].append(ann_row)
+
+    def size(self, row: int) -> tuple[int, int]:
+        """Image `row`'s (width, height) as the file lists it."""
+        return int(self.table.widths[row]), int(self.table.heights[row])
+
+    def draw(self, image: torch.Tensor, row: int, upscale_to: int = 0) -> torch.Tensor:
+        """Image `row`'s annotations on `image`: masks, xywh boxes as drawn boxes, category names (crowd regions
+        marked as such), keypoints where the file has them."""
+        table, rows = self.table, self._rows_of_image.get(row, [])
+        picture, scale = _enlarged(image, upscale_to)
+        boxes = torch.from_numpy(table.boxes_xywh[rows]).reshape(-1, 4).clone()
+        boxes[:, 2:] += boxes[:, :2]
+        category_ids = table.category_ids[rows].tolist()
+        crowd = table.crowd[rows].tolist()
+        captions = [f"{self.names[c]}{' (crowd)' if is_crowd else ''}" for c, is_crowd in zip(category_ids, crowd)]
+        colors = [_color(self.label_of.get(c, c)) for c in category_ids]
+        masks = self._masks(rows, *image.shape[-2:])
+        if scale > 1:
+            masks = F.resize(masks.to(torch.uint8), list(picture.shape[-2:]), antialias=False).bool()
+        return draw_instances(picture, boxes * scale, captions, colors, masks, self._keypoints(rows, scale))
+
+    def _masks(self, rows: list[int], height: int, width: int) -> torch.Tensor:
+        try:
+            segmentations = [json.loads(bytes(self.table.segmentations[r])) for r in rows]
+            return torch.from_numpy(decode_masks(segmentations, height, width).astype(bool))
+        except SEGMENTATION_ERRORS as e:
+            raise utils.UsageError(
+                f"--ground-truth: {self.table.source} has a segmentation it cannot draw ({e})"
+            ) from None
+
+    def _keypoints(self, rows: list[int], scale: float) -> torch.Tensor | None:
+        values = [self.table.keypoints[r] for r in rows]
+        if not values or any(v is None or len(v) != len(values[0]) for v in values) or not values[0]:
+            return None
+        keypoints = torch.tensor(values, dtype=torch.float32).reshape(len(values), -1, 3)
+        return keypoints * torch.tensor([scale, scale, 1.0])
+
+
+def side_by_side(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """Two pictures of one image in one, with a white gap between them."""
+    gap = torch.full((3, left.shape[1], SIDE_BY_SIDE_GAP), 255, dtype=left.dtype)
+    return torch.cat([left, gap, right], dim=2)
 
 
 def results_entries(
@@ -183,9 +316,9 @@ def _picture_path(output_dir: Path, image: Path, taken: set[str]) -> Path:
     return output_dir / f"{name}.png"
 
 
-@torch.inference_mode()
-def predict(args: argparse.Namespace) -> Path:
-    """Write a picture per image and predictions.json; return the results file's path."""
+def _check_flags(args: argparse.Namespace) -> None:
+    if args.checkpoint is None and args.ground_truth is None:
+        raise utils.UsageError("pass --checkpoint FILE to draw a model's predictions, or --ground-truth ANNOTATIONS")
     if not 0 <= args.score_thresh <= 1:
         raise utils.UsageError(f"--score-thresh: must be between 0 and 1, got {args.score_thresh}")
     if args.max_images is not None and args.max_images < 1:
@@ -194,43 +327,84 @@ def predict(args: argparse.Namespace) -> Path:
     detection_models = torchvision.models.list_models(module=torchvision.models.detection)
     if args.model is not None and args.model not in detection_models:
         raise utils.UsageError(f"--model: unknown model {args.model!r}; choose one of {', '.join(detection_models)}")
-    images = find_images(args.inputs)[: args.max_images]
-    image_ids = _image_ids(images, args.annotations)
-    for path in (
-        images
-    ):  # a file that is no image stops the run now, not after the pictures before it (without predictions.json)
-        check_image(path)
-    device = torch.device(args.device)
-    model, classes = load_trained_model(args.checkpoint, device, args.model)
-    names, iou_types, labels = classes.names(), iou_types_of(model), classes.category_labels()
-    label_to_category_id = np.asarray(classes.label_to_category_id, dtype=np.int64)
+
+
+def _image_ids(images: list[Path], annotations: str | None) -> list[int]:
+    """Each image's id: the annotation file's (matched by path), or 1, 2, ..."""
+    if annotations is None:
+        return list(range(1, len(images) + 1))
+    try:
+        table = COCO_JSON.read(Path(annotations))
+    except DataError as e:
+        raise utils.UsageError(f"--annotations: {e}") from None
+    return [int(table.image_ids[row]) for row in listed_rows(images, table, "--annotations")]
+
+
+class _Model:
+    """The model of --checkpoint, and what turns its outputs into results entries and pictures."""
+
+    def __init__(self, args: argparse.Namespace, device: torch.device):
+        self.model, self.classes = load_trained_model(args.checkpoint, device, args.model)
+        self.device = device
+        self.names, self.iou_types = self.classes.names(), iou_types_of(self.model)
+        self.labels = self.classes.category_labels()
+        self.label_to_category_id = np.asarray(self.classes.label_to_category_id, dtype=np.int64)
+
+    def __call__(self, image: torch.Tensor) -> dict:
+        outputs = self.model([F.to_dtype(image.to(self.device), torch.float32, scale=True)])[0]
+        prediction = {k: v.cpu() for k, v in outputs.items()}
+        # Only detections of a category: a label no category has would be written as a category id the data lacks.
+        kept = torch.isin(prediction["labels"], self.labels)
+        return {k: v[kept] for k, v in prediction.items()}
+
+
+@torch.inference_mode()
+def predict(args: argparse.Namespace) -> Path:
+    """Write a picture per image, and predictions.json with a --checkpoint; return predictions.json's path (the
+    pictures' folder without a checkpoint)."""
+    _check_flags(args)
     output_dir = Path(args.output_dir)
+    images = find_images(args.inputs, skip=output_dir)[: args.max_images]
+    ground_truth = None
+    if args.ground_truth is not None:
+        ground_truth = GroundTruth(Path(args.ground_truth))
+        gt_rows = listed_rows(images, ground_truth.table, "--ground-truth")
+    image_ids = _image_ids(images, args.annotations or args.ground_truth)
+    for path in images:  # a file that is no image stops the run now, not after the pictures before it
+        check_image(path)
+    model = _Model(args, torch.device(args.device)) if args.checkpoint is not None else None
+    if ground_truth is not None and model is not None:  # the same colour for a class on both sides
+        ground_truth = GroundTruth(Path(args.ground_truth), model.classes.label_to_category_id)
     output_dir.mkdir(parents=True, exist_ok=True)
     # An input PNG in --output-dir keeps its file: its picture takes a numbered name instead.
-    entries, taken = (
-        [],
-        {
-            path.stem
-            for path in images
-            if path.suffix.lower() == ".png" and path.parent.resolve() == output_dir.resolve()
-        },
-    )
-    for image_id, path in zip(image_ids, images):
-        image = read_image(path)
-        prediction = {
-            k: v.cpu() for k, v in model([F.to_dtype(image.to(device), torch.float32, scale=True)])[0].items()
-        }
-        # Only detections of a category: a label no category has would be written as a category id the data lacks.
-        kept = torch.isin(prediction["labels"], labels)
-        prediction = {k: v[kept] for k, v in prediction.items()}
-        entries += results_entries(image_id, path.name, prediction, iou_types, label_to_category_id)
-        picture = draw_predictions(
-            image, prediction, names, args.score_thresh, args.upscale_to, classes.keypoint_skeleton
-        )
+    taken = {p.stem for p in images if p.suffix.lower() == ".png" and p.parent.resolve() == output_dir.resolve()}
+    entries, started = [], time.perf_counter()
+    for position, (image_id, path) in enumerate(zip(image_ids, images)):
+        pictures, said = [], []
+        if ground_truth is not None:
+            row = gt_rows[position]
+            image = read_image(path, ground_truth.size(row), Path(args.ground_truth).name)
+            pictures.append(ground_truth.draw(image, row, args.upscale_to))
+            said.append(f"{len(ground_truth._rows_of_image.get(row, []))} annotations")
+        else:
+            image = read_image(path)
+        if model is not None:
+            prediction = model(image)
+            entries += results_entries(image_id, path.name, prediction, model.iou_types, model.label_to_category_id)
+            pictures.append(
+                draw_predictions(
+                    image, prediction, model.names, args.score_thresh, args.upscale_to, model.classes.keypoint_skeleton
+                )
+            )
+            shown = int((prediction["scores"] >= args.score_thresh).sum())
+            said.append(f"{len(prediction['scores'])} detections, {shown} drawn")
         picture_path = _picture_path(output_dir, path, taken)
-        F.to_pil_image(picture).save(picture_path)
-        shown = int((prediction["scores"] >= args.score_thresh).sum())
-        print(f"{path}: {len(prediction['scores'])} detections, {shown} drawn in {picture_path}")
+        F.to_pil_image(pictures[0] if len(pictures) == 1 else side_by_side(*pictures)).save(picture_path)
+        print(f"{path}: {', '.join(said)} in {picture_path}")
+    seconds = time.perf_counter() - started
+    print(f"{len(images)} images in {seconds:.1f} s ({len(images) / max(seconds, 1e-9):.2f} images/s)")
+    if model is None:
+        return output_dir
     return utils.save_json(entries, output_dir / "predictions.json")
 
 

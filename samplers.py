@@ -7,6 +7,7 @@ grouping (group_by_aspect_ratio.py) sits between the order and the batches.
 """
 
 import argparse
+import signal
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -149,6 +150,13 @@ class SeededCollate:
             return self.collate_fn([sample for _, sample in batch])
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """A DataLoader worker's start: Ctrl-C reaches every process of the terminal's group, and SLURM signals every
+    process of a job; the main process decides when to stop (engine.StopSignal) and shuts its workers down."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def build_data_loaders(args: argparse.Namespace, dataset_train, dataset_test, device: torch.device, seed: int):
     """Aspect-ratio grouped, sharded and resumable training batches; unpadded evaluation shards.
 
@@ -165,6 +173,7 @@ def build_data_loaders(args: argparse.Namespace, dataset_train, dataset_test, de
         collate_fn=utils.collate_fn,
         pin_memory=pin,
         generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=ignore_stop_signals,
     )
     if dataset_train is None:
         return None, None, None, loader_test
@@ -182,5 +191,6 @@ def build_data_loaders(args: argparse.Namespace, dataset_train, dataset_test, de
         collate_fn=SeededCollate(copypaste_collate_fn if args.use_copypaste else utils.collate_fn),
         pin_memory=pin,
         generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=ignore_stop_signals,
     )
     return train_sampler, batch_sampler, loader_train, loader_test

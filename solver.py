@@ -10,9 +10,12 @@ of an epoch, even in the middle of the warm-up, sets exactly the lr the uninterr
 """
 
 import argparse
+import warnings
 
 import torch
 
+DEFAULT_LR = 0.02  # the reference's, for REFERENCE_BATCH images per step
+REFERENCE_BATCH = 16
 WARMUP_FACTOR = 1.0 / 1000
 WARMUP_MAX_ITERS = 1000
 NORM_TYPES = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.LocalResponseNorm)
@@ -35,6 +38,21 @@ def build_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.o
     if args.opt == "adamw":
         return torch.optim.AdamW(groups, lr=args.lr)
     return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=args.opt == "sgd_nesterov")
+
+
+def scale_lr(args: argparse.Namespace, world_size: int) -> None:
+    """--auto-scale-lr: --lr is for 16 images per step; scale it linearly to this run's total batch. Without it, a
+    default --lr with another total batch gets a one-line suggestion."""
+    total = args.batch_size * world_size
+    scaled = args.lr * total / REFERENCE_BATCH
+    if args.auto_scale_lr:
+        print(f"--auto-scale-lr: lr {args.lr:g} x {total} images per step / {REFERENCE_BATCH} = {scaled:g}")
+        args.lr = scaled
+    elif args.lr == DEFAULT_LR and total != REFERENCE_BATCH:
+        print(
+            f"Note: --lr {args.lr:g} is for {REFERENCE_BATCH} images per step and this run takes {total} "
+            f"({args.batch_size} x {world_size} processes); --auto-scale-lr would use {scaled:g}"
+        )
 
 
 class LinearWarmup:
@@ -77,6 +95,7 @@ class WarmupLRScheduler:
         self.iters_per_epoch = iters_per_epoch
         self.epoch_scheduler = epoch_scheduler
         self._warmup: LinearWarmup | None = None
+        self._resumed = False
 
     def set_iteration(self, epoch: int, iteration: int) -> None:
         """Set the lr of iteration `iteration` (0-based) of `epoch`: warming up in epoch 0; elsewhere the
@@ -89,7 +108,13 @@ class WarmupLRScheduler:
 
     def step(self) -> None:
         """The end of an epoch."""
-        if self.epoch_scheduler is not None:
+        if self.epoch_scheduler is None:
+            return
+        with warnings.catch_warnings():
+            if self._resumed:
+                # A run resumed after an epoch's last iteration (stopped there) steps its scheduler before this process
+                # steps the optimizer, which torch takes for the old call order; the optimizer did step, before.
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
             self.epoch_scheduler.step()
 
     def state_dict(self) -> dict:
@@ -98,6 +123,7 @@ class WarmupLRScheduler:
     def load_state_dict(self, state: dict) -> None:
         if self.epoch_scheduler is not None:
             self.epoch_scheduler.load_state_dict(state)
+            self._resumed = True
 
 
 def build_lr_scheduler(

@@ -204,6 +204,44 @@ def quirky_root(tmp_path_factory) -> Path:
     return root
 
 
+def _exported_split(synthetic: Path, root: Path, split: str) -> None:
+    """A synthetic split as labelme, CVAT and Roboflow export COCO: ids from 0, no area or iscrowd, no crowd regions,
+    a supercategory listed as category 0 that no annotation uses, images in nested folders. Beside it,
+    completed.json: the same as COCO would have it: area (the generator's, from pycocotools) and iscrowd written in,
+    annotation ids from 1."""
+    data = load_json(synthetic, split)
+    new_category = {c["id"]: i for i, c in enumerate(data["categories"], start=1)}
+    new_image = {image["id"]: i for i, image in enumerate(data["images"])}
+    folder = root / split
+    images = []
+    for image in data["images"]:
+        file_name = f"batch{new_image[image['id']] % 2}/frames/{image['file_name']}"
+        (folder / file_name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(synthetic / f"{split}2017" / image["file_name"], folder / file_name)
+        images.append({**image, "id": new_image[image["id"]], "file_name": file_name})
+    completed = [
+        {**a, "id": i, "image_id": new_image[a["image_id"]], "category_id": new_category[a["category_id"]]}
+        for i, a in enumerate((a for a in data["annotations"] if not a["iscrowd"]), start=1)
+    ]
+    categories = [{"id": 0, "name": "shapes", "supercategory": "none"}] + [
+        {"id": new_category[c["id"]], "name": c["name"], "supercategory": "shapes"} for c in data["categories"]
+    ]
+    exported = [{**{k: v for k, v in a.items() if k not in ("area", "iscrowd")}, "id": a["id"] - 1} for a in completed]
+    for name, annotations in (("_annotations.coco.json", exported), ("completed.json", completed)):
+        contents = {"images": images, "annotations": annotations, "categories": categories}
+        (folder / name).write_text(json.dumps(contents))
+
+
+@pytest.fixture(scope="session")
+def exported_root(synthetic_root, tmp_path_factory) -> Path:
+    """The synthetic dataset as exporting tools write it (_exported_split): <root>/{train,val}/_annotations.coco.json
+    with the images in folders below."""
+    root = tmp_path_factory.mktemp("exported")
+    for split in ("train", "val"):
+        _exported_split(synthetic_root, root, split)
+    return root
+
+
 @pytest.fixture(params=["synthetic", "quirky"])
 def any_root(request) -> Path:
     """Each test that takes this runs on both datasets."""

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pycocotools import mask as mask_utils
 
 import annotations
 import coco_utils
@@ -43,6 +44,29 @@ def test_the_coco_reader_gives_the_files_columns(quirky_root):
     assert [json.loads(bytes(s)) for s in table.segmentations] == [a["segmentation"] for a in data["annotations"]]
     assert [(c.id, c.name) for c in table.categories] == [(c["id"], c["name"]) for c in data["categories"]]
     assert annotations.COCO_JSON.ground_truth(path) == data
+
+
+def test_exported_files_get_coco_area_and_iscrowd_and_ids_from_1(tmp_path):
+    """What exporters leave out is filled as COCO defines it; what a file gives is kept."""
+    polygon = [[2, 2, 12, 2, 12, 7, 2, 7]]  # a 10 x 5 rectangle
+    rle = mask_utils.encode(np.asfortranarray(np.pad(np.ones((3, 4), np.uint8), ((1, 16), (1, 15)))))
+    rle["counts"] = rle["counts"].decode()
+    entries = [
+        {"id": 0, "image_id": 7, "category_id": 1, "bbox": [2, 2, 10, 5], "segmentation": polygon},
+        {"id": 1, "image_id": 7, "category_id": 1, "bbox": [1, 1, 4, 3], "segmentation": rle},
+        {"id": 2, "image_id": 7, "category_id": 1, "bbox": [0, 0, 3.5, 2], "segmentation": []},  # box-only exports
+        {"id": 3, "image_id": 7, "category_id": 1, "bbox": [0, 0, 3, 2]},
+        {"id": 4, "image_id": 7, "category_id": 1, "bbox": [0, 0, 3, 2], "area": 99.0, "iscrowd": 1},
+    ]
+    data = {"images": [{"id": 7, "file_name": "a.jpg", "width": 20, "height": 20}], "annotations": entries}
+    data["categories"] = [{"id": 1, "name": "thing"}]
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(data))
+    truth = annotations.COCO_JSON.ground_truth(path)["annotations"]
+    polygon_area = float(mask_utils.area(mask_utils.merge(mask_utils.frPyObjects(polygon, 20, 20))))
+    assert [a["area"] for a in truth] == [polygon_area, 12.0, 7.0, 6.0, 99.0]
+    assert [a["iscrowd"] for a in truth] == [0, 0, 0, 0, 1]
+    assert [a["id"] for a in truth] == [1, 2, 3, 4, 5]
 
 
 class _CsvReader:

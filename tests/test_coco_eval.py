@@ -157,6 +157,24 @@ def test_matches_pycocotools(any_root, tmp_path, seed, backend):
     assert evaluator.img_ids == sorted(ds.ids)
 
 
+def test_per_category_numbers_are_pycocotools_one_category_at_a_time(any_root, tmp_path, backend):
+    """From the accumulated precision array, with no second evaluation: what params.catIds = [c] gives, to 1e-9."""
+    ds = coco_utils.get_coco(any_root, "val", transforms=None)
+    detections = Detections(ds, list(range(len(ds))), seed=2)
+    evaluator = run_evaluator(CocoEvaluator(ds.coco, ["bbox", "segm"], backend=backend), detections.chunks(2))
+    gt = load_coco(ann_file(any_root))
+    checked = 0
+    for iou_type, results in (("bbox", detections.bbox), ("segm", detections.segm)):
+        table = evaluator.metrics["per_category"][iou_type]
+        assert list(table) == [gt.cats[c]["name"] for c in gt.getCatIds()]
+        for category_id in gt.getCatIds():
+            expected = pycocotools_stats(gt, results, iou_type, tmp_path, catIds=[category_id])[:3]
+            numbers = table[gt.cats[category_id]["name"]]
+            np.testing.assert_allclose([numbers["AP"], numbers["AP50"], numbers["AP75"]], expected, rtol=0, atol=1e-9)
+            checked += expected[0] > 0
+    assert checked >= 4  # real scores, not only -1s and zeros
+
+
 def test_both_backends_print_pycocotools_table(quirky_root, capsys):
     ds = coco_utils.get_coco(quirky_root, "val", transforms=None)
     detections = Detections(ds, list(range(len(ds))), seed=9)
@@ -170,10 +188,13 @@ def test_both_backends_print_pycocotools_table(quirky_root, capsys):
         evaluator.summarize()
         printed[backend] = capsys.readouterr().out.splitlines()
     assert printed["faster_coco_eval"] == printed["pycocotools"]
-    assert len(printed["pycocotools"]) == 2 * 13  # a title and 12 numbers per IoU type
+    # per IoU type a title and 12 numbers, then per IoU type the per-category table: a title, a header, 3 categories
+    assert len(printed["pycocotools"]) == 2 * 13 + 2 * 5
     assert printed["pycocotools"][1].startswith(
         " Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = "
     )
+    assert printed["pycocotools"][26:28] == ["Per category (bbox):", "  category      AP    AP50    AP75"]
+    assert [line.split()[0] for line in printed["pycocotools"][28:31]] == ["person", "car", "bottle"]
 
 
 def test_perfect_detections_score_one(synthetic_root, backend):
@@ -738,3 +759,35 @@ def test_ground_truth_keypoints_score_one_on_the_synthetic_keypoint_dataset(synt
         CocoEvaluator(gt, ["keypoints"], backend=backend, label_to_category_id=ds.label_to_category_id), [swapped]
     )
     assert worse.coco_eval["keypoints"].stats[0] < 0.9
+
+
+def test_an_exported_file_without_area_and_iscrowd_scores_as_pycocotools_on_the_completed_file(
+    exported_root, tmp_path, backend, capsys
+):
+    """Exporters leave out area (faster-coco-eval then counts every object as small) and iscrowd (pycocotools then
+    stops), and number annotations from 0 (which both take for 'unmatched'): filled and shifted as COCO defines
+    them, both backends give pycocotools' numbers on the file as COCO would have it."""
+    folder = exported_root / "val"
+    ds = coco_utils.get_coco(
+        None, "val", None, img_folder=folder, ann_file=folder / "_annotations.coco.json", contiguous_labels=True,
+        leave_out_unused_categories=True,
+    )  # fmt: skip
+    assert ds.label_to_category_id == [0, 1, 2, 3, 4]  # labels are the category ids: Detections writes labels
+    evaluator = CocoEvaluator(coco_utils.get_coco_api_from_dataset(ds), ["bbox", "segm"], backend=backend)
+    total = len(ds.coco.anns)
+    out = capsys.readouterr().out
+    assert f'{total} without "area", {total} without "iscrowd" of {total} annotations' in out
+    assert "annotation ids start at 0" in out and "every annotation id + 1" in out
+    detections = Detections(ds, list(range(len(ds))), seed=8)
+    run_evaluator(evaluator, detections.chunks(3))
+    completed = load_coco(folder / "completed.json")
+    from_zero = json.loads((folder / "completed.json").read_text())
+    for annotation in from_zero["annotations"]:
+        annotation["id"] -= 1
+    (tmp_path / "from_zero.json").write_text(json.dumps(from_zero))
+    for iou_type, results in (("bbox", detections.bbox), ("segm", detections.segm)):
+        expected = pycocotools_stats(completed, results, iou_type, tmp_path)
+        assert expected[0] > 0.3 and expected[3] != -1 and expected[4] != -1  # small and medium: area matters
+        assert_stats_equal(evaluator.coco_eval[iou_type].stats, expected)
+        # what pycocotools says with the exporter's ids: a detection of annotation 0 counts as a false positive
+        assert pycocotools_stats(load_coco(tmp_path / "from_zero.json"), results, iou_type, tmp_path)[0] < expected[0]

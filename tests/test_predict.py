@@ -437,3 +437,90 @@ def test_bad_input_is_one_error_line_and_status_2_before_anything_is_written(cas
     assert named in lines[0]
     assert "Traceback" not in captured.err + captured.out
     assert not out.exists()  # each of these is found before any picture (or folder) is written
+
+
+# ----------------------------------------------------------------------------- --ground-truth
+
+GREY = (128, 128, 128)
+
+
+def _exported_folder(root: Path) -> Path:
+    """Two 64x64 grey PNGs named a.png in nested folders, as exports write them; the first has a car (a filled
+    square) and a box-only bike at the bottom edge, the second nothing. Category 0 is a supercategory no one uses."""
+    for folder in ("batch1/frames", "batch2/frames"):
+        (root / "export" / folder).mkdir(parents=True)
+        Image.new("RGB", (64, 64), GREY).save(root / "export" / folder / "a.png")
+    images = [
+        {"id": 0, "file_name": "batch1/frames/a.png", "width": 64, "height": 64},
+        {"id": 1, "file_name": "batch2/frames/a.png", "width": 64, "height": 64},
+    ]
+    annotations = [
+        {
+            "id": 0,
+            "image_id": 0,
+            "category_id": 3,
+            "bbox": [8, 8, 32, 32],
+            "segmentation": [[8, 8, 40, 8, 40, 40, 8, 40]],
+        },
+        {"id": 1, "image_id": 0, "category_id": 7, "bbox": [30, 56, 20, 8], "segmentation": []},
+    ]
+    categories = [{"id": 0, "name": "vehicles"}, {"id": 3, "name": "car"}, {"id": 7, "name": "bike"}]
+    path = root / "export" / "_annotations.coco.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return path
+
+
+def _caption_pixels(picture: torch.Tensor, box_color: tuple[int, int, int]) -> int:
+    """Pixels of caption text: neither the background grey nor the box colour."""
+    pixels = picture.permute(1, 2, 0).reshape(-1, 3)
+    other = (pixels != torch.tensor(GREY)).any(1) & (pixels != torch.tensor(box_color)).any(1)
+    return int(other.sum())
+
+
+def test_ground_truth_alone_draws_masks_boxes_and_names_at_their_pixels(tmp_path):
+    annotations = _exported_folder(tmp_path)
+    status, printed = _predict(
+        str(tmp_path / "export"), "--ground-truth", str(annotations), "--output-dir", str(tmp_path / "out")
+    )
+    assert status == 0, printed
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "a_2.png"]  # no predictions.json
+    assert "batch1/frames/a.png: 2 annotations in" in printed and re.search(r"2 images in .* images/s\)", printed)
+    picture = _read_rgb(tmp_path / "out" / "a.png")
+    car, bike = predict.PALETTE[2], predict.PALETTE[3]  # labels 1..K in category id order: 0, 3, 7
+    blended = [int(g * 0.55 + c * 0.45) for g, c in zip(GREY, car)]
+    assert np.abs(picture[:, 34, 30].numpy().astype(int) - blended).max() <= 1  # inside the car's mask
+    assert picture[:, 36, 8].tolist() == list(car)  # its box's left edge, below the caption
+    assert picture[:, 2, 60].tolist() == list(GREY) and picture[:, 30, 55].tolist() == list(GREY)
+    assert picture[:, 63, 40].tolist() == list(bike)  # the bike's box bottom edge, on the image's last row
+    # The bike's caption lies wholly inside the picture: as many text pixels as the same caption drawn mid-image.
+    bottom_half = picture[:, 44:, :]
+    plain = torch.tensor(GREY, dtype=torch.uint8)[:, None, None].expand(3, 64, 64).clone()
+    middle = predict.draw_instances(plain, torch.tensor([[30.0, 20, 50, 28]]), ["bike"], [bike])
+    assert _caption_pixels(bottom_half, bike) == _caption_pixels(middle, bike) > 10
+    assert _read_rgb(tmp_path / "out" / "a_2.png").tolist() == plain.tolist()  # the other a.png: nothing to draw
+
+
+@pytest.mark.slow
+def test_ground_truth_beside_the_predictions(run, tmp_path):
+    status, printed = _predict(
+        str(run["images"][0].parent), "--checkpoint", str(run["checkpoint"]), "--ground-truth", str(run["annotations"]),
+        "--output-dir", str(tmp_path), "--upscale-to", "256", "--score-thresh", repr(run["thresh"]),
+    )  # fmt: skip
+    assert status == 0, printed
+    assert json.loads((tmp_path / "predictions.json").read_text()) == run["entries"]
+    data = json.loads(run["annotations"].read_text())
+    for path in run["images"]:
+        alone = _read_rgb(run["pictures"] / f"{path.stem}.png")  # the predictions without --ground-truth
+        both = _read_rgb(tmp_path / f"{path.stem}.png")
+        width = alone.shape[-1]
+        assert both.shape[-1] == 2 * width + predict.SIDE_BY_SIDE_GAP
+        assert torch.equal(both[..., -width:], alone)
+        assert (both[..., width : width + predict.SIDE_BY_SIDE_GAP] == 255).all()
+        # the left: the image's annotations, in the model's colours (its labels are the category ids)
+        image = next(i for i in data["images"] if i["file_name"] == path.name)
+        annotation = next(a for a in data["annotations"] if a["image_id"] == image["id"] and not a["iscrowd"])
+        gt = predict.GroundTruth(run["annotations"])
+        x, y, w, h = annotation["bbox"]
+        scale = both.shape[1] / image["height"]
+        edge = both[:, round((y + h * 0.75) * scale), int(x * scale)]  # the box's left edge, below its caption
+        assert edge.tolist() == list(predict.PALETTE[annotation["category_id"] % len(predict.PALETTE)]), gt.names

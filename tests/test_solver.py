@@ -44,3 +44,21 @@ def test_warmup_matches_the_reference_linear_lr_and_needs_only_the_iteration():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02 * (1 / 1000 * 0.5 + 0.5))
     assert LinearWarmup(optimizer, iters_per_epoch=5000).iters == 1000
     assert LinearWarmup(optimizer, iters_per_epoch=1).factor(0) == 1.0
+
+
+def test_a_resumed_schedule_steps_without_torchs_call_order_warning(recwarn):
+    """Stopped after an epoch's last iteration, a run resumes by stepping its scheduler before any optimizer step in
+    the new process: torch would warn of the old call order, which did not happen."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    args = _args("--lr-steps", "1")
+    saved = solver.build_lr_scheduler(torch.optim.SGD([param], lr=0.1), args, iters_per_epoch=4).state_dict()
+    fresh = solver.build_lr_scheduler(torch.optim.SGD([param], lr=0.1), args, iters_per_epoch=4)
+    fresh.step()
+    assert any("before `optimizer.step()`" in str(w.message) for w in recwarn)  # what torch says without a checkpoint
+    recwarn.clear()
+    optimizer = torch.optim.SGD([param], lr=0.1)
+    resumed = solver.build_lr_scheduler(optimizer, args, iters_per_epoch=4)
+    resumed.load_state_dict(saved)
+    resumed.step()
+    assert not [w for w in recwarn if "lr_scheduler" in str(w.message)]
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01)  # and the schedule went on
