@@ -12,7 +12,7 @@ A checkpoint file is a dict of plain data (tensors, numbers, strings, lists and 
 | `epoch` | the epoch the checkpoint is in (finished, unless train_state.iteration says otherwise) |
 | `args` | train.py's flags as a plain dict (vars(args)) |
 | `label_to_category_id`, `categories`, `keypoint_names`, `keypoint_skeleton` | the labels' meaning (Classes) |
-| `train_state` | where training stands (TrainState): `seed`, `epoch`, `order`, `iteration`, `rng` |
+| `train_state` | where training stands (TrainState): `seed`, `epoch`, `order`, `iteration`, `rng`, `evaluated` |
 
 To add a field: add it to Checkpoint (or TrainState), to_dict() and from_dict(), and bump FORMAT_VERSION if
 older files must be read differently.
@@ -23,9 +23,11 @@ always a complete checkpoint. At the end of an epoch the checkpoint is written a
 """
 
 import argparse
+import errno
 import pickle
 import random
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,13 +55,16 @@ class TrainState:
 
     `seed` is the data seed (training order and augmentation), `epoch` and `order` the epoch's training order
     (samplers.TrainSampler), `iteration` the iterations done in the checkpoint's epoch (None: the epoch is
-    finished), `rng` every rank's random generators (rng_state()), in rank order."""
+    finished), `rng` every rank's random generators (rng_state()), in rank order. `evaluated` is False for a
+    finished epoch whose evaluation was due but has not finished (it runs after the save): a resumed run evaluates
+    that epoch first. Files written before the field read as evaluated."""
 
     seed: int
     epoch: int
     order: torch.Tensor
     iteration: int | None = None
     rng: list[dict] = field(default_factory=list)
+    evaluated: bool = True
 
     def sampler_state(self) -> dict:
         """What samplers.TrainSampler.load_state_dict takes."""
@@ -122,6 +127,12 @@ class Checkpoint:
     def epoch_finished(self) -> bool:
         return self.train_state is None or self.train_state.iteration is None
 
+    @property
+    def unevaluated_epoch(self) -> int | None:
+        """The finished epoch whose due evaluation never finished (the run stopped during it), if any."""
+        unevaluated = self.train_state is not None and not self.train_state.evaluated and self.epoch_finished
+        return self.epoch if unevaluated else None
+
 
 # ----------------------------------------------------------------------------- reading
 
@@ -130,6 +141,8 @@ def load_file(path: str | Path, what: str, flag: str) -> Any:
     """torch.load with weights_only=True, allowing argparse.Namespace (the reference's checkpoints hold one, and it is
     plain data) and nothing else; any failure becomes a UsageError naming the file and flag."""
     path = Path(path)
+    if path.is_dir():
+        raise utils.UsageError(f"{flag}: {path} is a folder; pass a {what} file in it, e.g. {path / CHECKPOINT_FILE}")
     if not path.is_file():
         hint = " (a file path: nothing is downloaded)" if "Weights." in str(path) else ""
         raise utils.UsageError(f"{flag}: {what} file {path} does not exist{hint}; check the path")
@@ -137,17 +150,26 @@ def load_file(path: str | Path, what: str, flag: str) -> Any:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a torn or foreign file: the same advice whatever the library raised
-        if isinstance(e, pickle.UnpicklingError) and "Unsupported global" in str(e):
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if isinstance(e, pickle.UnpicklingError) and (found or _is_raw_pickle(path)):
             # Pickled objects other than plain data could run code: never unpickled.
+            named = f" (such as {found.group(1)})" if found else ""
             raise utils.UsageError(
-                f"{flag}: {path} holds pickled Python objects, which weights_only loading refuses to run; if you trust "
-                f"it, keep only its weights: python -c \"import torch; c = torch.load('{path}', weights_only=False); "
-                f"torch.save({{'model': c['model']}}, 'weights.pth')\" and pass weights.pth to --weights"
+                f"{flag}: {path} holds pickled Python objects{named}, which could run code when loaded, so it was "
+                f'refused and nothing in it ran; if you trust it, keep only its tensors: python -c "import torch; '
+                f"c = torch.load('{path}', weights_only=False); torch.save({{'model': c['model']}}, 'weights.pth')\" "
+                "and pass weights.pth"
             ) from None
         raise utils.UsageError(
             f"{flag}: {path} is not a file written by torch.save ({type(e).__name__}: {utils.short_reason(e)}); "
             f"pass a {what}"
         ) from None
+
+
+def _is_raw_pickle(path: Path) -> bool:
+    """A pickle written by pickle.dump rather than torch.save (its first byte is protocol 2+'s PROTO opcode)."""
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
 
 
 def read_model_file(path: str | Path, flag: str, training_checkpoint: bool = False) -> Checkpoint:
@@ -180,6 +202,54 @@ def save_on_master(obj: Any, path: str | Path) -> None:
         utils.replace_atomically(Path(path), lambda tmp: _write_torch_file(obj, tmp))
 
 
+SPACE_MARGIN = 1.05  # torch.save's headers and alignment beyond the tensors' bytes, with room to spare
+
+
+def tensor_bytes(obj: Any) -> int:
+    """The bytes of every tensor in a nest of dicts, lists and tuples: what a checkpoint of it takes on disk."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _gib(size: float) -> str:
+    return f"{size / 2**30:.2f} GiB"
+
+
+def check_free_space(folder: Path, needed: int, what: str = "a checkpoint") -> None:
+    """A UsageError naming `folder`, the bytes needed and free, when `needed` bytes do not fit there."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise utils.UsageError(
+            f"--output-dir: {folder} has {free} bytes ({_gib(free)}) free and {what} needs about {needed} bytes "
+            f"({_gib(needed)}); free space there (older model_*.pth, or --keep-checkpoints) or choose another folder"
+        )
+
+
+def estimated_checkpoint_bytes(model: torch.nn.Module, optimizer_name: str) -> int:
+    """A checkpoint's size before the first one is written: the model, and the optimizer's state per parameter
+    (SGD's momentum: one copy, AdamW's two moments: two), with the margin."""
+    copies = 1 + {"adamw": 2}.get(optimizer_name, 1)
+    parameters = sum(tensor_bytes(p) for p in model.parameters() if p.requires_grad)
+    return int((tensor_bytes(model.state_dict()) + (copies - 1) * parameters) * SPACE_MARGIN)
+
+
+def check_room_for_the_run(folder: Path, checkpoint_bytes: int, kept: int) -> None:
+    """At start-up: one checkpoint must fit (else a UsageError); warn when the `kept` that the run keeps do not."""
+    check_free_space(folder, checkpoint_bytes)
+    free = shutil.disk_usage(folder).free
+    if kept * checkpoint_bytes > free:
+        utils.warn(
+            f"--output-dir: {folder} has {_gib(free)} free, room for {free // checkpoint_bytes} checkpoints of about "
+            f"{_gib(checkpoint_bytes)}, and this run keeps {kept} (--keep-checkpoints); it will stop with a message "
+            "when the disk is full: lower --keep-checkpoints or free space"
+        )
+
+
 def save_checkpoint(data: dict, output_dir: str | Path, epoch: int | None = None, keep: int | None = None) -> Path:
     """Write a checkpoint dict (Checkpoint.to_dict()) to <output_dir>/checkpoint.pth, atomically, from rank 0.
 
@@ -191,15 +261,42 @@ def save_checkpoint(data: dict, output_dir: str | Path, epoch: int | None = None
     latest = output_dir / CHECKPOINT_FILE
     if not utils.is_main_process():
         return latest
-    if epoch is None:
-        save_on_master(data, latest)
-        return latest
-    epoch_file = output_dir / f"model_{epoch}.pth"
-    save_on_master(data, epoch_file)
-    utils.replace_atomically(latest, lambda tmp: utils.link_or_copy(epoch_file, tmp))
+    needed = int(tensor_bytes(data) * SPACE_MARGIN)
+    check_free_space(output_dir, needed)
+    try:
+        if epoch is None:
+            save_on_master(data, latest)
+            return latest
+        epoch_file = output_dir / f"model_{epoch}.pth"
+        save_on_master(data, epoch_file)
+        utils.replace_atomically(latest, lambda tmp: utils.link_or_copy(epoch_file, tmp))
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # the temporary file is gone and the previous checkpoint whole (utils.replace_atomically)
+        free = shutil.disk_usage(output_dir).free
+        raise utils.UsageError(
+            f"--output-dir: {output_dir} ran out of space writing a checkpoint of about {needed} bytes "
+            f"({_gib(needed)}; {free} bytes free now); the previous checkpoint.pth is whole: free space, then resume "
+            "with --auto-resume"
+        ) from None
     if keep is not None:
         _remove_old_epoch_files(output_dir, keep)
     return latest
+
+
+# utils.replace_atomically's temporary files (".<name>.tmp") of the files a run saves
+STALE_TEMPORARY = re.compile(r"\.(checkpoint\.pth|model_\d+\.pth|predictions(_\d+)?\.json)\.tmp")
+
+
+def remove_stale_temporary_files(output_dir: Path) -> None:
+    """At start-up (rank 0): a save cut off by kill -9 or a crash leaves its temporary file (a checkpoint's size);
+    no save is under way yet, so it can go, said once each."""
+    for path in sorted(output_dir.iterdir()):
+        if STALE_TEMPORARY.fullmatch(path.name) and path.is_file():
+            size = path.stat().st_size
+            path.unlink(missing_ok=True)
+            print(f"Removed {path} ({size / 2**20:.0f} MiB), left by a save that an earlier run's end cut off")
 
 
 def _remove_old_epoch_files(output_dir: Path, keep: int) -> None:

@@ -26,7 +26,7 @@ import ctypes
 import io
 import json
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,8 +39,8 @@ from torchvision import tv_tensors
 
 from annotations import COCO_JSON, AnnotationReader, AnnotationTable, PackedTexts, find_positions
 from images import UnreadableImage, check_image_files, read_rgb
-from masks import SEGMENTATION_ERRORS, decode_masks
-from utils import DataError, warn
+from masks import SEGMENTATION_ERRORS, decode_masks, polygon_parts
+from utils import DataError, is_main_process, warn
 
 SPLITS = {"train": "train2017", "val": "val2017"}
 COCO_FOLDERS = {*SPLITS.values(), "annotations"}
@@ -210,8 +210,12 @@ class CocoDetection(torch.utils.data.Dataset):
         label_to_category_id: Sequence[int] | None = None,
         reader: AnnotationReader = COCO_JSON,
         min_num_classes: int = 0,
+        leave_out_unused_categories: bool = False,
+        used_elsewhere: Collection[int] = (),
+        require_masks: bool = False,
     ):
         self.img_folder = Path(img_folder)
+        self.require_masks = require_masks
         self.ann_file = Path(ann_file)
         self.transforms = transforms
         self.with_masks = with_masks
@@ -225,11 +229,29 @@ class CocoDetection(torch.utils.data.Dataset):
         self.keypoint_names = table.keypoint_names() if with_keypoints else []
         self.keypoint_skeleton = table.keypoint_skeleton() if with_keypoints else []
         if label_to_category_id is None:  # else given: another split's, or a trained model's
-            label_to_category_id = label_to_category_ids(self.categories, contiguous_labels, min_num_classes)
+            labelled = self._labelled_categories(table, leave_out_unused_categories, used_elsewhere)
+            label_to_category_id = label_to_category_ids(labelled, contiguous_labels, min_num_classes)
         self.label_to_category_id = [int(i) for i in label_to_category_id]
         self._index(table, remove_images_without_annotations)
         del table
         _release_freed_memory()
+
+    def _labelled_categories(self, table: AnnotationTable, leave_out_unused: bool, used_elsewhere: Collection[int]):
+        """The category ids to label. A category that no annotation uses, here or in `used_elsewhere` (the category
+        ids of the evaluation file's annotations), is named in a warning (Roboflow lists its supercategory as
+        category 0), and left out with `leave_out_unused` (--label-mapping auto on your own files)."""
+        used = set(np.unique(table.category_ids).tolist()) | {int(i) for i in used_elsewhere}
+        unused = [c for c in table.categories if c.id not in used]
+        if not unused or not used:
+            return list(self.categories)
+        if leave_out_unused:
+            what = "left out of the labels (--label-mapping auto; --label-mapping contiguous keeps every category)"
+        else:
+            what = "the model keeps an output for each, which training never sees"
+        if is_main_process():
+            named = ", ".join(f"{c.id} ({c.name or 'no name'})" for c in unused)
+            warn(f"{self.ann_file}: no annotation uses category {named}, as exporters list supercategories; {what}")
+        return sorted(used) if leave_out_unused else list(self.categories)
 
     def _index(self, table: AnnotationTable, remove_images_without_annotations: bool) -> None:
         """Choose the images and target annotations, and keep compact arrays of what training reads."""
@@ -255,8 +277,10 @@ class CocoDetection(torch.utils.data.Dataset):
         self._ann_offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
         self._boxes, self._ann_ids = boxes[rows], table.ann_ids[rows]
         self._labels = self._labels_of(table.category_ids[rows])
-        self._segmentations = PackedTexts([table.segmentations[i] for i in rows.tolist()] if self.with_masks else [])
+        texts = [table.segmentations[i] for i in rows.tolist()] if self.with_masks else []
+        self._segmentations = PackedTexts(texts)
         self._check_segmentations()
+        self._check_polygons(texts)
         if self.with_keypoints:
             self._keypoints = table.keypoint_array(rows, len(self.keypoint_names))
 
@@ -274,7 +298,8 @@ class CocoDetection(torch.utils.data.Dataset):
                 )
             raise DataError(
                 f"{self.ann_file}: category id {first} ({name}) is not among the model's categories "
-                f"(ids {sorted(labelled.tolist())}); train and evaluate on annotation files with the same categories"
+                f"(ids {sorted(labelled.tolist())}); train and evaluate on annotation files with the same categories "
+                "(--label-mapping auto labels only the categories that training annotations use; contiguous, all)"
             )
         return positions + 1
 
@@ -293,6 +318,26 @@ class CocoDetection(torch.utils.data.Dataset):
             raise DataError(
                 f"{self.ann_file}: annotation id {self._ann_ids[wrong[0]]} has segmentation {text}; a segmentation is "
                 'a list of polygons [[x1, y1, x2, y2, ...]] or an RLE {"size": [height, width], "counts": ...}'
+            )
+
+    def _check_polygons(self, texts: Sequence[bytes]) -> None:
+        """Polygon parts of fewer than 3 points are dropped (pycocotools and detectron2 drop them), said once. With
+        `require_masks` (training a mask model), a target with no mask left (segmentation [], as box-only exports
+        write it, or only such parts) is refused, counted: torchvision's mask loss takes every target, so the mask
+        head would learn an empty mask for it."""
+        kept, dropped = polygon_parts(texts)
+        if dropped.any():
+            print(
+                f"Note: {self.ann_file}: dropped {int(dropped.sum())} polygon parts of fewer than 3 points "
+                f"(in {int((dropped > 0).sum())} annotations), as pycocotools and detectron2 do"
+            )
+        box_only = np.flatnonzero(kept == 0)
+        if len(box_only) and self.require_masks:
+            raise DataError(
+                f"{self.ann_file}: {len(box_only)} of the {len(texts)} annotations a mask model trains on have no mask "
+                f"(e.g. annotation id {self._ann_ids[box_only[0]]}: segmentation [] as box-only exports write it, or "
+                "only polygons of fewer than 3 points), so the mask head would learn empty masks; train a box-only "
+                "model (--model fasterrcnn_resnet50_fpn) or give those annotations polygons"
             )
 
     def _check_not_empty(self, listed: int, kept: int) -> None:
@@ -449,6 +494,9 @@ def get_coco(
     contiguous_labels: bool = False,
     label_to_category_id: Sequence[int] | None = None,
     min_num_classes: int = 0,
+    leave_out_unused_categories: bool = False,
+    used_elsewhere: Collection[int] = (),
+    require_masks: bool = False,
 ) -> CocoDetection:
     """The `image_set` ("train" or "val") split: of the COCO 2017 layout under `root` (`dataset` "coco"
     reads instances_*.json, "coco_kp" person_keypoints_*.json), or of a user's own annotation file and
@@ -468,6 +516,9 @@ def get_coco(
         contiguous_labels=contiguous_labels,
         label_to_category_id=label_to_category_id,
         min_num_classes=min_num_classes,
+        leave_out_unused_categories=leave_out_unused_categories,
+        used_elsewhere=used_elsewhere,
+        require_masks=require_masks,
     )
 
 

@@ -1,4 +1,5 @@
-"""The training and evaluation loops: one epoch of training, one pass of evaluation, and how a run stops.
+"""The training and evaluation loops: one epoch of training, one pass of evaluation, the epochs of a run, and how a
+run stops.
 
 train_one_epoch steps the model over a loader, setting each iteration's lr from solver.py's
 schedule; it stops cleanly between two steps when a stop signal (SIGTERM, SIGUSR1) arrives on any
@@ -6,20 +7,26 @@ rank, and before the optimizer step when a loss is not finite. evaluate() runs t
 evaluation shards and hands the outputs to an evaluator (coco_eval.Evaluator; CocoEvaluator by default).
 """
 
+import argparse
 import contextlib
 import math
+import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+import checkpoint as ckpt
 import utils
 from coco_eval import DEFAULT_BACKEND, CocoEvaluator, Evaluator
-from coco_utils import base_dataset, get_coco_api_from_dataset
+from coco_utils import Classes, base_dataset, get_coco_api_from_dataset
 from masks import unpasted_masks
 from models import iou_types_of
+from samplers import ResumableBatchSampler, TrainSampler
 from solver import WarmupLRScheduler
 
 STOP_KEY = "_stop_signal"  # rides along with the losses in their all-reduce
@@ -41,29 +48,44 @@ def targets_to_device(targets: Iterable[dict], device: torch.device) -> list[dic
     ]
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+# A Ctrl-C this soon after the first is the same keypress forwarded (torchrun passes the terminal's SIGINT on to its
+# workers, which had it from the terminal already), not a second one.
+SECOND_CTRL_C_AFTER = 1.0  # seconds
 
 
 class StopSignal:
-    """Remembers that SIGTERM or SIGUSR1 (SLURM's --signal warning) arrived, so that training can
-    finish its iteration, save and exit instead of dying mid-step."""
+    """Remembers that SIGTERM, SIGUSR1 (SLURM's --signal warning) or a first Ctrl-C (SIGINT) arrived, so that
+    training can finish its iteration, save and exit instead of dying mid-step. A second Ctrl-C stops the process at
+    once, with one line: a checkpoint being written is then left unfinished, and the previous one stays whole."""
 
     def __init__(self):
         self.signum: int | None = None
+        self._first_ctrl_c: float | None = None
 
     @property
     def received(self) -> bool:
         return self.signum is not None
 
     def _handle(self, signum: int, frame) -> None:
+        if signum == signal.SIGINT and self._first_ctrl_c is not None:
+            if time.monotonic() - self._first_ctrl_c >= SECOND_CTRL_C_AFTER:
+                sys.stderr.write("Second Ctrl-C: stopped at once, without saving; the last checkpoint is whole\n")
+                sys.stderr.flush()
+                os._exit(128 + signal.SIGINT)
+            return
+        if signum == signal.SIGINT:
+            self._first_ctrl_c = time.monotonic()
         if self.signum is None:
-            sys.stderr.write(f"Received {signal.Signals(signum).name}: stopping after this iteration\n")
-        self.signum = signum
+            again = " (Ctrl-C again to stop at once, without saving)" if signum == signal.SIGINT else ""
+            sys.stderr.write(f"Received {signal.Signals(signum).name}: stopping after this iteration{again}\n")
+            self.signum = signum
 
 
 @contextlib.contextmanager
 def catching_stop_signals() -> Iterator[StopSignal]:
-    """Install StopSignal's handler for SIGTERM and SIGUSR1 (main thread only); restore the old ones on exit."""
+    """Install StopSignal's handler for SIGTERM, SIGUSR1 and SIGINT (main thread only); restore the old ones on
+    exit."""
     stop = StopSignal()
     previous = {s: signal.signal(s, stop._handle) for s in STOP_SIGNALS}
     try:
@@ -191,13 +213,15 @@ def train_one_epoch(
     stop: StopSignal | None = None,
     after_step: Callable[[int], None] | None = None,
     write_metrics: Callable[[dict], None] | None = None,
+    iterations_after: int | None = None,
 ) -> utils.MetricLogger:
     """Train for one pass over `data_loader`; with a `scaler`, under autocast (mixed precision).
 
     `lr_scheduler` (solver.build_lr_scheduler) sets each iteration's lr; without one, epoch 0 warms up as the
     reference's does. A resumed epoch passes the iterations already done as `first_iteration` (the loader yields
     only the rest). `after_step(iterations_done)` runs after every step (periodic checkpoints).
-    `write_metrics(record)` gets a training_record with every log line (every `print_freq` iterations).
+    `write_metrics(record)` gets a training_record with every log line (every `print_freq` iterations);
+    `iterations_after`, the iterations of the epochs to come, adds the whole run's ETA to them.
     When any rank has received a stop signal, every rank finishes the same iteration and raises
     TrainingStopped; a non-finite loss raises NonFiniteLossError before the optimizer step.
     """
@@ -208,8 +232,9 @@ def train_one_epoch(
     lr_scheduler = lr_scheduler or WarmupLRScheduler(optimizer, iters_per_epoch)
 
     on_print = _record_writer(write_metrics, epoch, iters_per_epoch)
+    header = f"Epoch: [{epoch}]"
     batches = metric_logger.log_every(
-        data_loader, print_freq, f"Epoch: [{epoch}]", start=first_iteration, on_print=on_print
+        data_loader, print_freq, header, start=first_iteration, on_print=on_print, iterations_after=iterations_after
     )
     for iteration, (images, targets) in enumerate(batches, start=first_iteration):
         lr_scheduler.set_iteration(epoch, iteration)
@@ -286,3 +311,139 @@ def evaluate(
     evaluator.synchronize_between_processes()
     evaluator.summarize()
     return evaluator
+
+
+# ----------------------------------------------------------------------------- the epochs of a run
+
+
+@dataclass
+class Run:
+    """What a training run holds (train.py builds it), for the epochs and for their checkpoints."""
+
+    args: argparse.Namespace  # train.py's flags
+    model: torch.nn.Module  # wrapped in DistributedDataParallel when distributed
+    model_without_ddp: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: WarmupLRScheduler
+    scaler: torch.amp.GradScaler | None
+    train_sampler: TrainSampler
+    batch_sampler: ResumableBatchSampler
+    data_loader: Iterable
+    data_loader_test: Iterable
+    classes: Classes
+    device: torch.device
+    unevaluated_epoch: int | None = None  # a resumed finished epoch whose evaluation did not finish
+
+    def save(self, epoch: int, iteration: int | None = None, evaluated: bool = True) -> Path | None:
+        """Save the run; call it on every rank (it gathers each rank's random state), rank 0 writes. `iteration` is
+        None at the end of an epoch, else the iterations done in `epoch` so far; `evaluated` False for a finished
+        epoch whose due evaluation is still to run."""
+        if not self.args.output_dir:
+            return None
+        rng = utils.all_gather(ckpt.rng_state())
+        checkpoint = ckpt.Checkpoint(
+            model=self.model_without_ddp.state_dict(), epoch=epoch, args=dict(vars(self.args)), classes=self.classes,
+            optimizer=self.optimizer.state_dict(), lr_scheduler=self.lr_scheduler.state_dict(),
+            scaler=None if self.scaler is None else self.scaler.state_dict(),
+            train_state=ckpt.TrainState(
+                **self.train_sampler.state_dict(), iteration=iteration, rng=rng, evaluated=evaluated
+            ),
+        )  # fmt: skip
+        finished = epoch if iteration is None else None
+        keep = self.args.keep_checkpoints
+        return ckpt.save_checkpoint(checkpoint.to_dict(), self.args.output_dir, epoch=finished, keep=keep)
+
+
+def train_epochs(run: Run, first_iteration: int = 0) -> int:
+    """The epochs from args.start_epoch (the first resumed after `first_iteration` iterations): train, save,
+    evaluate. A stop signal saves where the run is and ends it. Returns the exit status: 0, or 128 + the signal."""
+    args, batch_sampler, device = run.args, run.batch_sampler, run.device
+    print("Start training")
+    start_time = time.time()
+    iters_per_epoch = len(batch_sampler.batch_sampler)
+    first_step = args.start_epoch * iters_per_epoch + first_iteration
+    metrics = utils.MetricsWriter(args.output_dir, args.tensorboard, first_step=first_step)
+    evaluated, path = [], None
+    with catching_stop_signals() as stop, metrics:
+        if run.unevaluated_epoch is not None:
+            epoch = run.unevaluated_epoch
+            print(f"Evaluating epoch {epoch} first: the run stopped before its evaluation finished")
+            evaluated.append((epoch, _evaluate_epoch(run, metrics, epoch, iters_per_epoch)))
+            path = run.save(epoch)
+        for epoch in range(args.start_epoch, args.epochs):
+            first = first_iteration if epoch == args.start_epoch else 0
+            run.train_sampler.set_epoch(epoch)
+            batch_sampler.set_position(epoch, first)
+            after_step = _periodic_saver(args, run.save, epoch, iters_per_epoch)
+            try:
+                train_one_epoch(
+                    run.model, run.optimizer, run.data_loader, device, epoch, args.print_freq, run.scaler,
+                    lr_scheduler=run.lr_scheduler, first_iteration=first, clip_grad_norm=args.clip_grad_norm,
+                    stop=stop, after_step=after_step, write_metrics=metrics.write,
+                    iterations_after=(args.epochs - epoch - 1) * iters_per_epoch,
+                )  # fmt: skip
+            except TrainingStopped as stopped:
+                path = run.save(epoch, stopped.iteration)
+                where = f"at epoch {epoch}, iteration {stopped.iteration}/{iters_per_epoch}"
+                return _report_stop(path, stop.signum, where)
+            run.lr_scheduler.step()
+            due = (epoch + 1) % args.eval_every == 0 or epoch == args.epochs - 1
+            path = run.save(epoch, evaluated=not due)
+            if due:  # then saved again, as evaluated: a run killed during the evaluation evaluates it when resumed
+                evaluated.append((epoch, _evaluate_epoch(run, metrics, epoch, iters_per_epoch)))
+                path = run.save(epoch)
+            if utils.any_rank(stop.received):
+                return _report_stop(path, stop.signum, f"after epoch {epoch}")
+    print(f"Training time {time.strftime('%H:%M:%S', time.gmtime(time.time() - start_time))}")
+    if evaluated:
+        print(_summary(evaluated, path, args))
+    return 0
+
+
+def _evaluate_epoch(run: Run, metrics: utils.MetricsWriter, epoch: int, iters_per_epoch: int) -> dict:
+    """Evaluate the model after `epoch`: the AP tables, metrics.jsonl's eval record, --save-predictions."""
+    evaluator = evaluate(run.model_without_ddp, run.data_loader_test, run.device, backend=run.args.eval_backend)
+    metrics.write(evaluation_record(evaluator.metrics, epoch, global_iteration=(epoch + 1) * iters_per_epoch))
+    save_predictions(run.args, evaluator, f"predictions_{epoch}.json")
+    return evaluator.metrics
+
+
+def _summary(evaluated: list[tuple[int, dict]], latest: Path | None, args: argparse.Namespace) -> str:
+    """One line at the end of a run: each IoU type's last and best AP (in this run) and the checkpoints."""
+    parts = []
+    for iou_type in (t for t in evaluated[-1][1] if t != "per_category"):
+        best_epoch, best = max(((e, m[iou_type]["AP"]) for e, m in evaluated), key=lambda pair: pair[1])
+        parts.append(f"{iou_type} AP {evaluated[-1][1][iou_type]['AP']:.3f} (best {best:.3f}, epoch {best_epoch})")
+    where = f"; checkpoints in {args.output_dir}: checkpoint.pth, model_{evaluated[-1][0]}.pth" if latest else ""
+    return f"Done after epoch {evaluated[-1][0]}: {', '.join(parts)}{where}"
+
+
+def _periodic_saver(args: argparse.Namespace, save, epoch: int, iters_per_epoch: int):
+    """after_step for train_one_epoch: a mid-epoch checkpoint every --checkpoint-every iterations."""
+    if not args.checkpoint_every or not args.output_dir:
+        return None
+
+    def after_step(done: int) -> None:
+        if done % args.checkpoint_every == 0 and done < iters_per_epoch:
+            save(epoch, done)
+
+    return after_step
+
+
+def save_predictions(args: argparse.Namespace, evaluator: CocoEvaluator, name: str) -> None:
+    """--save-predictions: the evaluation's detections as a COCO results file in --output-dir (rank 0 writes)."""
+    if args.save_predictions and args.output_dir and utils.is_main_process():
+        path = utils.save_json(evaluator.detections(), Path(args.output_dir) / name)
+        print(f"Saved the detections to {path}")
+
+
+def _report_stop(path: Path | None, own_signum: int | None, where: str) -> int:
+    """Say where training stopped and how to go on; the exit status is 128 + the signal (SIGTERM's when another rank
+    got it)."""
+    name = signal.Signals(own_signum).name if own_signum else "a signal to another rank"
+    if path is None:
+        print(f"Stopped by {name} {where}; nothing saved (no --output-dir)")
+    else:
+        print(f"Stopped by {name} {where}; saved {path}. To go on, run the same command with --auto-resume "
+              f"(or --resume {path})")  # fmt: skip
+    return 128 + (own_signum or signal.SIGTERM)

@@ -18,8 +18,8 @@ import random
 import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,21 +30,18 @@ import flags
 import models
 import utils
 import weights
+from annotations import COCO_JSON
 from coco_utils import ANNOTATION_PREFIXES, Classes, get_coco
 from engine import (
     NonFiniteLossError,
-    TrainingStopped,
-    catching_stop_signals,
+    Run,
     evaluate,
-    evaluation_record,
-    train_one_epoch,
+    save_predictions,
+    train_epochs,
 )
 from samplers import build_data_loaders
-from solver import build_lr_scheduler, build_optimizer
+from solver import DEFAULT_LR, build_lr_scheduler, build_optimizer, scale_lr
 from transforms import DATA_AUGMENTATIONS, get_transform, keypoint_flip_indices
-
-DEFAULT_LR = 0.02  # the reference's, for 16 images per step
-REFERENCE_BATCH = 16
 
 # ----------------------------------------------------------------------------- flags
 
@@ -61,7 +58,11 @@ def _model_kwarg(text: str) -> tuple[str, object]:
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="PyTorch detection training (Mask R-CNN on COCO)", add_help=add_help)
+    parser = utils.OneLineArgumentParser(
+        description="PyTorch detection training (Mask R-CNN on COCO)",
+        add_help=add_help,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     add = parser.add_argument
     add("--data-path", default="data/synthetic", help="COCO root with train2017/, val2017/, annotations/")
     add("--dataset", default="coco", choices=list(ANNOTATION_PREFIXES),
@@ -84,7 +85,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--lr-gamma", default=0.1, type=float, help="lr decay factor of multisteplr")
     add("--print-freq", default=20, type=int, help="iterations between log lines (and metrics.jsonl records)")
     add("--output-dir", default=".", help="where checkpoints and metrics.jsonl are saved")
-    add("--resume", default="", help="checkpoint to resume from (training continues at the next epoch)")
+    add("--resume", default="", help="checkpoint to continue from: where it stopped (the next batch, or the next "
+        "epoch), with the flags it recorded unless given again")  # fmt: skip
+    add("--allow-changed-flags", action="store_true",
+        help="let --resume change a recorded flag that changes what the run computes (model, data...)")  # fmt: skip
     add("--start-epoch", "--start_epoch", default=0, type=int, dest="start_epoch", help="first epoch")
     add(
         "--aspect-ratio-group-factor",
@@ -122,6 +126,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--tensorboard", action="store_true", help="also log metrics.jsonl's numbers to <output-dir>/tensorboard/")
     add("--dist-timeout", default=utils.DEFAULT_DIST_TIMEOUT, type=float, metavar="SECONDS",
         help="how long ranks wait for each other in a collective before giving up (a rank died or hangs)")  # fmt: skip
+    add("--eval-every", default=1, type=int, metavar="N", help="evaluate every N epochs (and always after the last)")
     add("--eval-backend", default=coco_eval.DEFAULT_BACKEND, choices=coco_eval.BACKENDS,
         help="COCO scoring (same numbers)")  # fmt: skip
     add("--skip-bad-images", action="store_true",
@@ -227,6 +232,16 @@ def _trained_num_classes(args: argparse.Namespace, pretrained, resumed) -> int:
     return models.num_classes_in(models.ModelSpec.from_args(args), source.model) or 0
 
 
+def _unused_categories(args: argparse.Namespace) -> dict:
+    """--label-mapping auto on your own files labels only the categories that annotations use, in the training file
+    or the evaluation file (a small training set may lack one)."""
+    if args.label_mapping != "auto" or not flags.contiguous_labels(args):
+        return {}
+    val_file = Path(args.val_annotations or "")
+    used = COCO_JSON.read(val_file).category_ids.tolist() if val_file.is_file() else []
+    return {"leave_out_unused_categories": True, "used_elsewhere": used}
+
+
 def load_datasets(args: argparse.Namespace, label_to_category_id: list[int] | None, min_num_classes: int = 0):
     """The training split (None with --test-only) and the evaluation split, labelled alike: with
     `label_to_category_id` when given (a trained model's), else as the training annotations say (with category-id
@@ -237,9 +252,10 @@ def load_datasets(args: argparse.Namespace, label_to_category_id: list[int] | No
     dataset_train = None
     if not args.test_only:
         dataset_train = get_coco(
-            args.data_path, "train", None, with_masks="maskrcnn" in args.model, skip_bad_images=args.skip_bad_images,
+            args.data_path, "train", None, with_masks="maskrcnn" in args.model, require_masks="maskrcnn" in args.model,
+            skip_bad_images=args.skip_bad_images,
             img_folder=args.train_images, ann_file=args.train_annotations, label_to_category_id=label_to_category_id,
-            **common,
+            **_unused_categories(args), **common,
         )  # fmt: skip
         flip_indices = keypoint_flip_indices(dataset_train.keypoint_names) if dataset_train.keypoint_names else None
         dataset_train.transforms = get_transform(True, args.data_augmentation, flip_indices)
@@ -256,14 +272,33 @@ def load_datasets(args: argparse.Namespace, label_to_category_id: list[int] | No
 # ----------------------------------------------------------------------------- model
 
 
-def _build_model(args: argparse.Namespace, classes: Classes, backbone: models.Backbone | None, device: torch.device):
+def _check_room_for_checkpoints(args: argparse.Namespace, model: torch.nn.Module) -> None:
+    """Before training: one checkpoint must fit in --output-dir; warn when the ones the run keeps will not."""
+    if not args.output_dir or not utils.is_main_process():
+        return
+    kept = min(args.keep_checkpoints or args.epochs, args.epochs - args.start_epoch) + 1  # and one being written
+    size = ckpt.estimated_checkpoint_bytes(model, args.opt)
+    ckpt.check_room_for_the_run(Path(args.output_dir), size, kept)
+
+
+def _built_as_trained(args: argparse.Namespace, resumed: ckpt.Checkpoint | None) -> bool:
+    """Whether the model is built as torchvision builds it with trained weights (frozen BatchNorm, the builder's
+    trainable stages) without a backbone file to read: whole-model weights come next (--weights, --test-only
+    --resume), or the run being resumed started from trained weights (its backbone values are in the checkpoint)."""
+    if args.weights is not None or (args.test_only and args.resume):
+        return True
+    started_from = resumed.args.get("weights") if resumed is not None else None
+    return resumed is not None and (started_from is not None or str(args.weights_backbone).lower() != "none")
+
+
+def _build_model(args: argparse.Namespace, classes: Classes, backbone, device: torch.device, as_trained: bool):
     """The model on `device`, and the same model without its DistributedDataParallel wrapper."""
     model = models.build_model_or_explain(
         models.ModelSpec.from_args(args),
         classes.num_classes,
         backbone=backbone,
         num_keypoints=len(classes.keypoint_names) or None,
-        whole_model_weights=args.weights is not None or bool(args.test_only and args.resume),
+        whole_model_weights=as_trained,
     )
     model.to(device)
     if args.distributed and args.sync_bn:
@@ -298,73 +333,42 @@ def _load_whole_model(args: argparse.Namespace, model: torch.nn.Module, pretrain
         weights.overwrite_eps(model, 0.0)
 
 
-def _scale_lr(args: argparse.Namespace) -> None:
-    """--auto-scale-lr: --lr is for 16 images per step; scale it linearly to this run's total batch. Without it, a
-    default --lr with another total batch gets a one-line suggestion."""
-    total = args.batch_size * utils.get_world_size()
-    scaled = args.lr * total / REFERENCE_BATCH
-    if args.auto_scale_lr:
-        print(f"--auto-scale-lr: lr {args.lr:g} x {total} images per step / {REFERENCE_BATCH} = {scaled:g}")
-        args.lr = scaled
-    elif args.lr == DEFAULT_LR and total != REFERENCE_BATCH:
-        print(
-            f"Note: --lr {args.lr:g} is for {REFERENCE_BATCH} images per step and this run takes {total} "
-            f"({args.batch_size} x {utils.get_world_size()} processes); --auto-scale-lr would use {scaled:g}"
-        )
-
-
-# ----------------------------------------------------------------------------- during training
-
-
-def _periodic_saver(args: argparse.Namespace, save, epoch: int, iters_per_epoch: int):
-    """after_step for train_one_epoch: a mid-epoch checkpoint every --checkpoint-every iterations."""
-    if not args.checkpoint_every or not args.output_dir:
-        return None
-
-    def after_step(done: int) -> None:
-        if done % args.checkpoint_every == 0 and done < iters_per_epoch:
-            save(epoch, done)
-
-    return after_step
-
-
-def _save_predictions(args: argparse.Namespace, evaluator: coco_eval.CocoEvaluator, name: str) -> None:
-    """--save-predictions: the evaluation's detections as a COCO results file in --output-dir (rank 0 writes)."""
-    if args.save_predictions and args.output_dir and utils.is_main_process():
-        path = utils.save_json(evaluator.detections(), Path(args.output_dir) / name)
-        print(f"Saved the detections to {path}")
-
-
-def _report_stop(path: Path | None, own_signum: int | None, where: str) -> int:
-    """Say where training stopped and how to go on; the exit status is 128 + the signal (SIGTERM's when another rank
-    got it)."""
-    name = signal.Signals(own_signum).name if own_signum else "a signal to another rank"
-    if path is None:
-        print(f"Stopped by {name} {where}; nothing saved (no --output-dir)")
-    else:
-        print(f"Stopped by {name} {where}; saved {path}. To go on, run the same command with --auto-resume "
-              f"(or --resume {path})")  # fmt: skip
-    return 128 + (own_signum or signal.SIGTERM)
-
-
 # ----------------------------------------------------------------------------- main
 
 
-def main(args: argparse.Namespace) -> int:
-    """Train (or only evaluate); returns the exit status: 0, or 128 + the signal that stopped training."""
+def _set_up(args: argparse.Namespace, typed: set[str]) -> tuple[models.Backbone | None, Any, Any, list[str]]:
+    """Check the flags, read every input file (a wrong one stops the run before any slow work), take a resumed run's
+    flags from its checkpoint, create the output folder and join the process group."""
     flags.validate(args)
     _apply_auto_resume(args)
-    # Read every input file first, so that a wrong one stops the run before any slow work.
-    backbone = models.load_backbone(args)
     pretrained, resumed = _read_model_files(args)
+    restored = []
+    if resumed is not None:
+        reference = resumed.source == "torchvision reference"
+        restored = flags.restore_recorded(args, resumed.args, typed, args.resume, reference)
+        flags.validate(args)
+    backbone = models.load_backbone(args) if resumed is None or args.test_only else None
     _make_output_dir(args)
     utils.init_distributed_mode(args)
-    print(args)
-    device = torch.device(args.device)
+    if args.output_dir and utils.is_main_process():
+        ckpt.remove_stale_temporary_files(Path(args.output_dir))
+    if resumed is not None and not args.test_only:
+        flags.check_world_size(resumed.args, utils.get_world_size(), args.resume, args.allow_changed_flags)
+    print(flags.describe(args, utils.get_world_size(), restored))
+    flags.warn_about(args)
     if args.seed is not None:
         _seed_everything(args.seed + utils.get_rank())
     if args.use_deterministic_algorithms:
         torch.use_deterministic_algorithms(True)
+    return backbone, pretrained, resumed, restored
+
+
+def main(args: argparse.Namespace, typed: set[str] | None = None) -> int:
+    """Train (or only evaluate); returns the exit status: 0, or 128 + the signal that stopped training. `typed` are
+    the flags the command line gave (cli() knows them); a resumed run takes the others from its checkpoint."""
+    typed = flags.typed_by_value(args, get_args_parser()) if typed is None else typed
+    backbone, pretrained, resumed, _ = _set_up(args, typed)
+    device = torch.device(args.device)
 
     print("Loading data")
     mapping = _trained_label_mapping(args, pretrained, resumed)
@@ -376,7 +380,7 @@ def main(args: argparse.Namespace) -> int:
     classes = (dataset_train or dataset_test).classes  # the training split's: what the model learns
 
     print("Creating model")
-    model, model_without_ddp = _build_model(args, classes, backbone, device)
+    model, model_without_ddp = _build_model(args, classes, backbone, device, _built_as_trained(args, resumed))
     _load_whole_model(args, model_without_ddp, pretrained, resumed)
 
     if args.test_only:
@@ -384,13 +388,14 @@ def main(args: argparse.Namespace) -> int:
             print("Warning: --test-only without --resume or --weights evaluates an untrained model")
         torch.backends.cudnn.deterministic = True
         evaluator = evaluate(model_without_ddp, data_loader_test, device, backend=args.eval_backend)
-        _save_predictions(args, evaluator, "predictions.json")
+        save_predictions(args, evaluator, "predictions.json")
         return 0
 
     iters_per_epoch = len(batch_sampler.batch_sampler)
     if resumed is None:  # a resumed run goes on with its optimizer's lr
-        _scale_lr(args)
+        scale_lr(args, utils.get_world_size())
     optimizer = build_optimizer(model_without_ddp, args)
+    _check_room_for_checkpoints(args, model_without_ddp)
     lr_scheduler = build_lr_scheduler(optimizer, args, iters_per_epoch)
     scaler = torch.amp.GradScaler(device.type) if args.amp else None
     first_iteration = 0
@@ -398,63 +403,29 @@ def main(args: argparse.Namespace) -> int:
         args.start_epoch, first_iteration = ckpt.restore_training_state(
             resumed, args.resume, optimizer, lr_scheduler, scaler, train_sampler
         )
-        if args.start_epoch >= args.epochs:
-            print(f"Nothing to train: {args.resume} holds epoch {resumed.epoch} and --epochs is {args.epochs}; "
-                  "raise --epochs to go on")  # fmt: skip
-
-    def save(epoch: int, iteration: int | None = None) -> Path | None:
-        """Save the run; call it on every rank (it gathers each rank's random state), rank 0 writes. `iteration`
-        is None at the end of an epoch, else the iterations done in `epoch` so far."""
-        if not args.output_dir:
-            return None
-        state = ckpt.TrainState(
-            **train_sampler.state_dict(), iteration=iteration, rng=utils.all_gather(ckpt.rng_state())
-        )
-        checkpoint = ckpt.Checkpoint(
-            model=model_without_ddp.state_dict(), epoch=epoch, args=dict(vars(args)), classes=classes,
-            optimizer=optimizer.state_dict(), lr_scheduler=lr_scheduler.state_dict(),
-            scaler=None if scaler is None else scaler.state_dict(), train_state=state,
-        )  # fmt: skip
-        finished = epoch if iteration is None else None
-        return ckpt.save_checkpoint(checkpoint.to_dict(), args.output_dir, epoch=finished, keep=args.keep_checkpoints)
-
-    print("Start training")
-    start_time = time.time()
+    unevaluated = resumed.unevaluated_epoch if resumed is not None else None
+    if resumed is not None and args.start_epoch >= args.epochs and unevaluated is None:
+        print(f"Nothing to train: {args.resume} holds epoch {resumed.epoch} and --epochs is {args.epochs}; "
+              "raise --epochs to go on")  # fmt: skip
+    run = Run(args, model, model_without_ddp, optimizer, lr_scheduler, scaler, train_sampler, batch_sampler,
+              data_loader, data_loader_test, classes, device, unevaluated)  # fmt: skip
     ckpt.restore_random_state(resumed)
-    first_step = args.start_epoch * iters_per_epoch + first_iteration
-    metrics = utils.MetricsWriter(args.output_dir, args.tensorboard, first_step=first_step)
-    with catching_stop_signals() as stop, metrics:
-        for epoch in range(args.start_epoch, args.epochs):
-            first = first_iteration if epoch == args.start_epoch else 0
-            train_sampler.set_epoch(epoch)
-            batch_sampler.set_position(epoch, first)
-            after_step = _periodic_saver(args, save, epoch, iters_per_epoch)
-            try:
-                train_one_epoch(
-                    model, optimizer, data_loader, device, epoch, args.print_freq, scaler,
-                    lr_scheduler=lr_scheduler, first_iteration=first, clip_grad_norm=args.clip_grad_norm, stop=stop,
-                    after_step=after_step, write_metrics=metrics.write,
-                )  # fmt: skip
-            except TrainingStopped as stopped:
-                path = save(epoch, stopped.iteration)
-                where = f"at epoch {epoch}, iteration {stopped.iteration}/{iters_per_epoch}"
-                return _report_stop(path, stop.signum, where)
-            lr_scheduler.step()
-            path = save(epoch)
-            evaluator = evaluate(model_without_ddp, data_loader_test, device, backend=args.eval_backend)
-            metrics.write(evaluation_record(evaluator.metrics, epoch, global_iteration=(epoch + 1) * iters_per_epoch))
-            _save_predictions(args, evaluator, f"predictions_{epoch}.json")
-            if utils.any_rank(stop.received):
-                return _report_stop(path, stop.signum, f"after epoch {epoch}")
-    print(f"Training time {time.strftime('%H:%M:%S', time.gmtime(time.time() - start_time))}")
-    return 0
+    return train_epochs(run, first_iteration)
 
 
 def cli(argv: list[str] | None = None) -> int:
     """Run main(); a UsageError becomes one line on stderr and exit status 2, a failed run one line and status 1."""
-    args = get_args_parser().parse_args(argv)
+    parser = get_args_parser()
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        return main(args)
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a one-line argparse error (already written)
+        return int(e.code or 0)
+    try:
+        return main(args, flags.typed_flags(parser, argv))
+    except KeyboardInterrupt:  # before training started (in training, a first Ctrl-C stops after the iteration)
+        print("error: interrupted (Ctrl-C) before training started; nothing was saved", file=sys.stderr)
+        return 128 + signal.SIGINT
     except utils.UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

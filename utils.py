@@ -4,6 +4,7 @@ distributed set-up and collectives, and small helpers (batching, atomic file wri
 Nothing here knows about detection; the other modules build on these pieces.
 """
 
+import argparse
 import datetime
 import json
 import math
@@ -22,6 +23,14 @@ import torch.distributed as dist
 
 class UsageError(Exception):
     """A problem the user can fix (a flag, a file); train.py prints it as one line and exits with status 2."""
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, whose errors (an unknown flag, a value of the wrong type) are one "error:" line and exit status 2,
+    not the whole usage text."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (python {self.prog} --help lists the flags)\n")
 
 
 class DataError(UsageError):
@@ -133,9 +142,11 @@ class MetricLogger:
         header: str = "",
         start: int = 0,
         on_print: Callable[[int, dict[str, float]], None] | None = None,
+        iterations_after: int | None = None,
     ) -> Iterator:
         """Yield from `iterable`, printing ETA, losses, iteration/data time and CUDA memory as it goes.
-        `start` numbers the lines of an epoch resumed after that many iterations. With each line,
+        `start` numbers the lines of an epoch resumed after that many iterations; `iterations_after` (those of the
+        epochs to come) adds the whole run's ETA. With each line,
         on_print(iteration, numbers) gets the numbers behind it, unsmoothed: every meter's latest value,
         this iteration's `iter_time` and `data_time` (seconds) and, with CUDA, `max_mem_mb`."""
         remaining = len(iterable)
@@ -149,6 +160,9 @@ class MetricLogger:
             iter_time.update(time.time() - end)
             if i % print_freq == 0 or i == total - 1:
                 eta = datetime.timedelta(seconds=int(iter_time.global_avg * (total - i - 1)))
+                if iterations_after is not None:  # the whole run's, as detectron2 shows it: evaluations left out
+                    run_eta = datetime.timedelta(seconds=int(iter_time.global_avg * (total - i - 1 + iterations_after)))
+                    eta = f"{eta} (run {run_eta})"
                 parts = [
                     header,
                     f"[{i:{width}d}/{total}]",

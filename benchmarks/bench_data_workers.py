@@ -274,10 +274,27 @@ class ImagesOnly:
             return F.pil_to_tensor(image.convert("RGB")), {}
 
 
+def _as_before_issue_13() -> None:
+    """Ours as it was before issue #13 (in this process): no image header check at start-up, and images read with
+    PIL's convert alone (no EXIF orientation, no 16-bit scaling); to measure what those cost, in the same run."""
+    import coco_utils
+    import images
+
+    def old_read_rgb(path, expected_size=None, listed_in=""):
+        with Image.open(path) as image:
+            image.load()
+            return image if image.mode == "RGB" else image.convert("RGB")
+
+    images._wrong_headers = lambda folder, table, wanted, skip: np.zeros(len(table.file_names), dtype=bool)
+    coco_utils.read_rgb = old_read_rgb
+
+
 def build(variant: str, root: Path):
     """The dataset and its aspect-ratio group ids (train.py's default of 3 bins per side), as train.py builds them."""
     from group_by_aspect_ratio import create_aspect_ratio_groups
 
+    if variant == "before #13":
+        _as_before_issue_13()
     if variant == "floor":
         dataset = ImagesOnly(root)
         return dataset, [0] * len(dataset)
@@ -501,7 +518,7 @@ def measure_all(args: argparse.Namespace, root: Path) -> list[str]:
                 )
 
     if "startup" in args.only:
-        startup: dict[str, list[dict]] = {"baseline": [], "ours": []}
+        startup: dict[str, list[dict]] = {"baseline": [], "ours": [], "before #13": []}
         for _ in range(args.startup_repeats):
             for variant in startup:
                 startup[variant].append(_run_child("startup", variant, str(root), str(args.workers), repr(time.time())))
@@ -520,6 +537,16 @@ def measure_all(args: argparse.Namespace, root: Path) -> list[str]:
             _row("  of which: building the dataset", f"{base['dataset']:.1f} s", f"{ours['dataset']:.1f} s", "", "")
         )
         rows.append(_row("  of which: imports", f"{base['imports']:.1f} s", f"{ours['imports']:.1f} s", "", ""))
+        before = best["before #13"]
+        rows.append(
+            _row(
+                "  ours before issue #13 (no image header check) / ours",
+                f"{before['first_batch']:.1f} s (dataset {before['dataset']:.1f} s)",
+                f"{ours['first_batch']:.1f} s (dataset {ours['dataset']:.1f} s)",
+                f"{ours['first_batch'] / before['first_batch']:.2f}",
+                "",
+            )
+        )
     rows.append(
         _row(
             f"  start-up check for missing image files ({checks['files']} files)",
@@ -534,7 +561,7 @@ def measure_all(args: argparse.Namespace, root: Path) -> list[str]:
         ids_file = root / "speed_image_ids.json"
         ours_ids = _our_dataset(root).ids  # a subset of the baseline's: it also drops images with only crowd regions
         ids_file.write_text(json.dumps(random.Random(0).sample(ours_ids, args.speed_samples + 10)))
-        runs: dict[str, list[float]] = {"baseline": [], "ours": []}
+        runs: dict[str, list[float]] = {"baseline": [], "ours": [], "before #13": []}
         for _ in range(args.speed_repeats):
             for variant in runs:
                 runs[variant].append(_run_child("speed", variant, str(root), str(ids_file))["samples_per_s"])
@@ -546,6 +573,15 @@ def measure_all(args: argparse.Namespace, root: Path) -> list[str]:
                 f"{speed['ours']:.1f}",
                 f"{speed['ours'] / speed['baseline']:.2f}x",
                 ">= 1.5x",
+            )
+        )
+        rows.append(
+            _row(
+                "  ours before issue #13 (PIL convert alone) / ours",
+                f"{speed['before #13']:.1f}",
+                f"{speed['ours']:.1f}",
+                f"{speed['ours'] / speed['before #13']:.2f}x",
+                "",
             )
         )
         decode = _decode_times(root)

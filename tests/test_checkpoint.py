@@ -1,8 +1,10 @@
 """checkpoint.py: the format's round trip, atomic saves that survive kill -9, weights_only loading that refuses
 pickled code, and every random generator restored."""
 
+import errno
 import os
 import re
+import shutil
 import signal
 import time
 
@@ -214,7 +216,12 @@ def test_the_documented_keys_are_the_keys_written():
     documented |= {key for row in re.findall(r"^\| (`[a-z_]+`(?:, `[a-z_]+`)+) \|", ckpt.__doc__, re.MULTILINE)
                    for key in re.findall(r"`([a-z_]+)`", row)}  # fmt: skip
     assert written == documented
-    assert set(vars(_full_checkpoint().train_state)) == {"seed", "epoch", "order", "iteration", "rng"}
+    names = set(re.search(r"TrainState\): (.*) \|", ckpt.__doc__).group(1).replace("`", "").split(", "))
+    assert (
+        set(vars(_full_checkpoint().train_state))
+        == names
+        == {"seed", "epoch", "order", "iteration", "rng", "evaluated"}
+    )
 
 
 def test_files_of_earlier_versions_and_plain_state_dicts_read_as_checkpoints(tmp_path):
@@ -240,3 +247,87 @@ def test_a_checkpoint_of_torchvisions_reference_reads_with_its_flags_as_plain_da
     assert type(loaded.args) is dict and loaded.classes is None and loaded.train_state is None
     assert loaded.epoch == 3 and loaded.can_resume_training and loaded.epoch_finished
     assert torch.equal(loaded.model["w"], saved["model"]["w"]) and loaded.optimizer == saved["optimizer"]
+
+
+def test_an_epoch_whose_evaluation_did_not_finish_is_named_and_older_files_read_as_evaluated():
+    data = _full_checkpoint().to_dict()
+    data["train_state"] |= {"iteration": None, "evaluated": False}
+    assert ckpt.Checkpoint.from_dict(data).unevaluated_epoch == 3
+    data["train_state"]["iteration"] = 5  # a mid-epoch checkpoint: nothing to evaluate yet
+    assert ckpt.Checkpoint.from_dict(data).unevaluated_epoch is None
+    del data["train_state"]["evaluated"]
+    data["train_state"]["iteration"] = None  # written before the field existed
+    assert ckpt.Checkpoint.from_dict(data).unevaluated_epoch is None
+
+
+# ----------------------------------------------------------------------------- a full disk
+
+
+def _free(monkeypatch, free: int) -> None:
+    usage = shutil.disk_usage("/")
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda path: usage._replace(free=free))
+
+
+def test_a_save_that_would_not_fit_is_one_line_naming_the_folder_and_bytes_and_writes_nothing(tmp_path, monkeypatch):
+    first = _full_checkpoint().to_dict()
+    ckpt.save_checkpoint(first, tmp_path, epoch=3)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    _free(monkeypatch, 100)
+    with pytest.raises(utils.UsageError) as error:
+        ckpt.save_checkpoint(_full_checkpoint().to_dict(), tmp_path, epoch=4)
+    message = str(error.value)
+    needed = int(ckpt.tensor_bytes(first) * ckpt.SPACE_MARGIN)
+    assert "\n" not in message and f"--output-dir: {tmp_path} has 100 bytes" in message and f"{needed} bytes" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_disk_that_fills_during_a_save_keeps_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    ckpt.save_checkpoint(_full_checkpoint().to_dict(), tmp_path, epoch=3)
+    before = (tmp_path / "checkpoint.pth").read_bytes()
+
+    def full(obj, tmp):
+        tmp.write_bytes(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "_write_torch_file", full)
+    with pytest.raises(utils.UsageError, match=f"--output-dir: {tmp_path} ran out of space writing a checkpoint"):
+        ckpt.save_checkpoint(_full_checkpoint().to_dict(), tmp_path, epoch=4)
+    assert (tmp_path / "checkpoint.pth").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth", "model_3.pth"]  # no temporary file left
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adamw"])
+def test_the_size_estimated_before_the_first_save_is_the_saved_size(tmp_path, opt):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3), torch.nn.BatchNorm2d(64), torch.nn.Conv2d(64, 64, 3))
+    model[0].requires_grad_(False)  # frozen layers have no optimizer state
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable) if opt == "adamw" else torch.optim.SGD(trainable, lr=0.1, momentum=0.9)
+    estimate = ckpt.estimated_checkpoint_bytes(model, opt)
+    model(torch.randn(1, 3, 8, 8)).sum().backward()
+    optimizer.step()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, tmp_path / "c.pth")
+    size = (tmp_path / "c.pth").stat().st_size
+    assert size <= estimate <= 1.15 * size
+
+
+def test_start_up_refuses_a_folder_without_room_for_one_checkpoint_and_warns_for_the_kept_ones(
+    tmp_path, monkeypatch, capsys
+):
+    _free(monkeypatch, 10**6)
+    with pytest.raises(utils.UsageError, match="has 1000000 bytes"):
+        ckpt.check_room_for_the_run(tmp_path, 2 * 10**6, kept=3)
+    ckpt.check_room_for_the_run(tmp_path, 4 * 10**5, kept=3)
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "room for 2 checkpoints" in err and "keeps 3" in err
+
+
+def test_a_temporary_file_left_by_a_cut_off_save_is_removed_and_said(tmp_path, capsys):
+    ckpt.save_checkpoint(_full_checkpoint().to_dict(), tmp_path, epoch=3)
+    stale = [tmp_path / ".checkpoint.pth.tmp", tmp_path / ".model_4.pth.tmp", tmp_path / ".predictions_4.json.tmp"]
+    for path in stale:
+        path.write_bytes(b"x" * 2**20)
+    (tmp_path / ".notes.tmp").write_text("not ours")
+    ckpt.remove_stale_temporary_files(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.tmp", "checkpoint.pth", "model_3.pth"]
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"Removed {p} (1 MiB), left by a save that an earlier run's end cut off" for p in sorted(stale)]

@@ -12,6 +12,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch.utils.data import Subset, TensorDataset
 from torchvision import tv_tensors
@@ -240,6 +241,24 @@ def test_num_classes_is_max_category_id_plus_one(synthetic_root, quirky_root):
     assert coco_utils.get_coco(synthetic_root, "train", None).num_classes == 18
     assert coco_utils.get_coco(quirky_root, "val", None).num_classes == 45
     assert coco_utils.get_coco(quirky_root, "val", None).categories == {1: "person", 3: "car", 44: "bottle"}
+
+
+@pytest.mark.parametrize("leave_out", [True, False])
+def test_a_category_no_annotation_uses_is_named_and_left_out_of_auto_labels(exported_root, leave_out, capsys):
+    """Roboflow lists its supercategory as category 0, which no annotation uses."""
+    folder = exported_root / "train"
+    ds = coco_utils.get_coco(
+        None, "train", None, img_folder=folder, ann_file=folder / "_annotations.coco.json", contiguous_labels=True,
+        leave_out_unused_categories=leave_out,
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "no annotation uses category 0 (shapes)" in err
+    if leave_out:
+        assert ds.label_to_category_id == [0, 1, 2, 3, 4] and "left out of the labels" in err
+    else:
+        assert ds.label_to_category_id == [0, 0, 1, 2, 3, 4] and "keeps an output" in err
+    _, target = ds[0]
+    assert target["labels"].min() >= 1 and target["labels"].max() <= ds.num_classes - 1
 
 
 def test_aspect_ratios_come_from_metadata(any_root, monkeypatch):
@@ -577,32 +596,46 @@ def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:400])
 
 
-BAD_IMAGES = {
-    "truncated": (_truncate, "image file is truncated"),
-    "not an image": (lambda path: path.write_text("not a jpeg"), "not an image file PIL can read"),
-}
-
-
-@pytest.mark.parametrize("case", list(BAD_IMAGES))
-def test_bad_image_is_reported_when_met(quirky_copy, case):
-    damage, reason = BAD_IMAGES[case]
+def test_a_truncated_image_is_reported_when_met(quirky_copy):
+    """Its header is whole, so start-up cannot tell; the first read does."""
     path = quirky_copy / "val2017" / "img_999.jpg"
-    damage(path)
-    ds = coco_utils.get_coco(quirky_copy, "val", transforms=None)  # start-up only checks that the file is there
+    _truncate(path)
+    ds = coco_utils.get_coco(quirky_copy, "val", transforms=None)  # start-up reads headers only
     ds[0]
     with pytest.raises(coco_utils.DataError) as error:
         ds[ds.ids.index(999)]
-    _assert_one_line_naming(error, path, [f"cannot use image 999 ({reason}", "--skip-bad-images"])
+    _assert_one_line_naming(error, path, ["cannot use image 999 (image file is truncated", "--skip-bad-images"])
 
 
-def test_image_of_another_size_than_listed(quirky_copy, edit_annotations):
-    edit_annotations(quirky_copy, "val", lambda d: d["images"][2].update(width=91))  # image 999 is 90x90
-    ds = coco_utils.get_coco(quirky_copy, "val", transforms=None)
+def _not_an_image(root: Path, edit_annotations) -> None:
+    (root / "val2017" / "img_999.jpg").write_text("not a jpeg")
+
+
+def _another_size(root: Path, edit_annotations) -> None:
+    edit_annotations(root, "val", lambda d: d["images"][2].update(width=91))  # image 999 is 90x90
+
+
+AT_START_UP = {
+    "not an image": (_not_an_image, "cannot use image 999 (not an image file PIL can read)"),
+    "another size": (_another_size, "cannot use image 999 (it is 90x90 but instances_val2017.json says 91x90)"),
+}
+
+
+@pytest.mark.parametrize("case", list(AT_START_UP))
+def test_an_unreadable_or_mis_sized_image_is_found_at_start_up_from_its_header(quirky_copy, edit_annotations, case):
+    damage, reason = AT_START_UP[case]
+    damage(quirky_copy, edit_annotations)
     with pytest.raises(coco_utils.DataError) as error:
-        ds[ds.ids.index(999)]
-    _assert_one_line_naming(
-        error, quirky_copy / "val2017" / "img_999.jpg", ["it is 90x90 but instances_val2017.json says 91x90"]
-    )
+        coco_utils.get_coco(quirky_copy, "val", transforms=None)
+    _assert_one_line_naming(error, quirky_copy / "val2017" / "img_999.jpg", [reason, "--skip-bad-images"])
+
+
+def test_skip_bad_images_leaves_images_with_bad_headers_out_at_start_up(quirky_copy, edit_annotations, capsys):
+    _another_size(quirky_copy, edit_annotations)
+    ds = coco_utils.get_coco(quirky_copy, "val", transforms=None, skip_bad_images=True)
+    assert 999 not in ds.ids and len(ds) == 3
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "leaving out 1 of the 4 images" in err and "91x90" in err
 
 
 def test_rle_of_another_size_than_its_image(quirky_copy, edit_annotations):
@@ -671,7 +704,7 @@ def test_skip_bad_images_with_no_readable_image_left(quirky_copy):
     for name in ("img_987654.jpg", "img_12.jpg", "img_500001.jpg"):
         _truncate(quirky_copy / "train2017" / name)
     ds = coco_utils.get_coco(quirky_copy, "train", transforms=None, skip_bad_images=True)
-    with pytest.raises(coco_utils.DataError, match="none of the 3 images"):
+    with pytest.raises(coco_utils.DataError, match=r"none of the \d images"):  # a header cut short: left out at once
         ds[0]
 
 
@@ -1014,3 +1047,49 @@ def test_own_paths_that_are_wrong_name_their_flag(own_layout, case):
         coco_utils.get_coco(own_layout, split, transforms=None, img_folder=img_folder, ann_file=ann_file)
     message = str(error.value)
     assert "\n" not in message and message.startswith(expected.format(ann=ann_file, img=img_folder)), message
+
+
+# ----------------------------------------------------------------------------- degenerate polygons, box-only exports
+
+
+def _polygon_file(root: Path, segmentations: list) -> Path:
+    """One 64x64 image with an annotation per segmentation, each with a 20x20 box."""
+    PIL.Image.new("RGB", (64, 64), (90, 90, 90)).save(root / "a.jpg")
+    annotations = [
+        {"id": i + 1, "image_id": 1, "category_id": 1, "bbox": [20, 20, 20, 20], "iscrowd": 0, "segmentation": seg}
+        for i, seg in enumerate(segmentations)
+    ]
+    data = {"images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 64}], "annotations": annotations}
+    data["categories"] = [{"id": 1, "name": "thing"}]
+    (root / "ann.json").write_text(json.dumps(data))
+    return root / "ann.json"
+
+
+SQUARE = [20, 20, 40, 20, 40, 40, 20, 40]
+
+
+def test_polygon_parts_of_fewer_than_3_points_are_dropped_as_pycocotools_drops_them(tmp_path, capsys):
+    ann_file = _polygon_file(tmp_path, [[SQUARE, [10, 10, 20, 20]], [SQUARE, [5, 5]]])
+    ds = coco_utils.CocoDetection(tmp_path, ann_file, require_masks=True)
+    assert capsys.readouterr().out.strip() == (
+        f"Note: {ann_file}: dropped 2 polygon parts of fewer than 3 points (in 2 annotations), as pycocotools and "
+        "detectron2 do"
+    )
+    _, target = ds[0]
+    expected = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects([SQUARE], 64, 64)))
+    for mask in target["masks"]:
+        np.testing.assert_array_equal(mask.numpy(), expected)
+
+
+@pytest.mark.parametrize(
+    "segmentation", [[], [[10, 10, 20, 20]], [[10, 10]]], ids=["box-only export", "2 points", "1 point"]
+)
+def test_a_mask_model_refuses_annotations_left_without_a_mask(tmp_path, segmentation):
+    ann_file = _polygon_file(tmp_path, [[SQUARE], segmentation, segmentation])
+    with pytest.raises(coco_utils.DataError) as error:
+        coco_utils.CocoDetection(tmp_path, ann_file, require_masks=True)
+    _assert_one_line_naming(
+        error, ann_file, ["2 of the 3 annotations a mask model trains on have no mask (e.g. annotation id 2", "a box-"]
+    )
+    ds = coco_utils.CocoDetection(tmp_path, ann_file, with_masks=False)  # a box-only model trains on them
+    assert len(ds[0][1]["boxes"]) == 3

@@ -311,7 +311,7 @@ def test_amp_trains_under_autocast_with_a_grad_scaler(synthetic_root):
     assert scaler.state_dict()["scale"] > 0
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
 def test_stop_signals_are_remembered_and_the_old_handlers_restored(signum):
     before = signal.getsignal(signum)
     with engine.catching_stop_signals() as stop:
@@ -319,6 +319,29 @@ def test_stop_signals_are_remembered_and_the_old_handlers_restored(signum):
         os.kill(os.getpid(), signum)
         assert stop.received and stop.signum == signum
     assert signal.getsignal(signum) is before
+
+
+def test_a_second_ctrl_c_stops_at_once_with_one_line_and_an_echo_does_not(monkeypatch, capsys):
+    """torchrun passes a terminal's Ctrl-C on to its workers, which the terminal signalled already: a second SIGINT
+    within SECOND_CTRL_C_AFTER seconds is that echo; a later one is the user's and ends the process."""
+    clock = [100.0]
+    monkeypatch.setattr(engine.time, "monotonic", lambda: clock[0])
+    exits = []
+    monkeypatch.setattr(engine.os, "_exit", exits.append)
+    with engine.catching_stop_signals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signum == signal.SIGINT and not exits
+        clock[0] += engine.SECOND_CTRL_C_AFTER / 2
+        os.kill(os.getpid(), signal.SIGINT)
+        assert not exits
+        clock[0] += engine.SECOND_CTRL_C_AFTER
+        os.kill(os.getpid(), signal.SIGTERM)  # another signal never counts as a second Ctrl-C
+        assert not exits and stop.signum == signal.SIGINT
+        os.kill(os.getpid(), signal.SIGINT)
+        assert exits == [128 + signal.SIGINT]
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "Received SIGINT: stopping after this iteration (Ctrl-C again to stop at once, without saving)"
+    assert err[1:] == ["Second Ctrl-C: stopped at once, without saving; the last checkpoint is whole"]
 
 
 class _RecordingEvaluator:
@@ -365,7 +388,9 @@ def test_coco_evaluator_fulfils_the_contract_and_its_metrics_name_pycocotools_nu
         assert callable(getattr(CocoEvaluator, name))
     evaluator = evaluate(_model(dataset.num_classes), loader, torch.device("cpu"))
     assert isinstance(evaluator, CocoEvaluator) and evaluator.accepts_unpasted_masks
-    assert set(evaluator.metrics) == {"bbox", "segm"}
-    for iou_type, numbers in evaluator.metrics.items():
+    assert set(evaluator.metrics) == {"bbox", "segm", "per_category"}
+    for iou_type in ("bbox", "segm"):
+        numbers = evaluator.metrics[iou_type]
         assert list(numbers.values()) == evaluator.coco_eval[iou_type].stats.tolist()
         assert list(numbers)[:3] == ["AP", "AP50", "AP75"]
+        assert list(evaluator.metrics["per_category"][iou_type]) == ["disc", "square", "triangle", "bars"]

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -162,6 +163,34 @@ def test_training_writes_a_metrics_record_per_log_line_and_per_evaluation(traine
     assert records[-1] == evaluation  # after the epoch's training records
     printed = [float(line.rsplit("= ", 1)[1]) for line in _ap_table(result.stdout)]  # 12 bbox, then 12 segm
     assert [*evaluation["bbox"].values(), *evaluation["segm"].values()] == pytest.approx(printed, abs=0.00051)
+
+
+@pytest.mark.slow
+def test_the_log_has_a_run_eta_a_per_category_table_and_a_closing_summary(trained):
+    output, _, result = trained
+    assert re.search(r"eta: \S+ \(run \S+\)  lr", result.stdout), result.stdout[:2000]
+    (evaluation,) = [r for r in _metrics(output) if r["type"] == "eval"]
+    for iou_type in ("bbox", "segm"):
+        table = evaluation["per_category"][iou_type]
+        assert list(table) == ["person", "car", "bottle"]
+        printed = result.stdout.split(f"Per category ({iou_type}):")[1].splitlines()[2:5]
+        for line, (name, numbers) in zip(printed, table.items()):
+            assert line.split() == [name, *(f"{numbers[k]:.3f}" for k in ("AP", "AP50", "AP75"))]
+    bbox, segm = evaluation["bbox"]["AP"], evaluation["segm"]["AP"]
+    assert result.stdout.rstrip().splitlines()[-1] == (
+        f"Done after epoch 0: bbox AP {bbox:.3f} (best {bbox:.3f}, epoch 0), segm AP {segm:.3f} (best {segm:.3f}, "
+        f"epoch 0); checkpoints in {output}: checkpoint.pth, model_0.pth"
+    )
+
+
+@pytest.mark.slow
+def test_eval_every_evaluates_every_nth_epoch_and_the_last(trained, tmp_path):
+    output, flags, _ = trained
+    resume = ["--resume", str(output / "checkpoint.pth"), "--output-dir", str(tmp_path)]
+    result = _run(*flags, "--epochs", "4", "--eval-every", "2", *resume)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["epoch"] for r in _metrics(tmp_path) if r["type"] == "eval"] == [1, 3]
+    assert len(_ap_table(result.stdout)) == 2 * 24
 
 
 @pytest.mark.slow
@@ -326,7 +355,24 @@ BAD_INPUTS = {
     "print freq 0": (lambda d, t: ["--print-freq", "0"], "--print-freq: must be at least 1"),
     "epochs 0": (lambda d, t: ["--epochs", "0"], "--epochs: must be at least 1"),
     "negative workers": (lambda d, t: ["-j", "-1"], "-j/--workers: must be at least 0"),
-    "lr 0": (lambda d, t: ["--lr", "0"], "--lr: must be positive"),
+    "lr 0": (lambda d, t: ["--lr", "0"], "--lr: must be a positive number, got 0.0"),
+    "lr inf": (lambda d, t: ["--lr", "inf"], "--lr: must be a positive number, got inf"),
+    "epochs 1.5": (lambda d, t: ["--epochs", "1.5"], "argument --epochs: invalid int value: '1.5' (python "),
+    "an unknown flag": (lambda d, t: ["--epohcs", "2"], "unrecognized arguments: --epohcs 2"),
+    "min size 0": (lambda d, t: ["--min-size", "0"], "--min-size: must be at least 1, got 0"),
+    "min size -5": (lambda d, t: ["--min-size", "-5"], "--min-size: must be at least 1, got -5"),
+    "trainable backbone layers 6": (
+        lambda d, t: ["--trainable-backbone-layers", "6"],
+        "--trainable-backbone-layers: maskrcnn_resnet50_fpn's backbone has 5 stages to train, so 0 to 5; got 6",
+    ),
+    "no RoIs sampled": (
+        lambda d, t: ["--model-kwargs", "box_batch_size_per_image=0"],
+        "--model-kwargs: box_batch_size_per_image is proposals sampled per image, at least 1; got 0",
+    ),
+    "a positive fraction above 1": (
+        lambda d, t: ["--model-kwargs", "rpn_positive_fraction=1.5"],
+        "--model-kwargs: rpn_positive_fraction is a fraction, between 1e-09 and 1; got 1.5",
+    ),
     "lr steps decreasing": (lambda d, t: ["--lr-steps", "5", "3"], "--lr-steps: epochs must increase, got 5 3"),
     "unknown model": (
         lambda d, t: ["--model", "maskrcnn_resnet51_fpn"],
@@ -380,8 +426,8 @@ BAD_INPUTS = {
     ),
     "checkpoint every -1": (lambda d, t: ["--checkpoint-every", "-1"], "--checkpoint-every: must be at least 0"),
     "keep 0 checkpoints": (lambda d, t: ["--keep-checkpoints", "0"], "--keep-checkpoints: must be at least 1"),
-    "clip grad norm 0": (lambda d, t: ["--clip-grad-norm", "0"], "--clip-grad-norm: must be positive"),
-    "dist timeout 0": (lambda d, t: ["--dist-timeout", "0"], "--dist-timeout: must be positive"),
+    "clip grad norm 0": (lambda d, t: ["--clip-grad-norm", "0"], "--clip-grad-norm: must be a positive number"),
+    "dist timeout 0": (lambda d, t: ["--dist-timeout", "0"], "--dist-timeout: must be a positive number"),
     "copy-paste without lsj": (
         lambda d, t: ["--use-copypaste"],
         "--use-copypaste: works only with --data-augmentation lsj",
@@ -406,9 +452,17 @@ BAD_INPUTS = {
     ),
     "resume missing": (lambda d, t: ["--resume", str(t / "gone.pth")], "--resume: model checkpoint file"),
     "resume not a checkpoint": (lambda d, t: ["--resume", str(t / "file.txt")], "--resume: "),
+    "resume a folder": (
+        lambda d, t: ["--resume", str(t / "out")],
+        "out is a folder; pass a model checkpoint file in it, e.g. /",
+    ),
+    "weights a pickle with a payload": (
+        lambda d, t: ["--weights", _raw_payload_file(t)],
+        "holds pickled Python objects, which could run code when loaded, so it was refused and nothing in it ran",
+    ),
     "weights with a pickle payload": (
         lambda d, t: ["--weights", _payload_file(t)],
-        "holds pickled Python objects, which weights_only loading refuses to run",
+        "holds pickled Python objects (such as ",
     ),
     "weights cut short": (lambda d, t: ["--weights", _truncated_weights(t)], "is not a file written by torch.save"),
     "weights of another architecture": (
@@ -432,6 +486,22 @@ def _payload_file(folder: Path) -> str:
     path = folder / "payload.pth"
     torch.save({"model": {}, "args": argparse.Namespace(lr=0.02), "extra": _Payload(folder / "code_ran")}, path)
     return str(path)
+
+
+def _raw_payload_file(folder: Path) -> str:
+    """pickle.dump, not torch.save: a file that would run a shell command when loaded without weights_only."""
+    path = folder / "payload.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": _ShellPayload(folder / "shell_ran")}, f)
+    return str(path)
+
+
+class _ShellPayload:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
 
 
 def _truncated_weights(folder: Path) -> str:
@@ -463,6 +533,31 @@ def test_bad_input_gets_one_line_and_status_2_and_overwrites_nothing(case, synth
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == {
         p: p.read_bytes() for p in before if p.exists()
     }
+
+
+def test_a_data_path_with_a_trailing_space_is_named_not_the_backbone_file(synthetic_root, capsys):
+    """The default backbone file lies under --data-path: the data path is what is wrong."""
+    assert train.cli(["--data-path", f"{synthetic_root} ", *SMALL_RUN]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"error: --data-path: '{synthetic_root} ' is not a folder (it begins or ends with a space); pass the COCO root "
+        "holding train2017/, val2017/ and annotations/"
+    )
+
+
+def test_no_room_for_a_checkpoint_stops_before_training_with_one_line(synthetic_root, tmp_path, monkeypatch, capsys):
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda path: usage._replace(free=10**6))
+    assert train.cli(_small_run_from_scratch(synthetic_root, tmp_path / "out")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --output-dir: {tmp_path / 'out'} has 1000000 bytes"), err
+    assert "needs about" in err[0] and not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+def test_lr_steps_beyond_the_epochs_are_said(synthetic_root, tmp_path, capsys):
+    assert train.cli([*_small_run_from_scratch(synthetic_root, tmp_path), "--lr-steps", "3", "--epochs", "2",
+                      "--test-only"]) == 0  # fmt: skip
+    assert "warning: --lr-steps 3: at or beyond --epochs 2, so the lr never decays there" in capsys.readouterr().err
 
 
 def test_tensorboard_without_its_package_is_a_usage_error_before_any_work(
@@ -502,7 +597,7 @@ def test_cuda_without_a_gpu_is_a_usage_error():
 
 
 @pytest.mark.slow
-def test_resume_with_another_optimizer_names_the_saved_flags(trained, capsys):
+def test_resume_with_another_optimizer_names_both_values(trained, capsys):
     output, flags, _ = trained
     code = train.cli(
         [
@@ -519,7 +614,11 @@ def test_resume_with_another_optimizer_names_the_saved_flags(trained, capsys):
     )
     assert code == 2
     err = capsys.readouterr().err
-    assert "does not fit this run (it was saved with --opt sgd" in err
+    assert "--opt: this command says adamw but" in err and "was trained with sgd" in err
+    assert "--allow-changed-flags" in err
+    resume = ["--resume", str(output / "checkpoint.pth"), "--output-dir", str(output)]
+    assert train.cli([*flags, "--opt", "adamw", "--epochs", "2", "--allow-changed-flags", *resume]) == 2
+    assert "does not fit this run (it was saved with --opt sgd" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -626,8 +725,11 @@ def test_keypoint_rcnn_trains_and_evaluates_keypoints(small_kp_root, random_back
         "global_iteration",
         "bbox",
         "keypoints",
+        "per_category",
         "timestamp",
     }
+    assert list(evaluation["per_category"]) == ["bbox", "keypoints"]
+    assert list(evaluation["per_category"]["keypoints"]) == ["person"]
     assert list(evaluation["keypoints"]) == KEYPOINT_STAT_NAMES
     assert list(evaluation["keypoints"].values()) == pytest.approx(printed, abs=0.00051)
     checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=True)

@@ -130,6 +130,30 @@ def test_kill_9_after_a_mid_epoch_checkpoint_loses_only_the_work_since(tiny_root
     assert [r["epoch"] for r in history if r["type"] == "eval"] == [0, 1]
 
 
+def test_a_run_killed_during_its_last_evaluation_evaluates_when_resumed(tiny_root, tmp_path):
+    command = _command(tiny_root, tmp_path, "-j", "0", "--epochs", "1", "--auto-resume")
+    killed = _run_until(command, "Test:  [0/", lambda p: p.kill())
+    assert killed.returncode == -signal.SIGKILL
+    checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert checkpoint["epoch"] == 0 and checkpoint["train_state"]["evaluated"] is False
+    assert not [r for r in curves.read_records(tmp_path / "metrics.jsonl") if r["type"] == "eval"]
+    (tmp_path / ".checkpoint.pth.tmp").write_bytes(b"a save cut off by a kill -9")
+
+    resumed = _run(command)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Evaluating epoch 0 first: the run stopped before its evaluation finished" in resumed.stdout
+    assert "Nothing to train" not in resumed.stdout and "Epoch: [" not in resumed.stdout
+    assert f"Removed {tmp_path / '.checkpoint.pth.tmp'} (0 MiB)" in resumed.stdout
+    assert not (tmp_path / ".checkpoint.pth.tmp").exists()
+    (record,) = [r for r in curves.read_records(tmp_path / "metrics.jsonl") if r["type"] == "eval"]
+    assert (record["epoch"], record["global_iteration"]) == (0, ITERS_PER_EPOCH)
+    assert resumed.stdout.rstrip().splitlines()[-1].startswith("Done after epoch 0: bbox AP")
+    assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["train_state"]["evaluated"] is True
+
+    again = _run(command)  # evaluated now: nothing left to do
+    assert again.returncode == 0 and "Nothing to train" in again.stdout and "Evaluating" not in again.stdout
+
+
 def test_a_non_finite_loss_exits_1_and_keeps_the_last_good_checkpoint(tiny_root, tmp_path):
     # SGD at lr 0.02 from scratch diverges on this data within two epochs.
     result = _run(
@@ -190,3 +214,79 @@ def test_a_signal_to_one_torchrun_rank_stops_every_rank_at_the_same_iteration(ti
     assert (
         "Auto-resuming from" in resumed.stdout and torch.load(tmp_path / "model_1.pth", weights_only=True)["epoch"] == 1
     )
+
+
+# ----------------------------------------------------------------------------- Ctrl-C, as a terminal sends it
+
+
+def _start_in_own_group(command: list[str]) -> subprocess.Popen:
+    """`command` as a terminal's foreground job: its own process group, which Ctrl-C signals as a whole (workers
+    and torchrun's ranks too)."""
+    return subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+
+
+def _ctrl_c_at(command: list[str], line_start: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    process = _start_in_own_group(command)
+    lines, deadline = [], time.time() + timeout
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith(line_start):
+            os.killpg(process.pid, signal.SIGINT)
+            break
+        assert time.time() < deadline, "".join(lines[-20:])
+    out, err = process.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(command, process.returncode, "".join(lines) + out, err)
+
+
+def test_ctrl_c_saves_and_auto_resume_gives_the_uninterrupted_weights(tiny_root, tmp_path, uninterrupted):
+    command = _command(tiny_root, tmp_path, "-j", "2", "--auto-resume")
+    stopped = _ctrl_c_at(command, "Epoch: [0]  [3/8]")
+    assert stopped.returncode == 128 + signal.SIGINT, stopped.stderr[-3000:]
+    assert "Traceback" not in stopped.stderr and "KeyboardInterrupt" not in stopped.stderr, stopped.stderr[-3000:]
+    assert "Received SIGINT: stopping after this iteration" in stopped.stderr
+    assert "Stopped by SIGINT at epoch 0" in stopped.stdout and "--auto-resume" in stopped.stdout
+    checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert 0 < checkpoint["train_state"]["iteration"] < ITERS_PER_EPOCH
+
+    resumed = _run(command)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _max_difference(_final_weights(tmp_path), uninterrupted) == 0
+
+
+def test_ctrl_c_under_torchrun_saves_once_and_the_run_resumes(tiny_root, tmp_path):
+    command = _torchrun(tiny_root, tmp_path, "-j", "0", "--auto-resume")
+    stopped = _ctrl_c_at(command, "Epoch: [0]  [1/", timeout=300)
+    assert stopped.returncode != 0
+    assert re.search(r"Stopped by SIGINT at epoch 0, iteration \d/", stopped.stdout), stopped.stdout[-2000:]
+    assert "Second Ctrl-C" not in stopped.stderr  # torchrun's echo of the terminal's signal is not a second one
+    checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert checkpoint["epoch"] == 0 and 0 < checkpoint["train_state"]["iteration"] < 4
+    assert len(checkpoint["train_state"]["rng"]) == 2
+
+    resumed = _run(command)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(tmp_path / "model_1.pth", weights_only=True)["epoch"] == 1
+
+
+# ----------------------------------------------------------------------------- a resumed run's flags
+
+
+def test_a_resume_without_retyped_flags_runs_the_recorded_run_and_epochs_extends(tiny_root, tmp_path, uninterrupted):
+    first = _run(_command(tiny_root, tmp_path, "-j", "0", "--epochs", "1"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    bare = [sys.executable, "train.py", "--data-path", str(tiny_root), "--output-dir", str(tmp_path), "--auto-resume"]
+    refused = _run([*bare, "--epochs", "2", "--min-size", "96"])
+    assert refused.returncode == 2
+    assert (
+        refused.stderr.startswith("error: --min-size: this command says 96 but") and "trained with 64" in refused.stderr
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth", "metrics.jsonl", "model_0.pth"]
+
+    resumed = _run([*bare, "--epochs", "2"])  # none of TINY_RUN's flags: all of them come from the checkpoint
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "taken from it: " in resumed.stdout and "--min-size 64" in resumed.stdout, resumed.stdout[:3000]
+    assert "images 64-96 px" in resumed.stdout and "Epoch: [1]  [0/8]" in resumed.stdout
+    assert _max_difference(_final_weights(tmp_path), uninterrupted) == 0  # exactly the 2-epoch run

@@ -20,9 +20,9 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 import predict
+import solver
 import synthetic_coco
 import train
-import utils
 from conftest import run_train, write_reference_checkpoint, write_standin_resnet50
 
 pytestmark = pytest.mark.slow
@@ -272,7 +272,10 @@ def reference_checkpoint(few_shapes, tmp_path_factory) -> tuple[Path, str]:
     status, out, err = run_train([*flags, "--epochs", "1", "-b", "4", "--opt", "adamw", "--lr", "0.0005"])
     assert status == 0, err[-2000:]
     checkpoint = torch.load(output / "checkpoint.pth", weights_only=True)
-    path = write_reference_checkpoint(output / "model_0_reference.pth", checkpoint, weights_backbone=None, opt="adamw")
+    path = write_reference_checkpoint(
+        output / "model_0_reference.pth", checkpoint, weights_backbone=None, opt="adamw", batch_size=4, lr=0.0005,
+        world_size=1,
+    )  # fmt: skip
     return path, "\n".join(m.group(0) for m in AP_LINE.finditer(out))
 
 
@@ -365,12 +368,11 @@ def test_choice_values_in_upstreams_spelling_are_accepted():
 
 def test_auto_scale_lr_scales_to_the_total_batch_and_a_default_lr_gets_a_suggestion(capsys):
     args = train.get_args_parser().parse_args(["-b", "4", "--auto-scale-lr"])
-    train._scale_lr(args)
+    solver.scale_lr(args, 1)
     assert args.lr == pytest.approx(0.005)
     assert capsys.readouterr().out == "--auto-scale-lr: lr 0.02 x 4 images per step / 16 = 0.005\n"
     args = train.get_args_parser().parse_args(["-b", "4"])
-    train._scale_lr(args)
+    solver.scale_lr(args, 1)
     assert args.lr == 0.02 and "--auto-scale-lr would use 0.005" in capsys.readouterr().out
-    train._scale_lr(train.get_args_parser().parse_args(["-b", "4", "--lr", "0.01"]))
+    solver.scale_lr(train.get_args_parser().parse_args(["-b", "4", "--lr", "0.01"]), 1)
     assert capsys.readouterr().out == ""  # the user's own lr
-    assert utils.get_world_size() == 1
