@@ -1,4 +1,5 @@
-"""Reading an annotation file: its schema, its checks, and the format-neutral table a dataset is built from.
+"""Reading an annotation file: where a split's files are, the file's schema and checks, and the format-neutral table
+a dataset is built from.
 
 A reader turns one file format into an `AnnotationTable` (numpy columns: one row per image, per
 annotation, per category) and gives the evaluation ground truth as a COCO-format dict. `COCO_JSON`
@@ -11,7 +12,7 @@ non-positive image size) is one DataError line naming the file and the entry, ra
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,7 +22,52 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 import masks
-from utils import DataError
+from utils import DataError, is_main_process, warn
+
+# ----------------------------------------------------------------------------- where a split's files are
+
+SPLITS = {"train": "train2017", "val": "val2017"}
+COCO_FOLDERS = {*SPLITS.values(), "annotations"}
+# The make target that writes a synthetic dataset with annotation files of each prefix.
+SYNTHETIC_TARGETS = {"instances": "make data", "person_keypoints": "make data-kp"}
+
+
+def split_files(root: Path, image_set: str, prefix: str) -> tuple[Path, Path]:
+    """The image folder and annotation file of a split of the COCO 2017 layout, checked."""
+    hint = (
+        f"should hold train2017/, val2017/ and annotations/{prefix}_*2017.json "
+        f"({SYNTHETIC_TARGETS[prefix]} writes a synthetic one)"
+    )
+    if not root.is_dir():
+        raise DataError(f"--data-path: {root} {'is a file' if root.exists() else 'does not exist'}; it {hint}")
+    folder = SPLITS[image_set]
+    ann_file = root / "annotations" / f"{prefix}_{folder}.json"
+    for path in (ann_file, root / folder):
+        if not path.exists():
+            inside = (
+                f" ({root.name}/ is a folder inside a COCO root: pass {root.parent})"
+                if root.name in COCO_FOLDERS
+                else ""
+            )
+            raise DataError(f"--data-path: {path} is missing; {root} {hint}{inside}")
+    if not (root / folder).is_dir():
+        raise DataError(f"--data-path: {root / folder} is a file, not a folder of images; {root} {hint}")
+    return root / folder, ann_file
+
+
+def own_split_files(img_folder: Path, ann_file: Path, image_set: str) -> tuple[Path, Path]:
+    """A user's own image folder and annotation file, checked, with the flags that named them in any message."""
+    if not ann_file.is_file():
+        what = "is a folder" if ann_file.is_dir() else "does not exist"
+        raise DataError(f"--{image_set}-annotations: {ann_file} {what}; pass a COCO-format annotation file (.json)")
+    if not img_folder.is_dir():
+        what = "is a file" if img_folder.exists() else "does not exist"
+        raise DataError(
+            f"--{image_set}-images: {img_folder} {what}; pass the folder that the annotation file's file_name values "
+            "are relative to"
+        )
+    return img_folder, ann_file
+
 
 # ----------------------------------------------------------------------------- the table a reader returns
 
@@ -324,6 +370,49 @@ def _table(ann_file: Path, data: _AnnotationFile) -> AnnotationTable:
         keypoints=[a.keypoints for a in anns],
         categories=[Category(c.id, c.name, list(c.keypoints), [list(p) for p in c.skeleton]) for c in data.categories],
     )
+
+
+# ----------------------------------------------------------------------------- what the annotations use
+
+
+def labelled_categories(table: AnnotationTable, leave_out_unused: bool, used_elsewhere: Collection[int]) -> list[int]:
+    """The category ids to label. A category that no annotation uses, here or in `used_elsewhere` (the category ids
+    of the evaluation file's annotations), is named in a warning (Roboflow lists its supercategory as category 0),
+    and left out with `leave_out_unused` (--label-mapping auto on your own files)."""
+    listed = [c.id for c in table.categories]
+    used = set(np.unique(table.category_ids).tolist()) | {int(i) for i in used_elsewhere}
+    unused = [c for c in table.categories if c.id not in used]
+    if not unused or not used:
+        return listed
+    if leave_out_unused:
+        what = "left out of the labels (--label-mapping auto; --label-mapping contiguous keeps every category)"
+    else:
+        what = "the model keeps an output for each, which training never sees"
+    if is_main_process():
+        named = ", ".join(f"{c.id} ({c.name or 'no name'})" for c in unused)
+        warn(f"{table.source}: no annotation uses category {named}, as exporters list supercategories; {what}")
+    return sorted(used) if leave_out_unused else listed
+
+
+def check_polygons(source: Path, texts: Sequence[bytes], ann_ids: np.ndarray, require_masks: bool) -> None:
+    """Polygon parts of fewer than 3 points are dropped (pycocotools and detectron2 drop them), said once. With
+    `require_masks` (training a mask model), an annotation with no mask left (segmentation [], as box-only exports
+    write it, or only such parts) is refused, counted: torchvision's mask loss takes every target, so the mask head
+    would learn an empty mask for it."""
+    kept, dropped = masks.polygon_parts(texts)
+    if dropped.any():
+        print(
+            f"Note: {source}: dropped {int(dropped.sum())} polygon parts of fewer than 3 points "
+            f"(in {int((dropped > 0).sum())} annotations), as pycocotools and detectron2 do"
+        )
+    box_only = np.flatnonzero(kept == 0)
+    if len(box_only) and require_masks:
+        raise DataError(
+            f"{source}: {len(box_only)} of the {len(texts)} annotations a mask model trains on have no mask "
+            f"(e.g. annotation id {ann_ids[box_only[0]]}: segmentation [] as box-only exports write it, or only "
+            "polygons of fewer than 3 points), so the mask head would learn empty masks; train a box-only model "
+            "(--model fasterrcnn_resnet50_fpn) or give those annotations polygons"
+        )
 
 
 # ----------------------------------------------------------------------------- segmentation text, kept compact

@@ -37,17 +37,24 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
 
-from annotations import COCO_JSON, AnnotationReader, AnnotationTable, PackedTexts, find_positions
+from annotations import (
+    COCO_JSON,
+    AnnotationReader,
+    AnnotationTable,
+    PackedTexts,
+    check_polygons,
+    find_positions,
+    labelled_categories,
+    own_split_files,
+    split_files,
+)
 from images import UnreadableImage, check_image_files, read_rgb
-from masks import SEGMENTATION_ERRORS, decode_masks, polygon_parts
-from utils import DataError, is_main_process, warn
+from masks import SEGMENTATION_ERRORS, decode_masks
+from utils import DataError, warn
 
-SPLITS = {"train": "train2017", "val": "val2017"}
-COCO_FOLDERS = {*SPLITS.values(), "annotations"}
 # --dataset: the annotation files' prefix in the 2017 layout (coco_kp targets also carry keypoints), and the make
 # target that writes a synthetic dataset of that kind.
 ANNOTATION_PREFIXES = {"coco": "instances", "coco_kp": "person_keypoints"}
-SYNTHETIC_TARGETS = {"instances": "make data", "person_keypoints": "make data-kp"}
 # The reference's rule for keypoint training images: at least this many visible keypoints among their people.
 MIN_KEYPOINTS_PER_IMAGE = 10
 
@@ -229,29 +236,12 @@ class CocoDetection(torch.utils.data.Dataset):
         self.keypoint_names = table.keypoint_names() if with_keypoints else []
         self.keypoint_skeleton = table.keypoint_skeleton() if with_keypoints else []
         if label_to_category_id is None:  # else given: another split's, or a trained model's
-            labelled = self._labelled_categories(table, leave_out_unused_categories, used_elsewhere)
+            labelled = labelled_categories(table, leave_out_unused_categories, used_elsewhere)
             label_to_category_id = label_to_category_ids(labelled, contiguous_labels, min_num_classes)
         self.label_to_category_id = [int(i) for i in label_to_category_id]
         self._index(table, remove_images_without_annotations)
         del table
         _release_freed_memory()
-
-    def _labelled_categories(self, table: AnnotationTable, leave_out_unused: bool, used_elsewhere: Collection[int]):
-        """The category ids to label. A category that no annotation uses, here or in `used_elsewhere` (the category
-        ids of the evaluation file's annotations), is named in a warning (Roboflow lists its supercategory as
-        category 0), and left out with `leave_out_unused` (--label-mapping auto on your own files)."""
-        used = set(np.unique(table.category_ids).tolist()) | {int(i) for i in used_elsewhere}
-        unused = [c for c in table.categories if c.id not in used]
-        if not unused or not used:
-            return list(self.categories)
-        if leave_out_unused:
-            what = "left out of the labels (--label-mapping auto; --label-mapping contiguous keeps every category)"
-        else:
-            what = "the model keeps an output for each, which training never sees"
-        if is_main_process():
-            named = ", ".join(f"{c.id} ({c.name or 'no name'})" for c in unused)
-            warn(f"{self.ann_file}: no annotation uses category {named}, as exporters list supercategories; {what}")
-        return sorted(used) if leave_out_unused else list(self.categories)
 
     def _index(self, table: AnnotationTable, remove_images_without_annotations: bool) -> None:
         """Choose the images and target annotations, and keep compact arrays of what training reads."""
@@ -280,7 +270,7 @@ class CocoDetection(torch.utils.data.Dataset):
         texts = [table.segmentations[i] for i in rows.tolist()] if self.with_masks else []
         self._segmentations = PackedTexts(texts)
         self._check_segmentations()
-        self._check_polygons(texts)
+        check_polygons(self.ann_file, texts, self._ann_ids, self.require_masks)
         if self.with_keypoints:
             self._keypoints = table.keypoint_array(rows, len(self.keypoint_names))
 
@@ -318,26 +308,6 @@ class CocoDetection(torch.utils.data.Dataset):
             raise DataError(
                 f"{self.ann_file}: annotation id {self._ann_ids[wrong[0]]} has segmentation {text}; a segmentation is "
                 'a list of polygons [[x1, y1, x2, y2, ...]] or an RLE {"size": [height, width], "counts": ...}'
-            )
-
-    def _check_polygons(self, texts: Sequence[bytes]) -> None:
-        """Polygon parts of fewer than 3 points are dropped (pycocotools and detectron2 drop them), said once. With
-        `require_masks` (training a mask model), a target with no mask left (segmentation [], as box-only exports
-        write it, or only such parts) is refused, counted: torchvision's mask loss takes every target, so the mask
-        head would learn an empty mask for it."""
-        kept, dropped = polygon_parts(texts)
-        if dropped.any():
-            print(
-                f"Note: {self.ann_file}: dropped {int(dropped.sum())} polygon parts of fewer than 3 points "
-                f"(in {int((dropped > 0).sum())} annotations), as pycocotools and detectron2 do"
-            )
-        box_only = np.flatnonzero(kept == 0)
-        if len(box_only) and self.require_masks:
-            raise DataError(
-                f"{self.ann_file}: {len(box_only)} of the {len(texts)} annotations a mask model trains on have no mask "
-                f"(e.g. annotation id {self._ann_ids[box_only[0]]}: segmentation [] as box-only exports write it, or "
-                "only polygons of fewer than 3 points), so the mask head would learn empty masks; train a box-only "
-                "model (--model fasterrcnn_resnet50_fpn) or give those annotations polygons"
             )
 
     def _check_not_empty(self, listed: int, kept: int) -> None:
@@ -502,9 +472,9 @@ def get_coco(
     reads instances_*.json, "coco_kp" person_keypoints_*.json), or of a user's own annotation file and
     image folder when both `ann_file` and `img_folder` are given (--train-annotations/--train-images...)."""
     if img_folder is None or ann_file is None:
-        img_folder, ann_file = _layout_paths(Path(root), image_set, ANNOTATION_PREFIXES[dataset])
+        img_folder, ann_file = split_files(Path(root), image_set, ANNOTATION_PREFIXES[dataset])
     else:
-        img_folder, ann_file = _own_paths(Path(img_folder), Path(ann_file), image_set)
+        img_folder, ann_file = own_split_files(Path(img_folder), Path(ann_file), image_set)
     return CocoDetection(
         img_folder,
         ann_file,
@@ -520,43 +490,6 @@ def get_coco(
         used_elsewhere=used_elsewhere,
         require_masks=require_masks,
     )
-
-
-def _layout_paths(root: Path, image_set: str, prefix: str) -> tuple[Path, Path]:
-    """The image folder and annotation file of a split of the COCO 2017 layout, checked."""
-    hint = (
-        f"should hold train2017/, val2017/ and annotations/{prefix}_*2017.json "
-        f"({SYNTHETIC_TARGETS[prefix]} writes a synthetic one)"
-    )
-    if not root.is_dir():
-        raise DataError(f"--data-path: {root} {'is a file' if root.exists() else 'does not exist'}; it {hint}")
-    folder = SPLITS[image_set]
-    ann_file = root / "annotations" / f"{prefix}_{folder}.json"
-    for path in (ann_file, root / folder):
-        if not path.exists():
-            inside = (
-                f" ({root.name}/ is a folder inside a COCO root: pass {root.parent})"
-                if root.name in COCO_FOLDERS
-                else ""
-            )
-            raise DataError(f"--data-path: {path} is missing; {root} {hint}{inside}")
-    if not (root / folder).is_dir():
-        raise DataError(f"--data-path: {root / folder} is a file, not a folder of images; {root} {hint}")
-    return root / folder, ann_file
-
-
-def _own_paths(img_folder: Path, ann_file: Path, image_set: str) -> tuple[Path, Path]:
-    """A user's own image folder and annotation file, checked, with the flags that named them in any message."""
-    if not ann_file.is_file():
-        what = "is a folder" if ann_file.is_dir() else "does not exist"
-        raise DataError(f"--{image_set}-annotations: {ann_file} {what}; pass a COCO-format annotation file (.json)")
-    if not img_folder.is_dir():
-        what = "is a file" if img_folder.exists() else "does not exist"
-        raise DataError(
-            f"--{image_set}-images: {img_folder} {what}; pass the folder that the annotation file's file_name values "
-            "are relative to"
-        )
-    return img_folder, ann_file
 
 
 def _unwrap_subsets(dataset: torch.utils.data.Dataset) -> tuple[torch.utils.data.Dataset, list[int] | None]:
