@@ -287,8 +287,10 @@ def _built_as_trained(args: argparse.Namespace, resumed: ckpt.Checkpoint | None)
     --resume), or the run being resumed started from trained weights (its backbone values are in the checkpoint)."""
     if args.weights is not None or (args.test_only and args.resume):
         return True
-    started_from = resumed.args.get("weights") if resumed is not None else None
-    return resumed is not None and (started_from is not None or str(args.weights_backbone).lower() != "none")
+    if resumed is None:
+        return False
+    backbone = args.weights_backbone  # None: the default file, <data-path>/resnet50.pth, which the run read
+    return resumed.args.get("weights") is not None or backbone is None or str(backbone).lower() != "none"
 
 
 def _build_model(args: argparse.Namespace, classes: Classes, backbone, device: torch.device, as_trained: bool):

@@ -8,6 +8,7 @@ an epoch); "the same weights" means bit for bit (torch.equal), on the CPU with
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import torch
 
 import curves
 import synthetic_coco
+from conftest import write_standin_resnet50
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -214,6 +216,21 @@ def test_a_signal_to_one_torchrun_rank_stops_every_rank_at_the_same_iteration(ti
     assert (
         "Auto-resuming from" in resumed.stdout and torch.load(tmp_path / "model_1.pth", weights_only=True)["epoch"] == 1
     )
+
+
+def test_a_run_with_the_default_backbone_file_resumes(tiny_root, tmp_path):
+    """--weights-backbone left at its default, <data-path>/resnet50.pth: the resumed model has frozen BatchNorm as
+    the run had, so its checkpoint fits."""
+    root = Path(shutil.copytree(tiny_root, tmp_path / "data"))
+    write_standin_resnet50(root / "resnet50.pth")
+    command = [sys.executable, "train.py", "--data-path", str(root), "--output-dir", str(tmp_path / "out"),
+               *TINY_RUN[2:], "-j", "0", "--auto-resume"]  # fmt: skip
+    assert TINY_RUN[:2] == ["--weights-backbone", "none"]
+    stopped = _run_until(command, "Epoch: [0]  [3/8]", lambda p: p.send_signal(signal.SIGTERM))
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    resumed = _run(command)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Epoch: [1]  [7/8]" in resumed.stdout
 
 
 # ----------------------------------------------------------------------------- Ctrl-C, as a terminal sends it
