@@ -362,19 +362,10 @@ def write_reference_checkpoint(path: Path, checkpoint: dict, **arg_changes) -> P
 
 
 def write_standin_resnet50(path: Path) -> dict:
-    """A ResNet-50 that behaves like ImageNet weights under FrozenBatchNorm: zero-initialised residual branches, and
-    BatchNorm statistics calibrated on a few normalised random batches (a plain resnet50()'s are 0 and 1, with which
-    losses turn NaN within a few iterations at lr 0.01)."""
-    torch.manual_seed(0)
-    model = torchvision.models.resnet50(zero_init_residual=True)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None  # a plain average over the calibration batches
-    model.train()
-    with torch.no_grad():
-        for _ in range(4):
-            model(torch.randn(8, 3, 96, 96))
-    state = model.state_dict()
+    """models.standin_resnet50() written to `path`: a backbone file that behaves like ImageNet weights."""
+    import models  # here: conftest is imported before the tests put the project on sys.path
+
+    state = models.standin_resnet50()
     torch.save(state, path)
     return state
 

@@ -1,0 +1,244 @@
+"""Several nodes, on one machine: two torchrun launchers, each one node of `--nnodes=2`, meet through c10d rendezvous
+on 127.0.0.1 and train train.py together (gloo, on the CPU); their evaluation prints one AP table, the same as a
+single process's evaluation of the same checkpoint; SIGTERM to both nodes mid-epoch stops them together and
+--auto-resume takes both on to the end. And SLURM's form without torchrun: two tasks that only have SLURM_PROCID,
+SLURM_NTASKS, SLURM_LOCALID and MASTER_ADDR / MASTER_PORT train and evaluate as one.
+
+The launcher lines are README's ("Several nodes, SLURM"), with 127.0.0.1 and a free port for the first node's host
+name and port, and 1 process per node for 8 GPUs; test_the_readme_shows_the_commands_these_tests_run holds the two
+together.
+"""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import synthetic_coco
+from conftest import write_standin_resnet50
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+# README's commands, as templates: {nproc} processes per node, {host}:{port} the first node's address.
+TORCHRUN_NODE = "torchrun --nnodes=2 --nproc-per-node={nproc} --rdzv-backend=c10d --rdzv-endpoint={host}:{port}"
+SLURM_TASK = "env MASTER_ADDR={host} MASTER_PORT={port} python train.py"
+README_HOST, README_PORT, README_NPROC = "$MASTER_ADDR", 29500, 8
+README_SLURM_HOST = "$(hostname)"
+
+# test_train_resume.py's tiny run (its --weights-backbone aside), 2 epochs, no DataLoader workers.
+TINY_RUN = [
+    "--device", "cpu", "--min-size", "64", "--max-size", "96", "--print-freq", "1", "--seed", "0", "--epochs", "2",
+    "--lr-steps", "1", "-b", "2", "--opt", "adamw", "--lr", "0.0005", "-j", "0", "--use-deterministic-algorithms",
+    "--model-kwargs", "box_batch_size_per_image=32", "rpn_pre_nms_top_n_train=100", "rpn_post_nms_top_n_train=100",
+    "rpn_pre_nms_top_n_test=100", "rpn_post_nms_top_n_test=100",
+]  # fmt: skip
+ITERS_PER_EPOCH = 4  # 16 training images, 2 per batch, 2 processes
+# Each process one thread, as the single-process evaluation it is compared with: two processes on a small machine,
+# and the same sums in the same order.
+LAUNCHED_BY = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # in case pytest runs under one
+ENV = {k: v for k, v in os.environ.items() if k not in LAUNCHED_BY and not k.startswith("SLURM_")}
+ENV |= {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+TIMEOUT = 300  # seconds for a two-node run
+AP_LINE = re.compile(r"^ Average (Precision|Recall) .*$", re.MULTILINE)
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    """The tiny dataset, and a ResNet-50 with calibrated BatchNorm statistics beside it, passed as --weights-backbone:
+    trained from a backbone file, the model has frozen BatchNorm, in training as in a --test-only evaluation (a model
+    trained from scratch has BatchNorm2d, whose eval-mode rounding differs from FrozenBatchNorm2d's in the last bits,
+    enough to reorder near-tied detections)."""
+    root = synthetic_coco.generate(tmp_path_factory.mktemp("tiny"), num_train=16, num_val=4, seed=0)
+    write_standin_resnet50(root / "standin_resnet50.pth")
+    return root
+
+
+def _data(root: Path, output: Path) -> list[str]:
+    backbone = str(root / "standin_resnet50.pth")
+    return ["--data-path", str(root), "--weights-backbone", backbone, "--output-dir", str(output)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun() -> list[str]:
+    """The torchrun of this Python (the venv's), else the module it runs."""
+    script = Path(sys.executable).with_name("torchrun")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "torch.distributed.run"]
+
+
+def _node_command(root: Path, output: Path, port: int) -> list[str]:
+    launcher = TORCHRUN_NODE.format(nproc=1, host="127.0.0.1", port=port).split()
+    return [
+        *_torchrun(),
+        *launcher[1:],
+        "train.py",
+        *_data(root, output),
+        "--auto-resume",
+        "--save-predictions",
+        *TINY_RUN,
+    ]
+
+
+class Node:
+    """A launcher started as a terminal or SLURM starts a job step: in a session (process group) of its own, its
+    output in files (no pipe to fill up while the other node is read)."""
+
+    def __init__(self, command: list[str], log: Path, env: dict | None = None):
+        self.out, self.err = log.with_suffix(".out"), log.with_suffix(".err")
+        with open(self.out, "w") as out, open(self.err, "w") as err:
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, stdout=out, stderr=err, env=env or ENV, start_new_session=True
+            )
+
+    def stdout(self) -> str:
+        return self.out.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.err.read_text(errors="replace")
+
+    def tail(self) -> str:
+        return f"--- stdout\n{self.stdout()[-2500:]}\n--- stderr\n{self.stderr()[-2500:]}"
+
+    def terminate(self) -> None:
+        """SIGTERM to the launcher's process group, as SLURM's preemption or scancel sends it."""
+        os.killpg(self.process.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL the launcher and its descendants (torchrun starts its workers in sessions of their own)."""
+        _kill_tree(self.process.pid)
+
+
+def _kill_tree(pid: int) -> None:
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    for child in children:
+        _kill_tree(int(child))
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _wait(nodes: list[Node], until=None, timeout: float = TIMEOUT) -> None:
+    """Until every node has exited, or until(both nodes' stdout) holds; the nodes are killed after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while any(node.process.poll() is None for node in nodes):
+        if until is not None and until("".join(node.stdout() for node in nodes)):
+            return
+        if time.monotonic() > deadline:
+            for node in nodes:
+                node.kill()
+            pytest.fail("the nodes did not finish in time:\n" + "\n".join(node.tail() for node in nodes))
+        time.sleep(0.1)
+    assert until is None, "the nodes exited before the awaited output:\n" + "\n".join(n.tail() for n in nodes)
+
+
+def _ap_tables(text: str, iou_type: str) -> list[list[str]]:
+    """The 12-line tables printed after each 'IoU metric: <iou_type>' line."""
+    return [[m.group(0) for m in AP_LINE.finditer(part)][:12] for part in text.split(f"IoU metric: {iou_type}\n")[1:]]
+
+
+def _iterations(text: str, epoch: int) -> list[int]:
+    return [int(i) for i in re.findall(rf"^Epoch: \[{epoch}\]\s+\[\s*(\d+)/", text, re.MULTILINE)]
+
+
+def test_two_torchrun_nodes_train_evaluate_as_one_stop_together_on_sigterm_and_resume(tiny_root, tmp_path):
+    output, port = tmp_path / "run", _free_port()
+    nodes = [Node(_node_command(tiny_root, output, port), tmp_path / f"node{r}") for r in (0, 1)]
+    try:
+        # Once epoch 1 is under way (epoch 0 trained, saved and evaluated), SIGTERM both nodes.
+        _wait(nodes, until=lambda text: 0 in _iterations(text, 1))
+        for node in nodes:
+            node.terminate()
+        _wait(nodes)
+    finally:
+        for node in nodes:
+            node.kill()
+    text = "".join(node.stdout() for node in nodes)
+    assert all(node.process.returncode != 0 for node in nodes), "\n".join(node.tail() for node in nodes)
+    assert "| distributed init (rank 0, world size 2, gloo)" in text, nodes[0].tail()
+    assert re.search(rf"Stopped by SIGTERM at epoch 1, iteration \d/{ITERS_PER_EPOCH}", text), text[-3000:]
+    assert len(_iterations(text, 0)) == ITERS_PER_EPOCH  # one node (rank 0) logs, each iteration once
+    checkpoint = torch.load(output / "checkpoint.pth", weights_only=True)
+    assert checkpoint["epoch"] == 1 and 0 < checkpoint["train_state"]["iteration"] < ITERS_PER_EPOCH
+    assert len(checkpoint["train_state"]["rng"]) == 2  # both nodes' random states
+
+    # Epoch 0's evaluation: one AP table per IoU type over both nodes' output, a single process's on the same file.
+    tables = {t: _ap_tables(text, t) for t in ("bbox", "segm")}
+    assert [len(v) for v in tables.values()] == [1, 1] and all(len(v[0]) == 12 for v in tables.values()), text
+    single = subprocess.run(
+        [sys.executable, "train.py", "--data-path", str(tiny_root), "--output-dir", str(tmp_path / "single"),
+         "--test-only", "--resume", str(output / "model_0.pth"), "--device", "cpu", "-j", "0", "--save-predictions"],
+        cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=TIMEOUT,
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert {t: _ap_tables(single.stdout, t) for t in ("bbox", "segm")} == tables
+    # The detections themselves, every score and mask: the sharded evaluation merged is the single process's.
+    assert (output / "predictions_0.json").read_text() == (tmp_path / "single" / "predictions.json").read_text()
+
+    # The same command on both nodes again, as a requeued job runs it: on from the next batch, to the end.
+    port = _free_port()
+    resumed = [Node(_node_command(tiny_root, output, port), tmp_path / f"resumed{r}") for r in (0, 1)]
+    try:
+        _wait(resumed)
+    finally:
+        for node in resumed:
+            node.kill()
+    text = "".join(node.stdout() for node in resumed)
+    assert all(node.process.returncode == 0 for node in resumed), "\n".join(node.tail() for node in resumed)
+    assert f"Auto-resuming from {output / 'checkpoint.pth'}" in text
+    stopped_at = checkpoint["train_state"]["iteration"]
+    assert _iterations(text, 0) == [] and _iterations(text, 1) == list(range(stopped_at, ITERS_PER_EPOCH))
+    assert [len(_ap_tables(text, t)) for t in ("bbox", "segm")] == [1, 1]
+    final = torch.load(output / "model_1.pth", weights_only=True)
+    assert final["epoch"] == 1 and len(final["train_state"]["rng"]) == 2
+
+
+def test_slurm_tasks_without_torchrun_train_and_evaluate_as_one(tiny_root, tmp_path):
+    """srun starts one task per GPU with SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID set; README's command adds the
+    first node's address. Here two tasks, each on a "node" of its own (local id 0)."""
+    port = _free_port()
+    command = SLURM_TASK.format(host="127.0.0.1", port=port).split()
+    command = [*command[:-2], sys.executable, "train.py", *_data(tiny_root, tmp_path), *TINY_RUN, "--epochs", "1"]
+    tasks = []
+    try:
+        for rank in (0, 1):
+            slurm = {"SLURM_PROCID": rank, "SLURM_NTASKS": 2, "SLURM_LOCALID": 0, "SLURM_NODEID": rank}
+            tasks.append(Node(command, tmp_path / f"task{rank}", ENV | {k: str(v) for k, v in slurm.items()}))
+        _wait(tasks)
+    finally:
+        for task in tasks:
+            task.kill()
+    text = "".join(task.stdout() for task in tasks)
+    assert all(task.process.returncode == 0 for task in tasks), "\n".join(task.tail() for task in tasks)
+    assert "| distributed init (rank 0, world size 2, gloo): env://" in text
+    assert len(_iterations(text, 0)) == ITERS_PER_EPOCH
+    assert [len(_ap_tables(text, t)) for t in ("bbox", "segm")] == [1, 1]
+    assert "Evaluated 4 images" in text  # both tasks' shards merged
+    assert len(torch.load(tmp_path / "model_0.pth", weights_only=True)["train_state"]["rng"]) == 2
+
+
+def test_the_readme_shows_the_commands_these_tests_run():
+    """README's multi-node and SLURM commands are the ones above, but for host names, ports and processes per node."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### Several nodes, SLURM", 1)[1].split("\n### ", 1)[0]
+    commands = re.sub(r"\\\n\s*", "", section)  # continuation lines joined
+    node = TORCHRUN_NODE.format(nproc=README_NPROC, host=README_HOST, port=README_PORT)
+    slurm = SLURM_TASK.format(host=README_SLURM_HOST, port=README_PORT)
+    assert re.search(rf"^{re.escape(node)} train\.py ", commands, re.MULTILINE), (
+        f"README's multi-node command should launch each node with: {node} train.py ..."
+    )
+    assert re.search(rf"^srun .* {re.escape(slurm)} ", commands, re.MULTILINE), (
+        f"README's SLURM command should run each task as: srun ... {slurm} ..."
+    )
