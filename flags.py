@@ -60,7 +60,6 @@ def validate(args: argparse.Namespace) -> None:
             raise utils.UsageError(f"{flag}: must be a positive number, got {value}")
     _validate_stages(args)
     _validate_sampling(dict(args.model_kwargs))
-    _validate_data_path(args)
     if args.use_copypaste and not (copypaste_allowed(args.data_augmentation) and "maskrcnn" in args.model):
         raise utils.UsageError(
             "--use-copypaste: works only with --data-augmentation lsj and a Mask R-CNN model (it pastes masks)"
@@ -79,6 +78,7 @@ def validate(args: argparse.Namespace) -> None:
         raise utils.UsageError(f"--lr-steps: epochs must increase, got {' '.join(map(str, args.lr_steps))}")
     utils.check_device(args.device)
     coco_eval.backend_classes(args.eval_backend)  # a missing package stops the run now, not after the first epoch
+    _validate_data_path(args)
 
 
 def _validate_stages(args: argparse.Namespace) -> None:
@@ -130,9 +130,9 @@ def warn_about(args: argparse.Namespace) -> None:
     """Values that run, but probably not as meant."""
     beyond = [step for step in args.lr_steps if step >= args.epochs]
     if args.lr_scheduler == "multisteplr" and beyond:
-        utils.warn(
-            f"--lr-steps {' '.join(map(str, beyond))}: at or beyond --epochs {args.epochs}, so the lr never decays "
-            "there; fine if you mean to extend the run later with --epochs"
+        print(
+            f"Note: --lr-steps {' '.join(map(str, beyond))}: at or beyond --epochs {args.epochs}, so the lr never "
+            "decays there; fine if you mean to extend the run later with --epochs"
         )
 
 

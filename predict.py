@@ -255,6 +255,10 @@ class GroundTruth:
         for ann_row, image_row in enumerate(self.table.image_of_ann.tolist()):
             self._rows_of_image[image_row].append(ann_row)
 
+    def count(self, row: int) -> int:
+        """How many annotations image `row` has."""
+        return len(self._rows_of_image.get(row, []))
+
     def size(self, row: int) -> tuple[int, int]:
         """Image `row`'s (width, height) as the file lists it."""
         return int(self.table.widths[row]), int(self.table.heights[row])
@@ -385,7 +389,7 @@ def predict(args: argparse.Namespace) -> Path:
             row = gt_rows[position]
             image = read_image(path, ground_truth.size(row), Path(args.ground_truth).name)
             pictures.append(ground_truth.draw(image, row, args.upscale_to))
-            said.append(f"{len(ground_truth._rows_of_image.get(row, []))} annotations")
+            said.append(f"{ground_truth.count(row)} annotations")
         else:
             image = read_image(path)
         if model is not None:

@@ -74,7 +74,7 @@ def test_load_file_not_a_torch_file(tmp_path):
 
 
 def test_load_file_directory(tmp_path):
-    with pytest.raises(utils.UsageError, match="does not exist"):
+    with pytest.raises(utils.UsageError, match=f"--resume: {tmp_path} is a folder; pass a checkpoint file in it"):
         ckpt.load_file(tmp_path, "checkpoint", "--resume")
 
 

@@ -144,6 +144,16 @@ def _wait(nodes: list[Node], until=None, timeout: float = TIMEOUT) -> None:
     assert until is None, "the nodes exited before the awaited output:\n" + "\n".join(n.tail() for n in nodes)
 
 
+def _run_to_the_end(nodes: list[Node]) -> str:
+    """Wait for every node to exit (killing what is left on the way out); their stdout together."""
+    try:
+        _wait(nodes)
+    finally:
+        for node in nodes:
+            node.kill()
+    return "".join(node.stdout() for node in nodes)
+
+
 def _ap_tables(text: str, iou_type: str) -> list[list[str]]:
     """The 12-line tables printed after each 'IoU metric: <iou_type>' line."""
     return [[m.group(0) for m in AP_LINE.finditer(part)][:12] for part in text.split(f"IoU metric: {iou_type}\n")[1:]]
@@ -190,12 +200,7 @@ def test_two_torchrun_nodes_train_evaluate_as_one_stop_together_on_sigterm_and_r
     # The same command on both nodes again, as a requeued job runs it: on from the next batch, to the end.
     port = _free_port()
     resumed = [Node(_node_command(tiny_root, output, port), tmp_path / f"resumed{r}") for r in (0, 1)]
-    try:
-        _wait(resumed)
-    finally:
-        for node in resumed:
-            node.kill()
-    text = "".join(node.stdout() for node in resumed)
+    text = _run_to_the_end(resumed)
     assert all(node.process.returncode == 0 for node in resumed), "\n".join(node.tail() for node in resumed)
     assert f"Auto-resuming from {output / 'checkpoint.pth'}" in text
     stopped_at = checkpoint["train_state"]["iteration"]
@@ -212,15 +217,10 @@ def test_slurm_tasks_without_torchrun_train_and_evaluate_as_one(tiny_root, tmp_p
     command = SLURM_TASK.format(host="127.0.0.1", port=port).split()
     command = [*command[:-2], sys.executable, "train.py", *_data(tiny_root, tmp_path), *TINY_RUN, "--epochs", "1"]
     tasks = []
-    try:
-        for rank in (0, 1):
-            slurm = {"SLURM_PROCID": rank, "SLURM_NTASKS": 2, "SLURM_LOCALID": 0, "SLURM_NODEID": rank}
-            tasks.append(Node(command, tmp_path / f"task{rank}", ENV | {k: str(v) for k, v in slurm.items()}))
-        _wait(tasks)
-    finally:
-        for task in tasks:
-            task.kill()
-    text = "".join(task.stdout() for task in tasks)
+    for rank in (0, 1):
+        slurm = {"SLURM_PROCID": rank, "SLURM_NTASKS": 2, "SLURM_LOCALID": 0, "SLURM_NODEID": rank}
+        tasks.append(Node(command, tmp_path / f"task{rank}", ENV | {k: str(v) for k, v in slurm.items()}))
+    text = _run_to_the_end(tasks)
     assert all(task.process.returncode == 0 for task in tasks), "\n".join(task.tail() for task in tasks)
     assert "| distributed init (rank 0, world size 2, gloo): env://" in text
     assert len(_iterations(text, 0)) == ITERS_PER_EPOCH

@@ -136,7 +136,7 @@ def _metrics(output: Path) -> list[dict]:
     return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
 
 
-TRAIN_LINE = re.compile(r"Epoch: \[(\d+)\]  \[ *(\d+)/(\d+)\]  eta: \S+  lr: ([\d.]+)")
+TRAIN_LINE = re.compile(r"Epoch: \[(\d+)\]  \[ *(\d+)/(\d+)\]  eta: \S+(?: \(run \S+\))?  lr: ([\d.]+)")
 # What a checkpoint keeps of the dataset's classes (CocoDetection.classes), for predictions.
 CLASS_KEYS = {"label_to_category_id", "categories", "keypoint_names", "keypoint_skeleton"}
 MASK_RCNN_LOSSES = {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
@@ -557,7 +557,7 @@ def test_no_room_for_a_checkpoint_stops_before_training_with_one_line(synthetic_
 def test_lr_steps_beyond_the_epochs_are_said(synthetic_root, tmp_path, capsys):
     assert train.cli([*_small_run_from_scratch(synthetic_root, tmp_path), "--lr-steps", "3", "--epochs", "2",
                       "--test-only"]) == 0  # fmt: skip
-    assert "warning: --lr-steps 3: at or beyond --epochs 2, so the lr never decays there" in capsys.readouterr().err
+    assert "Note: --lr-steps 3: at or beyond --epochs 2, so the lr never decays there" in capsys.readouterr().out
 
 
 def test_tensorboard_without_its_package_is_a_usage_error_before_any_work(
@@ -792,6 +792,26 @@ def test_own_data_trains_with_contiguous_labels(own_trained):
     assert (checkpoint["keypoint_names"], checkpoint["keypoint_skeleton"]) == ([], [])
     assert checkpoint["model"]["roi_heads.box_predictor.cls_score.weight"].shape[0] == 5
     assert checkpoint["model"]["roi_heads.mask_predictor.mask_fcn_logits.weight"].shape[0] == 5
+
+
+@pytest.mark.slow
+def test_a_file_as_exporters_write_it_trains_with_its_fills_and_unused_category_said(exported_root, tmp_path):
+    """ids from 0, no area or iscrowd, a supercategory as category 0, images in nested folders."""
+    data = [f"--{split}-{kind}" for split in ("train", "val") for kind in ("images", "annotations")]
+    values = [
+        v
+        for split in ("train", "val")
+        for v in (exported_root / split, exported_root / split / "_annotations.coco.json")
+    ]
+    flags = [item for pair in zip(data, map(str, values)) for item in pair]
+    code, out, err = run_train([*flags, "--weights-backbone", "none", "--output-dir", tmp_path, "--epochs", "1",
+                                "-b", "4", "--lr", "0.001", "--opt", "adamw", *SMALL_RUN])  # fmt: skip
+    assert code == 0, err[-3000:]
+    assert err.count("no annotation uses category 0 (shapes)") == 1 and "left out of the labels" in err
+    assert out.count('without "area"') == 1 and out.count("annotation ids start at 0") == 1
+    assert len(_ap_table(out)) == 24
+    checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert checkpoint["label_to_category_id"] == [0, 1, 2, 3, 4]  # category 0 got no output class
 
 
 def _pycocotools_bbox_stats(ann_file: Path, results: list[dict]) -> list[float]:
