@@ -28,6 +28,7 @@ import pickle
 import random
 import re
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,9 @@ def load_file(path: str | Path, what: str, flag: str) -> Any:
         hint = " (a file path: nothing is downloaded)" if "Weights." in str(path) else ""
         raise utils.UsageError(f"{flag}: {what} file {path} does not exist{hint}; check the path")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            # a pickle.dump file: torch warns of its protocol before refusing it, which the one line below says
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a torn or foreign file: the same advice whatever the library raised
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
