@@ -242,18 +242,22 @@ def draw_predictions(
 class GroundTruth:
     """An annotation file's instances, image by image, to draw (`--ground-truth`)."""
 
-    def __init__(self, path: Path, label_to_category_id: list[int] | None = None):
+    def __init__(self, path: Path):
         try:
             self.table = COCO_JSON.read(path)
         except DataError as e:
             raise utils.UsageError(f"--ground-truth: {e}") from None
         self.names = {c.id: c.name or str(c.id) for c in self.table.categories}
-        # The model's labels where there is one, so that a class has one colour on both sides; else 1..K in id order.
-        ids = label_to_category_id or [0, *sorted(self.names)]
-        self.label_of = {category_id: label for label, category_id in enumerate(ids) if label}
+        self.use_labels(None)
         self._rows_of_image: dict[int, list[int]] = defaultdict(list)
         for ann_row, image_row in enumerate(self.table.image_of_ann.tolist()):
             self._rows_of_image[image_row].append(ann_row)
+
+    def use_labels(self, label_to_category_id: list[int] | None) -> None:
+        """Colour each category as a model labels it, so that a class has one colour on both sides; without a model,
+        as labels 1..K in category id order."""
+        ids = label_to_category_id or [0, *sorted(self.names)]
+        self.label_of = {category_id: label for label, category_id in enumerate(ids) if label}
 
     def count(self, row: int) -> int:
         """How many annotations image `row` has."""
@@ -373,12 +377,15 @@ def predict(args: argparse.Namespace) -> Path:
     if args.ground_truth is not None:
         ground_truth = GroundTruth(Path(args.ground_truth))
         gt_rows = listed_rows(images, ground_truth.table, "--ground-truth")
-    image_ids = _image_ids(images, args.annotations or args.ground_truth)
+    if ground_truth is not None and args.annotations is None:  # its image ids, from the file already read
+        image_ids = [int(ground_truth.table.image_ids[row]) for row in gt_rows]
+    else:
+        image_ids = _image_ids(images, args.annotations)
     for path in images:  # a file that is no image stops the run now, not after the pictures before it
         check_image(path)
     model = _Model(args, torch.device(args.device)) if args.checkpoint is not None else None
-    if ground_truth is not None and model is not None:  # the same colour for a class on both sides
-        ground_truth = GroundTruth(Path(args.ground_truth), model.classes.label_to_category_id)
+    if ground_truth is not None and model is not None:
+        ground_truth.use_labels(model.classes.label_to_category_id)
     output_dir.mkdir(parents=True, exist_ok=True)
     # An input PNG in --output-dir keeps its file: its picture takes a numbered name instead.
     taken = {p.stem for p in images if p.suffix.lower() == ".png" and p.parent.resolve() == output_dir.resolve()}
