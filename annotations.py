@@ -22,7 +22,8 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 import masks
-from utils import DataError, is_main_process, warn
+from distributed import is_main_process
+from errors import DataError, UsageError, warn
 
 # ----------------------------------------------------------------------------- where a split's files are
 
@@ -230,6 +231,22 @@ class CocoJsonReader:
 
 
 COCO_JSON = CocoJsonReader()
+
+# The annotation formats train.py (--annotation-format) and predict.py read, by name. Another format is a reader
+# (AnnotationReader: read, ground_truth) registered here with register_reader before the flags are parsed.
+READERS: dict[str, AnnotationReader] = {"coco": COCO_JSON}
+
+
+def register_reader(name: str, reader: AnnotationReader) -> None:
+    """Make `reader` the --annotation-format `name` of train.py and predict.py."""
+    READERS[name] = reader
+
+
+def reader_named(name: str, flag: str = "--annotation-format") -> AnnotationReader:
+    """The registered reader of format `name`; a UsageError naming the known ones otherwise."""
+    if name not in READERS:
+        raise UsageError(f"{flag}: unknown annotation format {name!r}; choose one of {', '.join(READERS)}")
+    return READERS[name]
 
 
 def fill_exported_fields(data: dict, source: Path) -> dict[str, int]:

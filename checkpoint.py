@@ -13,8 +13,12 @@ A checkpoint file is a dict of plain data (tensors, numbers, strings, lists and 
 | `args` | train.py's flags as a plain dict (vars(args)) |
 | `label_to_category_id`, `categories`, `keypoint_names`, `keypoint_skeleton` | the labels' meaning (Classes) |
 | `train_state` | where training stands (TrainState): `seed`, `epoch`, `order`, `iteration`, `rng`, `evaluated` |
+| any other key | a further stateful part of the run (`RunState.extra`), its state dict under its name |
 
-To add a field: add it to Checkpoint (or TrainState), to_dict() and from_dict(), and bump FORMAT_VERSION if
+What a run saves is built and restored here too (`RunState`: `capture` and `restore`). To add a field: a stateful
+object (anything with `state_dict()` / `load_state_dict()`, such as an EMA of the weights) goes into
+`RunState.extra` under its key, and is saved and restored with no other change; a field of another kind goes into
+Checkpoint (or TrainState), to_dict() and from_dict(), and RunState.capture() / restore(). Bump FORMAT_VERSION if
 older files must be read differently.
 
 Saving is atomic (a temporary file beside the target, fsynced, renamed over it): `checkpoint.pth` is
@@ -36,8 +40,11 @@ from typing import Any
 import numpy as np
 import torch
 
-import utils
-from coco_utils import Classes
+import distributed
+import errors
+import files
+import metrics_log
+from labels import Classes
 
 FORMAT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.pth"
@@ -45,6 +52,8 @@ EPOCH_FILE = re.compile(r"model_(\d+)\.pth")
 # What a checkpoint needs to continue training, beyond the model.
 TRAINING_KEYS = ("model", "optimizer", "lr_scheduler", "epoch")
 CLASS_KEYS = ("label_to_category_id", "categories", "keypoint_names", "keypoint_skeleton")
+STATE_KEYS = ("optimizer", "lr_scheduler", "scaler")
+KNOWN_KEYS = {"version", "model", "epoch", "args", "train_state", *CLASS_KEYS, *STATE_KEYS}
 
 
 # ----------------------------------------------------------------------------- the format
@@ -86,6 +95,7 @@ class Checkpoint:
     lr_scheduler: dict | None = None
     scaler: dict | None = None
     train_state: TrainState | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # further parts' states, by key (RunState.extra)
     version: int = FORMAT_VERSION
     source: str = field(default="train.py", compare=False)  # or "state dict", "torchvision reference"; not saved
 
@@ -93,12 +103,12 @@ class Checkpoint:
         data = {"version": self.version, "model": self.model, "epoch": self.epoch, "args": dict(self.args)}
         if self.classes is not None:
             data |= {key: getattr(self.classes, key) for key in CLASS_KEYS}
-        for key in ("optimizer", "lr_scheduler", "scaler"):
+        for key in STATE_KEYS:
             if getattr(self, key) is not None:
                 data[key] = getattr(self, key)
         if self.train_state is not None:
             data["train_state"] = vars(self.train_state).copy()
-        return data
+        return data | self.extra
 
     @classmethod
     def from_dict(cls, data: dict) -> "Checkpoint":
@@ -116,6 +126,7 @@ class Checkpoint:
             lr_scheduler=data.get("lr_scheduler"),
             scaler=data.get("scaler"),
             train_state=None if state is None else TrainState(**state),
+            extra={key: value for key, value in data.items() if key not in KNOWN_KEYS},
             version=0 if reference else int(data.get("version", 1)),
             source="torchvision reference" if reference else "train.py",
         )
@@ -129,10 +140,20 @@ class Checkpoint:
         return self.train_state is None or self.train_state.iteration is None
 
     @property
-    def unevaluated_epoch(self) -> int | None:
-        """The finished epoch whose due evaluation never finished (the run stopped during it), if any."""
-        unevaluated = self.train_state is not None and not self.train_state.evaluated and self.epoch_finished
-        return self.epoch if unevaluated else None
+    def evaluation_due(self) -> bool:
+        """Whether the checkpoint was saved at the end of an epoch whose evaluation was due to run after the save."""
+        return self.train_state is not None and not self.train_state.evaluated and self.epoch_finished
+
+    def unevaluated_epoch(self, path: str | Path) -> int | None:
+        """The finished epoch whose due evaluation never finished (the run stopped during it), if any. A finished
+        evaluation is marked by its record in metrics.jsonl beside the checkpoint, written after the checkpoint:
+        the checkpoint is written once per epoch, not again after its evaluation."""
+        if not self.evaluation_due:
+            return None
+        path = Path(path)
+        saved_at = path.stat().st_mtime if path.is_file() else float("inf")
+        done = metrics_log.evaluated_epochs(path.parent / metrics_log.METRICS_FILE, since=saved_at)
+        return None if self.epoch in done else self.epoch
 
 
 # ----------------------------------------------------------------------------- reading
@@ -143,10 +164,10 @@ def load_file(path: str | Path, what: str, flag: str) -> Any:
     plain data) and nothing else; any failure becomes a UsageError naming the file and flag."""
     path = Path(path)
     if path.is_dir():
-        raise utils.UsageError(f"{flag}: {path} is a folder; pass a {what} file in it, e.g. {path / CHECKPOINT_FILE}")
+        raise errors.UsageError(f"{flag}: {path} is a folder; pass a {what} file in it, e.g. {path / CHECKPOINT_FILE}")
     if not path.is_file():
         hint = " (a file path: nothing is downloaded)" if "Weights." in str(path) else ""
-        raise utils.UsageError(f"{flag}: {what} file {path} does not exist{hint}; check the path")
+        raise errors.UsageError(f"{flag}: {what} file {path} does not exist{hint}; check the path")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
             # a pickle.dump file: torch warns of its protocol before refusing it, which the one line below says
@@ -157,14 +178,14 @@ def load_file(path: str | Path, what: str, flag: str) -> Any:
         if isinstance(e, pickle.UnpicklingError) and (found or _is_raw_pickle(path)):
             # Pickled objects other than plain data could run code: never unpickled.
             named = f" (such as {found.group(1)})" if found else ""
-            raise utils.UsageError(
+            raise errors.UsageError(
                 f"{flag}: {path} holds pickled Python objects{named}, which could run code when loaded, so it was "
                 f'refused and nothing in it ran; if you trust it, keep only its tensors: python -c "import torch; '
                 f"c = torch.load('{path}', weights_only=False); torch.save({{'model': c['model']}}, 'weights.pth')\" "
                 "and pass weights.pth"
             ) from None
-        raise utils.UsageError(
-            f"{flag}: {path} is not a file written by torch.save ({type(e).__name__}: {utils.short_reason(e)}); "
+        raise errors.UsageError(
+            f"{flag}: {path} is not a file written by torch.save ({type(e).__name__}: {errors.short_reason(e)}); "
             f"pass a {what}"
         ) from None
 
@@ -180,10 +201,10 @@ def read_model_file(path: str | Path, flag: str, training_checkpoint: bool = Fal
     any slow work: a checkpoint, or a whole-model state dict (`training_checkpoint`: one that can resume training)."""
     loaded = load_file(path, "model checkpoint", flag)
     if not isinstance(loaded, dict):
-        raise utils.UsageError(f"{flag}: {path} holds a {type(loaded).__name__}, not a state dict or checkpoint")
+        raise errors.UsageError(f"{flag}: {path} holds a {type(loaded).__name__}, not a state dict or checkpoint")
     missing = [k for k in TRAINING_KEYS if k not in loaded]
     if training_checkpoint and missing:
-        raise utils.UsageError(
+        raise errors.UsageError(
             f"{flag}: {path} has no {', '.join(missing)}; it is not a training checkpoint (use --weights)"
         )
     return Checkpoint.from_dict(loaded)
@@ -196,13 +217,13 @@ def _write_torch_file(obj: Any, tmp: Path) -> None:
     with open(tmp, "wb") as f:
         torch.save(obj, f)
         f.flush()
-        utils.fsync_file(f)
+        files.fsync_file(f)
 
 
 def save_on_master(obj: Any, path: str | Path) -> None:
     """Save from rank 0 only, atomically: a crash mid-write never leaves a torn file at `path`."""
-    if utils.is_main_process():
-        utils.replace_atomically(Path(path), lambda tmp: _write_torch_file(obj, tmp))
+    if distributed.is_main_process():
+        files.replace_atomically(Path(path), lambda tmp: _write_torch_file(obj, tmp))
 
 
 SPACE_MARGIN = 1.05  # torch.save's headers and alignment beyond the tensors' bytes, with room to spare
@@ -227,7 +248,7 @@ def check_free_space(folder: Path, needed: int, what: str = "a checkpoint") -> N
     """A UsageError naming `folder`, the bytes needed and free, when `needed` bytes do not fit there."""
     free = shutil.disk_usage(folder).free
     if free < needed:
-        raise utils.UsageError(
+        raise errors.UsageError(
             f"--output-dir: {folder} has {free} bytes ({_gib(free)}) free and {what} needs about {needed} bytes "
             f"({_gib(needed)}); free space there (older model_*.pth, or --keep-checkpoints) or choose another folder"
         )
@@ -246,7 +267,7 @@ def check_room_for_the_run(folder: Path, checkpoint_bytes: int, kept: int) -> No
     check_free_space(folder, checkpoint_bytes)
     free = shutil.disk_usage(folder).free
     if kept * checkpoint_bytes > free:
-        utils.warn(
+        errors.warn(
             f"--output-dir: {folder} has {_gib(free)} free, room for {free // checkpoint_bytes} checkpoints of about "
             f"{_gib(checkpoint_bytes)}, and this run keeps {kept} (--keep-checkpoints); it will stop with a message "
             "when the disk is full: lower --keep-checkpoints or free space"
@@ -262,7 +283,7 @@ def save_checkpoint(data: dict, output_dir: str | Path, epoch: int | None = None
     """
     output_dir = Path(output_dir)
     latest = output_dir / CHECKPOINT_FILE
-    if not utils.is_main_process():
+    if not distributed.is_main_process():
         return latest
     needed = int(tensor_bytes(data) * SPACE_MARGIN)
     check_free_space(output_dir, needed)
@@ -272,13 +293,13 @@ def save_checkpoint(data: dict, output_dir: str | Path, epoch: int | None = None
             return latest
         epoch_file = output_dir / f"model_{epoch}.pth"
         save_on_master(data, epoch_file)
-        utils.replace_atomically(latest, lambda tmp: utils.link_or_copy(epoch_file, tmp))
+        files.replace_atomically(latest, lambda tmp: files.link_or_copy(epoch_file, tmp))
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        # the temporary file is gone and the previous checkpoint whole (utils.replace_atomically)
+        # the temporary file is gone and the previous checkpoint whole (files.replace_atomically)
         free = shutil.disk_usage(output_dir).free
-        raise utils.UsageError(
+        raise errors.UsageError(
             f"--output-dir: {output_dir} ran out of space writing a checkpoint of about {needed} bytes "
             f"({_gib(needed)}; {free} bytes free now); the previous checkpoint.pth is whole: free space, then resume "
             "with --auto-resume"
@@ -288,7 +309,7 @@ def save_checkpoint(data: dict, output_dir: str | Path, epoch: int | None = None
     return latest
 
 
-# utils.replace_atomically's temporary files (".<name>.tmp") of the files a run saves
+# files.replace_atomically's temporary files (".<name>.tmp") of the files a run saves
 STALE_TEMPORARY = re.compile(r"\.(checkpoint\.pth|model_\d+\.pth|predictions(_\d+)?\.json)\.tmp")
 
 
@@ -338,13 +359,13 @@ def restore_random_state(checkpoint: Checkpoint | None) -> None:
     states = checkpoint.train_state.rng if checkpoint is not None and checkpoint.train_state is not None else None
     if not states:
         return
-    if len(states) != utils.get_world_size():
+    if len(states) != distributed.get_world_size():
         print(
             f"Warning: the checkpoint holds random states for {len(states)} processes, "
-            f"this run has {utils.get_world_size()}"
+            f"this run has {distributed.get_world_size()}"
         )
         return
-    set_rng_state(states[utils.get_rank()])
+    set_rng_state(states[distributed.get_rank()])
 
 
 # ----------------------------------------------------------------------------- resuming
@@ -364,7 +385,7 @@ def restore_training_state(
     )
     if not fits:
         saved = checkpoint.args
-        raise utils.UsageError(
+        raise errors.UsageError(
             f"--resume: the optimizer state in {path} does not fit this run (it was saved with --opt "
             f"{saved.get('opt', '?')}, --model {saved.get('model', '?')}, --norm-weight-decay "
             f"{saved.get('norm_weight_decay')}); resume with that run's flags"
@@ -378,3 +399,60 @@ def restore_training_state(
     if state is not None and not train_sampler.load_state_dict(state.sampler_state()):
         print(f"Warning: {path} was saved with a training set of {len(state.order)} images; this one differs")
     return start_epoch, 0 if checkpoint.epoch_finished else state.iteration
+
+
+# ----------------------------------------------------------------------------- a run's state
+
+
+@dataclass
+class RunState:
+    """The stateful parts of a training run that its checkpoints hold: built into a Checkpoint (`capture`) and
+    restored from one (`restore`) here, beside the format. `args` are the run's flags as recorded (train.py's,
+    with the run's real number of processes as `world_size`); `extra` holds further parts by checkpoint key."""
+
+    args: dict[str, Any]
+    classes: Classes
+    model: torch.nn.Module  # without its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any  # solver.WarmupLRScheduler
+    train_sampler: Any  # samplers.TrainSampler
+    scaler: torch.amp.GradScaler | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # key -> an object with state_dict() / load_state_dict()
+
+    def capture(self, epoch: int, iteration: int | None, evaluated: bool, rng: list[dict]) -> Checkpoint:
+        """The checkpoint of the run `iteration` iterations into `epoch` (None: at its end); `rng` every rank's
+        random state (rng_state(), gathered)."""
+        return Checkpoint(
+            model=self.model.state_dict(), epoch=epoch, args=dict(self.args), classes=self.classes,
+            optimizer=self.optimizer.state_dict(), lr_scheduler=self.lr_scheduler.state_dict(),
+            scaler=None if self.scaler is None else self.scaler.state_dict(),
+            train_state=TrainState(
+                **self.train_sampler.state_dict(), iteration=iteration, rng=rng, evaluated=evaluated
+            ),
+            extra={key: part.state_dict() for key, part in self.extra.items()},
+        )  # fmt: skip
+
+    def restore(self, checkpoint: Checkpoint, path: str) -> tuple[int, int]:
+        """Load everything but the model (models.load_whole_model reads that) from `checkpoint`; returns the epoch to
+        start at and the iterations already done in it."""
+        start = restore_training_state(
+            checkpoint, path, self.optimizer, self.lr_scheduler, self.scaler, self.train_sampler
+        )
+        for key, part in self.extra.items():
+            if key not in checkpoint.extra:
+                raise errors.UsageError(f"--resume: {path} holds no {key!r}; it was saved by a run without it")
+            part.load_state_dict(checkpoint.extra[key])
+        return start
+
+
+def save_run(
+    state: RunState, output_dir: str | Path, epoch: int, iteration: int | None = None, evaluated: bool = True,
+    keep: int | None = None,
+) -> Path:  # fmt: skip
+    """Save the run; call it on every rank (it gathers each rank's random state), rank 0 writes. `iteration` is None
+    at the end of an epoch, else the iterations done in `epoch` so far; `evaluated` False for a finished epoch whose
+    due evaluation is still to run."""
+    rng = distributed.all_gather(rng_state())
+    checkpoint = state.capture(epoch, iteration, evaluated, rng)
+    finished = epoch if iteration is None else None
+    return save_checkpoint(checkpoint.to_dict(), output_dir, epoch=finished, keep=keep)

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
-import utils
+import distributed
+import errors
 from masks import encode_masks, paste_masks_to_rles
 
 IOU_TYPES = ("bbox", "segm", "keypoints")
@@ -167,16 +168,19 @@ def backend_classes(backend: str) -> tuple[type, type]:
         try:
             from faster_coco_eval import COCO, COCOeval_faster
         except ImportError:
-            raise utils.UsageError(
+            raise errors.UsageError(
                 "--eval-backend faster_coco_eval: the faster-coco-eval package is not installed; "
                 "pip install faster-coco-eval, or pass --eval-backend pycocotools"
             ) from None
         return COCO, COCOeval_faster
-    raise utils.UsageError(f"--eval-backend: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    raise errors.UsageError(f"--eval-backend: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-def _index(coco_class: type, data: dict) -> Any:
-    """A COCO index of `coco_class` over an in-memory annotation dict, without console chatter."""
+def coco_index(data: dict, coco_class: type | None = None) -> Any:
+    """A COCO index over an in-memory annotation dict (pycocotools' COCO, or a backend's `coco_class`), without its
+    console chatter: the one place such an index is built."""
+    if coco_class is None:
+        from pycocotools.coco import COCO as coco_class
     coco = coco_class()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
@@ -190,7 +194,7 @@ def _ground_truth_for(coco_gt: Any, coco_class: type) -> Any:
     data = dict(coco_gt.dataset)
     # Evaluation adds keys to the ground-truth annotations: keep the caller's dicts as they were.
     data["annotations"] = [dict(annotation) for annotation in data.get("annotations", [])]
-    return _index(coco_class, data)
+    return coco_index(data, coco_class)
 
 
 def _new_coco_eval(coco_eval_class: type, coco_gt: Any, iou_type: str) -> Any:
@@ -309,7 +313,7 @@ class CocoEvaluator:
 
     def synchronize_between_processes(self) -> None:
         """Give every rank the union of all ranks' results (numpy arrays and RLE strings, not dicts per detection)."""
-        for rank_results in utils.all_gather(self.image_results):
+        for rank_results in distributed.all_gather(self.image_results):
             self.image_results.update(rank_results)
         self._accumulated = False
         print(f"Evaluated {len(self.img_ids)} images")
@@ -325,16 +329,16 @@ class CocoEvaluator:
         dataset = self._gt.dataset
         if iou_type == "keypoints":
             if not detections:  # pycocotools' loadRes cannot take an empty list
-                return _index(
-                    self._coco_class,
+                return coco_index(
                     {"images": dataset["images"], "annotations": [], "categories": dataset["categories"]},
+                    self._coco_class,
                 )
             with contextlib.redirect_stdout(io.StringIO()):
                 return self._gt.loadRes(detections)
         _add_what_load_res_adds(detections, iou_type)
-        return _index(
-            self._coco_class,
+        return coco_index(
             {"images": dataset["images"], "annotations": detections, "categories": dataset["categories"]},
+            self._coco_class,
         )
 
     def accumulate(self) -> None:

@@ -21,13 +21,10 @@ are decoded per sample. Every input the user could get wrong is checked at start
 and reported as one line naming the file (a DataError, which train.py turns into exit status 2).
 """
 
-import contextlib
 import ctypes
-import io
 import json
 import operator
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,9 +45,11 @@ from annotations import (
     own_split_files,
     split_files,
 )
+from coco_eval import coco_index
+from errors import DataError, warn
 from images import UnreadableImage, check_image_files, read_rgb
+from labels import Classes, label_to_category_ids
 from masks import SEGMENTATION_ERRORS, decode_masks
-from utils import DataError, warn
 
 # --dataset: the annotation files' prefix in the 2017 layout (coco_kp targets also carry keypoints), and the make
 # target that writes a synthetic dataset of that kind.
@@ -60,36 +59,6 @@ MIN_KEYPOINTS_PER_IMAGE = 10
 
 
 # ----------------------------------------------------------------------------- the dataset contract
-
-
-@dataclass
-class Classes:
-    """What a model's outputs mean: each label's category id (label 0, the background, maps to 0), the
-    categories' names and, for keypoint models, the keypoint names and the skeleton to draw them with.
-    A dataset provides it, a checkpoint keeps it (checkpoint.py), predict.py names its pictures by it."""
-
-    label_to_category_id: list[int]
-    categories: list[dict]  # {"id": ..., "name": ...} in id order
-    keypoint_names: list[str] = field(default_factory=list)
-    keypoint_skeleton: list[list[int]] = field(default_factory=list)  # pairs of keypoints, 1-based
-
-    @property
-    def num_classes(self) -> int:
-        """The classifier's outputs: one per label, with 0 the background."""
-        return len(self.label_to_category_id)
-
-    def names(self) -> list[str]:
-        """The name of each label (a label without a category gets its category id)."""
-        names = {c["id"]: c["name"] for c in self.categories}
-        return [names.get(category_id, str(category_id)) for category_id in self.label_to_category_id]
-
-    def category_labels(self) -> torch.Tensor:
-        """The labels that stand for a category. With the reference's labels (the category ids, num_classes =
-        largest id + 1) the ids between categories are labels too (COCO's 12, 26, ...): no category has them,
-        yet the classifier scores them (weakly once trained, as much as any while untrained)."""
-        ids = {c["id"] for c in self.categories}
-        labels = [label for label, category_id in enumerate(self.label_to_category_id) if label and category_id in ids]
-        return torch.tensor(labels, dtype=torch.int64)
 
 
 class DetectionDataset(Protocol):
@@ -112,23 +81,6 @@ class DetectionDataset(Protocol):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> tuple[Any, dict]: ...
-
-
-def label_to_category_ids(category_ids: Sequence[int], contiguous: bool, min_num_classes: int = 0) -> list[int]:
-    """The category id of each label (label 0, the background, maps to 0): contiguous labels 1..K in
-    category id order, or the category ids themselves (then num_classes is the largest id + 1, or
-    `min_num_classes` where a model trained on more ids is used: torchvision's COCO models have 91)."""
-    ids = sorted(int(i) for i in category_ids)
-    return [0, *ids] if contiguous else list(range(max(max(ids, default=0) + 1, min_num_classes)))
-
-
-def coco_from_dict(data: dict) -> COCO:
-    """A pycocotools COCO index over an in-memory annotation dict, without its console chatter."""
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
 
 
 # ----------------------------------------------------------------------------- targets
@@ -363,7 +315,7 @@ class CocoDetection(torch.utils.data.Dataset):
     def coco(self) -> COCO:
         """The ground truth as a pycocotools index, built on first use (evaluation only)."""
         if self._coco is None:
-            self._coco = coco_from_dict(self.reader.ground_truth(self.ann_file))
+            self._coco = coco_index(self.reader.ground_truth(self.ann_file))
         return self._coco
 
     def image_path(self, index: int) -> Path:
@@ -467,10 +419,12 @@ def get_coco(
     leave_out_unused_categories: bool = False,
     used_elsewhere: Collection[int] = (),
     require_masks: bool = False,
+    reader: AnnotationReader = COCO_JSON,
 ) -> CocoDetection:
     """The `image_set` ("train" or "val") split: of the COCO 2017 layout under `root` (`dataset` "coco"
     reads instances_*.json, "coco_kp" person_keypoints_*.json), or of a user's own annotation file and
-    image folder when both `ann_file` and `img_folder` are given (--train-annotations/--train-images...)."""
+    image folder when both `ann_file` and `img_folder` are given (--train-annotations/--train-images...), in the
+    format `reader` reads (annotations.READERS: --annotation-format)."""
     if img_folder is None or ann_file is None:
         img_folder, ann_file = split_files(Path(root), image_set, ANNOTATION_PREFIXES[dataset])
     else:
@@ -489,6 +443,7 @@ def get_coco(
         leave_out_unused_categories=leave_out_unused_categories,
         used_elsewhere=used_elsewhere,
         require_masks=require_masks,
+        reader=reader,
     )
 
 
@@ -527,4 +482,4 @@ def get_coco_api_from_dataset(dataset: torch.utils.data.Dataset) -> COCO:
     subset = {key: value for key, value in full.items() if key not in ("images", "annotations")}
     subset["images"] = [img for img in full["images"] if img["id"] in keep]
     subset["annotations"] = [ann for ann in full["annotations"] if ann["image_id"] in keep]
-    return coco_from_dict(subset)
+    return coco_index(subset)

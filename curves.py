@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-METRICS_FILE = "metrics.jsonl"  # utils.METRICS_FILE; not imported, so that plotting does not need torch
+METRICS_FILE = "metrics.jsonl"  # metrics_log.METRICS_FILE; not imported, so that plotting does not need torch
 AP_NAMES = ("AP", "AP50", "AP75")
 # What each record type needs to be plotted; a line without these is skipped as unreadable.
 REQUIRED_FIELDS = {"train": ("epoch", "iteration", "global_iteration", "lr", "loss", "losses"), "eval": ("epoch",)}

@@ -17,28 +17,24 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 import checkpoint as ckpt
+import distributed
+import files
+import metrics_log
 import utils
 from coco_eval import DEFAULT_BACKEND, CocoEvaluator, Evaluator
-from coco_utils import Classes, base_dataset, get_coco_api_from_dataset
+from coco_utils import base_dataset, get_coco_api_from_dataset
+from images import images_to_device
 from masks import unpasted_masks
 from models import iou_types_of
-from samplers import ResumableBatchSampler, TrainSampler
+from samplers import ResumableBatchSampler
 from solver import WarmupLRScheduler
 
 STOP_KEY = "_stop_signal"  # rides along with the losses in their all-reduce
-
-
-def images_to_device(images: Iterable[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """Copy uint8 images to the device (a quarter of float's bytes), then scale them to [0, 1] there."""
-    moved = []
-    for image in images:
-        image = image.to(device, non_blocking=True)
-        moved.append(image.float().div_(255) if image.dtype == torch.uint8 else image.float())
-    return moved
 
 
 def targets_to_device(targets: Iterable[dict], device: torch.device) -> list[dict]:
@@ -114,10 +110,10 @@ def _reduce_losses_and_stop(
     one copy to the host (the one device sync of an iteration). Returns the averaged losses as floats and
     the signal to stop for (this rank's own, or SIGTERM for another rank's), or 0."""
     signum = stop.signum if stop is not None and stop.received else 0
-    if utils.get_world_size() < 2:
+    if distributed.get_world_size() < 2:
         return _to_floats(loss_dict), signum
     flag = next(iter(loss_dict.values())).detach().new_tensor(float(signum > 0))
-    reduced = _to_floats(utils.reduce_dict(loss_dict | {STOP_KEY: flag}))
+    reduced = _to_floats(distributed.reduce_dict(loss_dict | {STOP_KEY: flag}))
     if reduced.pop(STOP_KEY) > 0:
         return reduced, signum or signal.SIGTERM
     return reduced, 0
@@ -316,69 +312,67 @@ def evaluate(
 # ----------------------------------------------------------------------------- the epochs of a run
 
 
+EvaluatorFactory = Callable[[torch.nn.Module, Iterable], Evaluator]  # (model, loader) -> a fresh evaluator
+
+
+def coco_evaluators(backend: str = DEFAULT_BACKEND) -> EvaluatorFactory:
+    """The default EvaluatorFactory: a CocoEvaluator per pass, scoring with `backend`."""
+    return lambda model, data_loader: coco_evaluator_for(data_loader, model, backend)
+
+
 @dataclass
 class Run:
     """What a training run holds (train.py builds it), for the epochs and for their checkpoints."""
 
-    args: argparse.Namespace  # train.py's flags
+    args: argparse.Namespace  # train.py's flags (with a resumed run's recorded ones); never changed
+    state: ckpt.RunState  # what its checkpoints hold: the model, optimizer, schedule, sampler...
     model: torch.nn.Module  # wrapped in DistributedDataParallel when distributed
-    model_without_ddp: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    lr_scheduler: WarmupLRScheduler
-    scaler: torch.amp.GradScaler | None
-    train_sampler: TrainSampler
     batch_sampler: ResumableBatchSampler
     data_loader: Iterable
     data_loader_test: Iterable
-    classes: Classes
     device: torch.device
+    make_evaluator: EvaluatorFactory
+    start_epoch: int = 0
+    first_iteration: int = 0  # the iterations of start_epoch already done (a resumed mid-epoch checkpoint)
     unevaluated_epoch: int | None = None  # a resumed finished epoch whose evaluation did not finish
 
+    @property
+    def model_without_ddp(self) -> torch.nn.Module:
+        return self.state.model
+
     def save(self, epoch: int, iteration: int | None = None, evaluated: bool = True) -> Path | None:
-        """Save the run; call it on every rank (it gathers each rank's random state), rank 0 writes. `iteration` is
-        None at the end of an epoch, else the iterations done in `epoch` so far; `evaluated` False for a finished
-        epoch whose due evaluation is still to run."""
+        """checkpoint.save_run into --output-dir (none without one); call it on every rank."""
         if not self.args.output_dir:
             return None
-        rng = utils.all_gather(ckpt.rng_state())
-        checkpoint = ckpt.Checkpoint(
-            model=self.model_without_ddp.state_dict(), epoch=epoch, args=dict(vars(self.args)), classes=self.classes,
-            optimizer=self.optimizer.state_dict(), lr_scheduler=self.lr_scheduler.state_dict(),
-            scaler=None if self.scaler is None else self.scaler.state_dict(),
-            train_state=ckpt.TrainState(
-                **self.train_sampler.state_dict(), iteration=iteration, rng=rng, evaluated=evaluated
-            ),
-        )  # fmt: skip
-        finished = epoch if iteration is None else None
         keep = self.args.keep_checkpoints
-        return ckpt.save_checkpoint(checkpoint.to_dict(), self.args.output_dir, epoch=finished, keep=keep)
+        return ckpt.save_run(self.state, self.args.output_dir, epoch, iteration, evaluated, keep)
 
 
-def train_epochs(run: Run, first_iteration: int = 0) -> int:
-    """The epochs from args.start_epoch (the first resumed after `first_iteration` iterations): train, save,
+def train_epochs(run: Run) -> int:
+    """The epochs from run.start_epoch (the first resumed after run.first_iteration iterations): train, save,
     evaluate. A stop signal saves where the run is and ends it. Returns the exit status: 0, or 128 + the signal."""
     args, batch_sampler, device = run.args, run.batch_sampler, run.device
     print("Start training")
     start_time = time.time()
     iters_per_epoch = len(batch_sampler.batch_sampler)
-    first_step = args.start_epoch * iters_per_epoch + first_iteration
-    metrics = utils.MetricsWriter(args.output_dir, args.tensorboard, first_step=first_step)
+    first_step = run.start_epoch * iters_per_epoch + run.first_iteration
+    metrics = metrics_log.MetricsWriter(args.output_dir, args.tensorboard, first_step=first_step)
     evaluated, path = [], None
     with catching_stop_signals() as stop, metrics:
         if run.unevaluated_epoch is not None:
             epoch = run.unevaluated_epoch
             print(f"Evaluating epoch {epoch} first: the run stopped before its evaluation finished")
             evaluated.append((epoch, _evaluate_epoch(run, metrics, epoch, iters_per_epoch)))
-            path = run.save(epoch)
-        for epoch in range(args.start_epoch, args.epochs):
-            first = first_iteration if epoch == args.start_epoch else 0
-            run.train_sampler.set_epoch(epoch)
+            path = Path(args.output_dir) / ckpt.CHECKPOINT_FILE if args.output_dir else None
+        for epoch in range(run.start_epoch, args.epochs):
+            first = run.first_iteration if epoch == run.start_epoch else 0
+            run.state.train_sampler.set_epoch(epoch)
             batch_sampler.set_position(epoch, first)
             after_step = _periodic_saver(args, run.save, epoch, iters_per_epoch)
             try:
                 train_one_epoch(
-                    run.model, run.optimizer, run.data_loader, device, epoch, args.print_freq, run.scaler,
-                    lr_scheduler=run.lr_scheduler, first_iteration=first, clip_grad_norm=args.clip_grad_norm,
+                    run.model, run.state.optimizer, run.data_loader, device, epoch, args.print_freq, run.state.scaler,
+                    lr_scheduler=run.state.lr_scheduler, first_iteration=first, clip_grad_norm=args.clip_grad_norm,
                     stop=stop, after_step=after_step, write_metrics=metrics.write,
                     iterations_after=(args.epochs - epoch - 1) * iters_per_epoch,
                 )  # fmt: skip
@@ -386,13 +380,14 @@ def train_epochs(run: Run, first_iteration: int = 0) -> int:
                 path = run.save(epoch, stopped.iteration)
                 where = f"at epoch {epoch}, iteration {stopped.iteration}/{iters_per_epoch}"
                 return _report_stop(path, stop.signum, where)
-            run.lr_scheduler.step()
+            run.state.lr_scheduler.step()
             due = (epoch + 1) % args.eval_every == 0 or epoch == args.epochs - 1
+            # Saved once, before a due evaluation, as not evaluated: the evaluation's record in metrics.jsonl marks it
+            # done (Checkpoint.unevaluated_epoch), and a run killed during it evaluates it first when resumed.
             path = run.save(epoch, evaluated=not due)
-            if due:  # then saved again, as evaluated: a run killed during the evaluation evaluates it when resumed
+            if due:
                 evaluated.append((epoch, _evaluate_epoch(run, metrics, epoch, iters_per_epoch)))
-                path = run.save(epoch)
-            if utils.any_rank(stop.received):
+            if distributed.any_rank(stop.received):
                 return _report_stop(path, stop.signum, f"after epoch {epoch}")
     print(f"Training time {time.strftime('%H:%M:%S', time.gmtime(time.time() - start_time))}")
     if evaluated:
@@ -400,9 +395,10 @@ def train_epochs(run: Run, first_iteration: int = 0) -> int:
     return 0
 
 
-def _evaluate_epoch(run: Run, metrics: utils.MetricsWriter, epoch: int, iters_per_epoch: int) -> dict:
+def _evaluate_epoch(run: Run, metrics: metrics_log.MetricsWriter, epoch: int, iters_per_epoch: int) -> dict:
     """Evaluate the model after `epoch`: the AP tables, metrics.jsonl's eval record, --save-predictions."""
-    evaluator = evaluate(run.model_without_ddp, run.data_loader_test, run.device, backend=run.args.eval_backend)
+    evaluator = run.make_evaluator(run.model_without_ddp, run.data_loader_test)
+    evaluator = evaluate(run.model_without_ddp, run.data_loader_test, run.device, evaluator=evaluator)
     metrics.write(evaluation_record(evaluator.metrics, epoch, global_iteration=(epoch + 1) * iters_per_epoch))
     save_predictions(run.args, evaluator, f"predictions_{epoch}.json")
     return evaluator.metrics
@@ -411,11 +407,25 @@ def _evaluate_epoch(run: Run, metrics: utils.MetricsWriter, epoch: int, iters_pe
 def _summary(evaluated: list[tuple[int, dict]], latest: Path | None, args: argparse.Namespace) -> str:
     """One line at the end of a run: each IoU type's last and best AP (in this run) and the checkpoints."""
     parts = []
-    for iou_type in (t for t in evaluated[-1][1] if t != "per_category"):
-        best_epoch, best = max(((e, m[iou_type]["AP"]) for e, m in evaluated), key=lambda pair: pair[1])
-        parts.append(f"{iou_type} AP {evaluated[-1][1][iou_type]['AP']:.3f} (best {best:.3f}, epoch {best_epoch})")
+    last = evaluated[-1][1]
+    for group, numbers in last.items():
+        name = _headline(numbers)
+        if name is None:
+            continue
+        best_epoch, best = max(((e, m[group][name]) for e, m in evaluated if group in m), key=lambda pair: pair[1])
+        parts.append(f"{group} {name} {numbers[name]:.3f} (best {best:.3f}, epoch {best_epoch})")
     where = f"; checkpoints in {args.output_dir}: checkpoint.pth, model_{evaluated[-1][0]}.pth" if latest else ""
     return f"Done after epoch {evaluated[-1][0]}: {', '.join(parts)}{where}"
+
+
+def _headline(numbers: Any) -> str | None:
+    """The number an evaluator's group of numbers is summed up by: its "AP" (COCO's), else its first number; None
+    for a group that holds no numbers of its own (per_category's tables)."""
+    if not isinstance(numbers, dict):
+        return None
+    if "AP" in numbers:
+        return "AP"
+    return next((name for name, value in numbers.items() if isinstance(value, int | float)), None)
 
 
 def _periodic_saver(args: argparse.Namespace, save, epoch: int, iters_per_epoch: int):
@@ -430,10 +440,10 @@ def _periodic_saver(args: argparse.Namespace, save, epoch: int, iters_per_epoch:
     return after_step
 
 
-def save_predictions(args: argparse.Namespace, evaluator: CocoEvaluator, name: str) -> None:
+def save_predictions(args: argparse.Namespace, evaluator: Evaluator, name: str) -> None:
     """--save-predictions: the evaluation's detections as a COCO results file in --output-dir (rank 0 writes)."""
-    if args.save_predictions and args.output_dir and utils.is_main_process():
-        path = utils.save_json(evaluator.detections(), Path(args.output_dir) / name)
+    if args.save_predictions and args.output_dir and distributed.is_main_process():
+        path = files.save_json(evaluator.detections(), Path(args.output_dir) / name)
         print(f"Saved the detections to {path}")
 
 

@@ -1,18 +1,20 @@
-"""Image files: finding them in a folder cheaply, and reading one as the RGB picture a model takes.
+"""Image files: finding them in a folder cheaply, reading one as the RGB picture a model takes, and handing a batch
+to the model on its device.
 
-Shared by the dataset (coco_utils.CocoDetection) and predict.py, so that training, evaluation and
-pictures read a file the same way.
+Shared by the dataset (coco_utils.CocoDetection), engine.py and predict.py, so that training, evaluation and
+pictures read and prepare an image the same way.
 """
 
 import concurrent.futures
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
-from utils import DataError, warn
+from errors import DataError, warn
 
 # What PIL raises for a file that is not a readable image (truncated, corrupt, not an image at all).
 IMAGE_READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -193,3 +195,12 @@ def _missing_files(folder: Path, table, wanted: np.ndarray, skip_missing: bool) 
         f"leaving out {count} of the {len(indices)} images listed in {ann_file}: not in {folder} (e.g. {names[first]})"
     )
     return missing
+
+
+def images_to_device(images: Iterable[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Copy uint8 images to the device (a quarter of float's bytes), then scale them to [0, 1] there."""
+    moved = []
+    for image in images:
+        image = image.to(device, non_blocking=True)
+        moved.append(image.float().div_(255) if image.dtype == torch.uint8 else image.float())
+    return moved

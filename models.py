@@ -19,6 +19,7 @@ import inspect
 import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,10 +27,10 @@ import torchvision
 from torchvision.models import WeightsEnum
 from torchvision.models.detection import KeypointRCNN, MaskRCNN
 
-import utils
+import errors
 import weights
 from checkpoint import Checkpoint, load_file
-from coco_utils import Classes
+from labels import Classes
 
 DEFAULT_MODEL = "maskrcnn_resnet50_fpn"
 BACKBONE_NAMES = {"ResNet50_Weights": "ResNet-50", "MobileNet_V3_Large_Weights": "MobileNetV3-Large"}
@@ -58,6 +59,13 @@ class ModelSpec:
         """What the flags ask of the model builder; unset flags leave the model's own defaults."""
         flags = {"min_size": self.min_size, "max_size": self.max_size, "rpn_score_thresh": self.rpn_score_thresh}
         return {k: v for k, v in flags.items() if v is not None} | dict(self.model_kwargs)
+
+
+def check_model_name(name: str) -> None:
+    """A UsageError for a --model that is not one of torchvision's detection models (train.py's and predict.py's)."""
+    detection_models = torchvision.models.list_models(module=torchvision.models.detection)
+    if name not in detection_models:
+        raise errors.UsageError(f"--model: unknown model {name!r}; choose one of {', '.join(sorted(detection_models))}")
 
 
 # ----------------------------------------------------------------------------- the backbone
@@ -103,11 +111,29 @@ def _download_hint(model_name: str, enum_class: type[WeightsEnum]) -> str:
     )
 
 
+def whole_model_weights_follow(args: argparse.Namespace) -> bool:
+    """Whether whole-model weights are loaded into the model once built: --weights, or the model --test-only
+    evaluates from --resume."""
+    return args.weights is not None or bool(args.test_only and args.resume)
+
+
+def built_as_trained(args: argparse.Namespace, resumed: Checkpoint | None) -> bool:
+    """Whether the model is built as torchvision builds it with trained weights (frozen BatchNorm, the builder's
+    trainable stages) without a backbone file to read: whole-model weights come next, or the run being resumed
+    started from trained weights (its backbone values are in the checkpoint)."""
+    if whole_model_weights_follow(args):
+        return True
+    if resumed is None:
+        return False
+    backbone = args.weights_backbone  # None: the default file, <data-path>/resnet50.pth, which the run read
+    return resumed.args.get("weights") is not None or backbone is None or str(backbone).lower() != "none"
+
+
 def backbone_weights_path(args: argparse.Namespace) -> str | None:
     """The backbone weights to read (a path or a torchvision enum name), or None to start from random weights."""
     if args.weights_backbone is not None and args.weights_backbone.lower() == "none":
         return None
-    if args.weights is not None or (args.test_only and args.resume):
+    if whole_model_weights_follow(args):
         return None  # the whole model's weights replace the backbone's anyway
     return args.weights_backbone or str(args.data_path).rstrip("/") + "/resnet50.pth"
 
@@ -131,20 +157,20 @@ def load_backbone(args: argparse.Namespace) -> Backbone | None:
         return None
     enum_class = backbone_weights_class(args.model)
     if enum_class is None:
-        raise utils.UsageError(f"--weights-backbone: {args.model} has no ImageNet backbone to read; pass none")
+        raise errors.UsageError(f"--weights-backbone: {args.model} has no ImageNet backbone to read; pass none")
     name = _backbone_name(enum_class)
     if args.weights_backbone is None and enum_class is not torchvision.models.ResNet50_Weights:
-        raise utils.UsageError(
+        raise errors.UsageError(
             f"--weights-backbone: {args.model} has a {name} backbone; {_download_hint(args.model, enum_class)}"
         )
     found = weights.resolve(value, "--weights-backbone")
     if found.enum is not None and not isinstance(found.enum, enum_class):
-        raise utils.UsageError(
+        raise errors.UsageError(
             f"--weights-backbone: {found.name} holds {type(found.enum).__name__}, but {args.model} has a {name} "
             f"backbone; pass {enum_class.__name__} weights"
         )
     if not found.path.is_file():
-        raise utils.UsageError(
+        raise errors.UsageError(
             f"--weights-backbone: no {name} weights at {found.path}; {_download_hint(args.model, enum_class)}"
         )
     enum = found.enum or _default_backbone_weights(args.model, enum_class)
@@ -155,7 +181,7 @@ def _checked_backbone_state(path, enum: WeightsEnum, name: str, hint: str) -> di
     """The classifier state dict the builder loads: the file's tensors, with a fresh head where the file has none."""
     state = load_file(path, f"{name} state dict", "--weights-backbone")
     if not isinstance(state, dict):
-        raise utils.UsageError(
+        raise errors.UsageError(
             f"--weights-backbone: {path} holds a {type(state).__name__}, not a {name} state dict; {hint}"
         )
     served = _classifier_template(enum)
@@ -168,7 +194,9 @@ def _checked_backbone_state(path, enum: WeightsEnum, name: str, hint: str) -> di
             f"wrong shapes for {', '.join(misshapen[:3])}" if misshapen else "",
         ]
         details = "; ".join(p for p in problems if p)
-        raise utils.UsageError(f"--weights-backbone: {path} is not a torchvision {name} state dict ({details}); {hint}")
+        raise errors.UsageError(
+            f"--weights-backbone: {path} is not a torchvision {name} state dict ({details}); {hint}"
+        )
     served.update({k: state[k] for k in served if k in state and state[k].shape == served[k].shape})
     return served
 
@@ -243,12 +271,14 @@ def build_model_or_explain(spec: ModelSpec, num_classes: int, **build_options) -
     try:
         model = build_model(spec, num_classes, **build_options)
     except (TypeError, ValueError) as e:
-        raise utils.UsageError(
+        raise errors.UsageError(
             f"{spec.model} does not take {spec.builder_kwargs() or 'its arguments'} ({e}); drop or fix these flags"
         ) from None
     unknown = sorted(set(dict(spec.model_kwargs)) - _accepted_model_kwargs(model, spec.model))
     if unknown:
-        raise utils.UsageError(f"--model-kwargs: {spec.model} has no argument {', '.join(unknown)}; check the spelling")
+        raise errors.UsageError(
+            f"--model-kwargs: {spec.model} has no argument {', '.join(unknown)}; check the spelling"
+        )
     return model
 
 
@@ -402,9 +432,29 @@ def load_model_weights(
         result = model.load_state_dict(kept, strict=False)
         assert sorted(result.missing_keys) == sorted(misshapen) and not result.unexpected_keys, result
         return _layers(misshapen)
-    raise utils.UsageError(
+    raise errors.UsageError(
         f"{flag}: {path} does not fit {type(model).__name__}: {_mismatch(model, spec, state, new_classes)}"
     )
+
+
+def descends_from_legacy_weights(path: str | Path, checkpoint: Checkpoint) -> bool:
+    """Whether weights are (or were fine-tuned from) torchvision's legacy COCO weights, whose FrozenBatchNorm eps is
+    0, as torchvision's builder sets it for them: the file itself, or the --weights its run recorded."""
+    recorded = checkpoint.args.get("weights")
+    return weights.identify(str(path)).legacy_eps or bool(recorded and weights.identify(str(recorded)).legacy_eps)
+
+
+def load_whole_model(
+    model: torch.nn.Module, spec: ModelSpec, checkpoint: Checkpoint, path: str | Path, flag: str,
+    new_classes: bool = False,
+) -> list[str]:  # fmt: skip
+    """Whole-model weights into `model`: the one path for --weights, --resume, --test-only and predict.py. Loads
+    strictly (load_model_weights; with `new_classes`, fine-tuning) and gives a model that descends from torchvision's
+    legacy weights their eps. Returns the re-initialised layers (fine-tuning)."""
+    new = load_model_weights(model, spec, checkpoint.model, str(path), flag, new_classes)
+    if descends_from_legacy_weights(path, checkpoint):
+        weights.overwrite_eps(model, 0.0)
+    return new
 
 
 def model_from_checkpoint(
@@ -419,16 +469,14 @@ def model_from_checkpoint(
     try:
         classes = checkpoint.classes or classes_of_file(spec, _without_ddp_prefix(checkpoint.model), found)
     except ValueError:
-        raise utils.UsageError(
+        raise errors.UsageError(
             f"{flag}: {path} holds no {spec.model} weights (no classifier tensor); pass --model with its architecture, "
             "or a checkpoint.pth written by train.py"
         ) from None
     model = build_model(
         spec, classes.num_classes, num_keypoints=len(classes.keypoint_names) or None, whole_model_weights=True
     )
-    load_model_weights(model, spec, checkpoint.model, path, flag)
-    if found.legacy_eps or weights.identify(str(checkpoint.args.get("weights") or "")).legacy_eps:
-        weights.overwrite_eps(model)
+    load_whole_model(model, spec, checkpoint, path, flag)
     return model, classes
 
 

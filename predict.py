@@ -23,21 +23,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes, draw_keypoints, draw_segmentation_masks
 
+import annotations
 import coco_eval
-import utils
+import distributed
+import errors
+import files
 import weights
-from annotations import COCO_JSON, AnnotationTable
+from annotations import AnnotationTable
 from checkpoint import read_model_file
-from coco_utils import Classes
-from images import IMAGE_READ_ERRORS, UnreadableImage, read_rgb
+from errors import DataError
+from images import IMAGE_READ_ERRORS, UnreadableImage, images_to_device, read_rgb
+from labels import Classes
 from masks import MASK_THRESHOLD, SEGMENTATION_ERRORS, decode_masks
-from models import DEFAULT_MODEL, iou_types_of, model_from_checkpoint
-from utils import DataError
+from models import DEFAULT_MODEL, check_model_name, iou_types_of, model_from_checkpoint
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 # Distinct colours, one per class (label modulo their number).
@@ -48,7 +50,7 @@ PALETTE = [
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    parser = utils.OneLineArgumentParser(
+    parser = errors.OneLineArgumentParser(
         description="Draw a trained detection model's predictions, or an annotation file's labels",
         add_help=add_help,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -66,6 +68,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--score-thresh", default=0.5, type=float, help="draw detections scoring at least this")
     add("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
     add("--annotations", default=None, metavar="FILE", help="COCO annotation file whose image ids the results use")
+    add("--annotation-format", default="coco", choices=list(annotations.READERS),
+        help="the format of --ground-truth and --annotations, as train.py's flag")  # fmt: skip
     add("--max-images", default=None, type=int, metavar="N", help="only the first N images")
     add("--upscale-to", default=0, type=int, metavar="PIXELS",
         help="draw on images enlarged to this shorter side (readable labels)")  # fmt: skip
@@ -86,14 +90,14 @@ def find_images(inputs: list[str], skip: Path | None = None) -> list[Path]:
             if skip is not None and skip.resolve() != path.resolve():  # a sub-folder holding earlier pictures
                 found = [p for p in found if not p.resolve().is_relative_to(skip.resolve())]
             if not found:
-                raise utils.UsageError(
+                raise errors.UsageError(
                     f"{path}: no image files in this folder or below it ({', '.join(sorted(IMAGE_SUFFIXES))})"
                 )
             images += found
         elif path.is_file():
             images.append(path)
         else:
-            raise utils.UsageError(f"{path} does not exist; pass image files or folders of images")
+            raise errors.UsageError(f"{path} does not exist; pass image files or folders of images")
     return images
 
 
@@ -110,13 +114,13 @@ def listed_rows(images: list[Path], table: AnnotationTable, flag: str) -> list[i
         if len(ending) == 1 or (not ending and len(candidates) == 1):
             rows.append((ending or candidates)[0])
         elif candidates:
-            raise utils.UsageError(
+            raise errors.UsageError(
                 f"{flag}: {table.source} lists {len(candidates)} images named {path.name}, and not one file_name "
                 f"alone ends the path {path}; pass the folder the file_name values are relative to"
             )
         else:
             unlisted = sum(1 for p in images if p.name not in by_name)
-            raise utils.UsageError(
+            raise errors.UsageError(
                 f"{flag}: {table.source} does not list {path.name} ({unlisted} of the {len(images)} images unlisted)"
             )
     return rows
@@ -132,7 +136,7 @@ def check_image(path: Path) -> None:
     try:
         Image.open(path).close()
     except IMAGE_READ_ERRORS as e:
-        raise utils.UsageError(f"{path}: not an image PIL can read ({utils.short_reason(e)})") from None
+        raise errors.UsageError(f"{path}: not an image PIL can read ({errors.short_reason(e)})") from None
 
 
 def read_image(path: Path, expected_size: tuple[int, int] | None = None, listed_in: str = "") -> torch.Tensor:
@@ -141,7 +145,7 @@ def read_image(path: Path, expected_size: tuple[int, int] | None = None, listed_
     try:
         return F.pil_to_tensor(read_rgb(path, expected_size, listed_in))
     except UnreadableImage as e:
-        raise utils.UsageError(f"{path}: cannot use this image ({e})") from None
+        raise errors.UsageError(f"{path}: cannot use this image ({e})") from None
 
 
 # ----------------------------------------------------------------------------- model
@@ -242,11 +246,11 @@ def draw_predictions(
 class GroundTruth:
     """An annotation file's instances, image by image, to draw (`--ground-truth`)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, reader: annotations.AnnotationReader = annotations.COCO_JSON):
         try:
-            self.table = COCO_JSON.read(path)
+            self.table = reader.read(path)
         except DataError as e:
-            raise utils.UsageError(f"--ground-truth: {e}") from None
+            raise errors.UsageError(f"--ground-truth: {e}") from None
         self.names = {c.id: c.name or str(c.id) for c in self.table.categories}
         self.use_labels(None)
         self._rows_of_image: dict[int, list[int]] = defaultdict(list)
@@ -288,7 +292,7 @@ class GroundTruth:
             segmentations = [json.loads(bytes(self.table.segmentations[r])) for r in rows]
             return torch.from_numpy(decode_masks(segmentations, height, width).astype(bool))
         except SEGMENTATION_ERRORS as e:
-            raise utils.UsageError(
+            raise errors.UsageError(
                 f"--ground-truth: {self.table.source} has a segmentation it cannot draw ({e})"
             ) from None
 
@@ -326,25 +330,24 @@ def _picture_path(output_dir: Path, image: Path, taken: set[str]) -> Path:
 
 def _check_flags(args: argparse.Namespace) -> None:
     if args.checkpoint is None and args.ground_truth is None:
-        raise utils.UsageError("pass --checkpoint FILE to draw a model's predictions, or --ground-truth ANNOTATIONS")
+        raise errors.UsageError("pass --checkpoint FILE to draw a model's predictions, or --ground-truth ANNOTATIONS")
     if not 0 <= args.score_thresh <= 1:
-        raise utils.UsageError(f"--score-thresh: must be between 0 and 1, got {args.score_thresh}")
+        raise errors.UsageError(f"--score-thresh: must be between 0 and 1, got {args.score_thresh}")
     if args.max_images is not None and args.max_images < 1:
-        raise utils.UsageError(f"--max-images: must be at least 1, got {args.max_images}")
-    utils.check_device(args.device)
-    detection_models = torchvision.models.list_models(module=torchvision.models.detection)
-    if args.model is not None and args.model not in detection_models:
-        raise utils.UsageError(f"--model: unknown model {args.model!r}; choose one of {', '.join(detection_models)}")
+        raise errors.UsageError(f"--max-images: must be at least 1, got {args.max_images}")
+    distributed.check_device(args.device)
+    if args.model is not None:
+        check_model_name(args.model)
 
 
-def _image_ids(images: list[Path], annotations: str | None) -> list[int]:
+def _image_ids(images: list[Path], ann_file: str | None, reader: annotations.AnnotationReader) -> list[int]:
     """Each image's id: the annotation file's (matched by path), or 1, 2, ..."""
-    if annotations is None:
+    if ann_file is None:
         return list(range(1, len(images) + 1))
     try:
-        table = COCO_JSON.read(Path(annotations))
+        table = reader.read(Path(ann_file))
     except DataError as e:
-        raise utils.UsageError(f"--annotations: {e}") from None
+        raise errors.UsageError(f"--annotations: {e}") from None
     return [int(table.image_ids[row]) for row in listed_rows(images, table, "--annotations")]
 
 
@@ -359,7 +362,7 @@ class _Model:
         self.label_to_category_id = np.asarray(self.classes.label_to_category_id, dtype=np.int64)
 
     def __call__(self, image: torch.Tensor) -> dict:
-        outputs = self.model([F.to_dtype(image.to(self.device), torch.float32, scale=True)])[0]
+        outputs = self.model(images_to_device([image], self.device))[0]
         prediction = {k: v.cpu() for k, v in outputs.items()}
         # Only detections of a category: a label no category has would be written as a category id the data lacks.
         kept = torch.isin(prediction["labels"], self.labels)
@@ -373,14 +376,14 @@ def predict(args: argparse.Namespace) -> Path:
     _check_flags(args)
     output_dir = Path(args.output_dir)
     images = find_images(args.inputs, skip=output_dir)[: args.max_images]
-    ground_truth = None
+    ground_truth, reader = None, annotations.reader_named(args.annotation_format)
     if args.ground_truth is not None:
-        ground_truth = GroundTruth(Path(args.ground_truth))
+        ground_truth = GroundTruth(Path(args.ground_truth), reader)
         gt_rows = listed_rows(images, ground_truth.table, "--ground-truth")
     if ground_truth is not None and args.annotations is None:  # its image ids, from the file already read
         image_ids = [int(ground_truth.table.image_ids[row]) for row in gt_rows]
     else:
-        image_ids = _image_ids(images, args.annotations)
+        image_ids = _image_ids(images, args.annotations, reader)
     for path in images:  # a file that is no image stops the run now, not after the pictures before it
         check_image(path)
     model = _Model(args, torch.device(args.device)) if args.checkpoint is not None else None
@@ -416,7 +419,7 @@ def predict(args: argparse.Namespace) -> Path:
     print(f"{len(images)} images in {seconds:.1f} s ({len(images) / max(seconds, 1e-9):.2f} images/s)")
     if model is None:
         return output_dir
-    return utils.save_json(entries, output_dir / "predictions.json")
+    return files.save_json(entries, output_dir / "predictions.json")
 
 
 def cli(argv: list[str] | None = None) -> int:
@@ -424,7 +427,7 @@ def cli(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         path = predict(args)
-    except utils.UsageError as e:
+    except errors.UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"Saved {path}")

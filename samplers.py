@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+import distributed
 import utils
 from group_by_aspect_ratio import GroupedBatchSampler, create_aspect_ratio_groups
 from transforms import copypaste_collate_fn
@@ -23,8 +24,8 @@ class InferenceSampler(torch.utils.data.Sampler[int]):
     unlike DistributedSampler, no image is evaluated twice."""
 
     def __init__(self, dataset_size: int, rank: int | None = None, world_size: int | None = None):
-        rank = utils.get_rank() if rank is None else rank
-        world_size = utils.get_world_size() if world_size is None else world_size
+        rank = distributed.get_rank() if rank is None else rank
+        world_size = distributed.get_world_size() if world_size is None else world_size
         self.indices = range(rank, dataset_size, world_size)
 
     def __iter__(self) -> Iterator[int]:
@@ -55,8 +56,8 @@ class TrainSampler(torch.utils.data.Sampler[int]):
     def __init__(self, dataset_size: int, seed: int, rank: int | None = None, world_size: int | None = None):
         self.dataset_size = dataset_size
         self.seed = seed
-        self.rank = utils.get_rank() if rank is None else rank
-        self.world_size = utils.get_world_size() if world_size is None else world_size
+        self.rank = distributed.get_rank() if rank is None else rank
+        self.world_size = distributed.get_world_size() if world_size is None else world_size
         self.epoch = 0
         self._saved_order: torch.Tensor | None = None  # an order read from a checkpoint, for its epoch
 

@@ -1,6 +1,6 @@
 """The optimizer and the learning-rate schedule: the reference's warm-up and epoch scheduler, built together.
 
-    optimizer = build_optimizer(model, args)
+    optimizer = build_optimizer(model, args, scaled_lr(args, world_size))
     lr_scheduler = build_lr_scheduler(optimizer, args, iters_per_epoch)
     lr_scheduler.set_iteration(epoch, iteration)   # before each step (train_one_epoch does it)
     lr_scheduler.step()                            # after each epoch
@@ -11,8 +11,12 @@ of an epoch, even in the middle of the warm-up, sets exactly the lr the uninterr
 
 import argparse
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import torch
+
+from errors import UsageError
 
 DEFAULT_LR = 0.02  # the reference's, for REFERENCE_BATCH images per step
 REFERENCE_BATCH = 16
@@ -32,27 +36,31 @@ def _parameter_groups(model: torch.nn.Module, weight_decay: float, norm_weight_d
     return [{"params": other, "weight_decay": weight_decay}, {"params": norm, "weight_decay": norm_weight_decay}]
 
 
-def build_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
-    """--opt sgd, sgd_nesterov or adamw at --lr, with --wd (and --norm-weight-decay for normalization layers)."""
+def build_optimizer(model: torch.nn.Module, args: argparse.Namespace, lr: float | None = None) -> torch.optim.Optimizer:
+    """--opt sgd, sgd_nesterov or adamw at `lr` (default --lr; see scaled_lr), with --wd (and --norm-weight-decay for
+    normalization layers)."""
+    lr = args.lr if lr is None else lr
     groups = _parameter_groups(model, args.weight_decay, args.norm_weight_decay)
     if args.opt == "adamw":
-        return torch.optim.AdamW(groups, lr=args.lr)
-    return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=args.opt == "sgd_nesterov")
+        return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.SGD(groups, lr=lr, momentum=args.momentum, nesterov=args.opt == "sgd_nesterov")
 
 
-def scale_lr(args: argparse.Namespace, world_size: int) -> None:
-    """--auto-scale-lr: --lr is for 16 images per step; scale it linearly to this run's total batch. Without it, a
-    default --lr with another total batch gets a one-line suggestion."""
+def scaled_lr(args: argparse.Namespace, world_size: int) -> float:
+    """The lr a new run starts from. --auto-scale-lr: --lr is for 16 images per step, scaled linearly to this run's
+    total batch. Without it, --lr as given, and a one-line suggestion where a default --lr meets another total batch.
+    The flags record --lr as typed; the optimizer's state holds the lr in use."""
     total = args.batch_size * world_size
     scaled = args.lr * total / REFERENCE_BATCH
     if args.auto_scale_lr:
         print(f"--auto-scale-lr: lr {args.lr:g} x {total} images per step / {REFERENCE_BATCH} = {scaled:g}")
-        args.lr = scaled
-    elif args.lr == DEFAULT_LR and total != REFERENCE_BATCH:
+        return scaled
+    if args.lr == DEFAULT_LR and total != REFERENCE_BATCH:
         print(
             f"Note: --lr {args.lr:g} is for {REFERENCE_BATCH} images per step and this run takes {total} "
             f"({args.batch_size} x {world_size} processes); --auto-scale-lr would use {scaled:g}"
         )
+    return args.lr
 
 
 class LinearWarmup:
@@ -126,13 +134,29 @@ class WarmupLRScheduler:
             self._resumed = True
 
 
+def _multistep(optimizer: torch.optim.Optimizer, args: argparse.Namespace) -> torch.optim.lr_scheduler.LRScheduler:
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.lr_steps, gamma=args.lr_gamma)
+
+
+def _cosine(optimizer: torch.optim.Optimizer, args: argparse.Namespace) -> torch.optim.lr_scheduler.LRScheduler:
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
+
+
+# --lr-scheduler's choices: name -> (optimizer, flags) -> the epoch scheduler, stepped once per epoch after the warm-up.
+# A new schedule is one entry here (its flags, if any, in flags.py).
+EPOCH_SCHEDULERS: dict[str, Callable[[torch.optim.Optimizer, argparse.Namespace], Any]] = {
+    "multisteplr": _multistep,  # at --lr-steps, by --lr-gamma
+    "cosineannealinglr": _cosine,  # over --epochs
+}
+
+
 def build_lr_scheduler(
     optimizer: torch.optim.Optimizer, args: argparse.Namespace, iters_per_epoch: int
 ) -> WarmupLRScheduler:
-    """--lr-scheduler (multisteplr at --lr-steps by --lr-gamma, or cosineannealinglr over --epochs) after the
-    reference's warm-up."""
-    if args.lr_scheduler == "cosineannealinglr":
-        epoch_scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
-    else:
-        epoch_scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.lr_steps, gamma=args.lr_gamma)
-    return WarmupLRScheduler(optimizer, iters_per_epoch, epoch_scheduler)
+    """--lr-scheduler (one of EPOCH_SCHEDULERS) after the reference's warm-up; an unknown name is a UsageError."""
+    make = EPOCH_SCHEDULERS.get(args.lr_scheduler)
+    if make is None:
+        raise UsageError(
+            f"--lr-scheduler: unknown scheduler {args.lr_scheduler!r}; choose one of {', '.join(EPOCH_SCHEDULERS)}"
+        )
+    return WarmupLRScheduler(optimizer, iters_per_epoch, make(optimizer, args))

@@ -18,7 +18,7 @@ import torch
 import torchvision
 from torchvision.models import WeightsEnum
 
-from utils import UsageError
+from errors import UsageError
 
 ENUM_NAME = re.compile(r"[A-Za-z0-9_]+_Weights\.[A-Za-z0-9_]+")
 # The weights for which torchvision's builders call overwrite_eps(model, 0.0): trained with an older FrozenBatchNorm.

@@ -39,7 +39,7 @@ import detections  # noqa: E402
 import report  # noqa: E402
 
 import coco_eval  # noqa: E402
-from coco_utils import coco_from_dict  # noqa: E402
+from coco_eval import coco_index  # noqa: E402
 
 # pycocotools' encoder reads torch tensors through numpy's deprecated __array__ path: not ours to fix
 warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy keyword")
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
 
     data, instances = detections.ground_truth(args.images, seed=args.seed)
     outputs = detections.raw_detections(data, instances, per_image=args.detections, seed=args.seed)
-    gt = coco_from_dict(data)
+    gt = coco_index(data)
     print(
         f"{args.images} images, {len(data['annotations'])} ground-truth instances, "
         f"{args.detections} detections per image"

@@ -2,6 +2,7 @@
 pickled code, and every random generator restored."""
 
 import errno
+import json
 import os
 import re
 import shutil
@@ -12,9 +13,10 @@ import pytest
 import torch
 
 import checkpoint as ckpt
-import utils
-from coco_utils import Classes
+import distributed
+import errors
 from conftest import write_reference_checkpoint
+from labels import Classes
 
 
 def test_save_on_master_is_atomic(tmp_path):
@@ -40,7 +42,7 @@ def test_save_on_master_leaves_the_old_file_when_saving_fails(tmp_path):
 
 
 def test_save_on_master_only_saves_on_rank_zero(tmp_path, monkeypatch):
-    monkeypatch.setattr(utils, "get_rank", lambda: 1)
+    monkeypatch.setattr(distributed, "get_rank", lambda: 1)
     path = tmp_path / "checkpoint.pth"
     ckpt.save_on_master({"epoch": 1}, path)
     assert not path.exists()
@@ -55,7 +57,7 @@ def test_load_file_roundtrip(tmp_path):
 
 def test_load_file_missing(tmp_path):
     path = tmp_path / "missing.pth"
-    with pytest.raises(utils.UsageError) as info:
+    with pytest.raises(errors.UsageError) as info:
         ckpt.load_file(path, "checkpoint", "--resume")
     assert str(path) in str(info.value)
     assert "--resume" in str(info.value)
@@ -64,7 +66,7 @@ def test_load_file_missing(tmp_path):
 def test_load_file_not_a_torch_file(tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("these are not weights\n")
-    with pytest.raises(utils.UsageError) as info:
+    with pytest.raises(errors.UsageError) as info:
         ckpt.load_file(path, "checkpoint", "--resume")
     message = str(info.value)
     assert str(path) in message
@@ -74,7 +76,7 @@ def test_load_file_not_a_torch_file(tmp_path):
 
 
 def test_load_file_directory(tmp_path):
-    with pytest.raises(utils.UsageError, match=f"--resume: {tmp_path} is a folder; pass a checkpoint file in it"):
+    with pytest.raises(errors.UsageError, match=f"--resume: {tmp_path} is a folder; pass a checkpoint file in it"):
         ckpt.load_file(tmp_path, "checkpoint", "--resume")
 
 
@@ -94,7 +96,7 @@ def test_load_file_refuses_pickled_objects_and_runs_nothing(tmp_path):
     marker = tmp_path / "code-ran"
     path = tmp_path / "evil.pth"
     torch.save({"model": {"w": torch.zeros(1)}, "args": argparse.Namespace(lr=0.02), "payload": _Payload(marker)}, path)
-    with pytest.raises(utils.UsageError) as info:
+    with pytest.raises(errors.UsageError) as info:
         ckpt.load_file(path, "model checkpoint", "--resume")
     assert not marker.exists()
     message = str(info.value)
@@ -233,7 +235,7 @@ def test_files_of_earlier_versions_and_plain_state_dicts_read_as_checkpoints(tmp
     assert (plain.version, list(plain.model), plain.classes, plain.epoch) == (0, ["backbone.w"], None, None)
     assert not plain.can_resume_training
     torch.save({"backbone.w": torch.zeros(1)}, tmp_path / "state.pth")
-    with pytest.raises(utils.UsageError, match="has no model, optimizer, lr_scheduler, epoch; it is not a training"):
+    with pytest.raises(errors.UsageError, match="has no model, optimizer, lr_scheduler, epoch; it is not a training"):
         ckpt.read_model_file(tmp_path / "state.pth", "--resume", training_checkpoint=True)
 
 
@@ -249,15 +251,28 @@ def test_a_checkpoint_of_torchvisions_reference_reads_with_its_flags_as_plain_da
     assert torch.equal(loaded.model["w"], saved["model"]["w"]) and loaded.optimizer == saved["optimizer"]
 
 
-def test_an_epoch_whose_evaluation_did_not_finish_is_named_and_older_files_read_as_evaluated():
+def test_an_epoch_whose_evaluation_did_not_finish_is_named_and_older_files_read_as_evaluated(tmp_path):
     data = _full_checkpoint().to_dict()
     data["train_state"] |= {"iteration": None, "evaluated": False}
-    assert ckpt.Checkpoint.from_dict(data).unevaluated_epoch == 3
+    path = tmp_path / "checkpoint.pth"
+    torch.save(data, path)
+    assert ckpt.Checkpoint.from_dict(data).unevaluated_epoch(path) == 3
+    # The evaluation's record in metrics.jsonl, written after the checkpoint, marks it done; an older run's record of
+    # the same epoch (written before this checkpoint) does not, nor does another epoch's or a cut-off line.
+    metrics = tmp_path / "metrics.jsonl"
+    saved_at = path.stat().st_mtime
+    lines = [{"type": "eval", "epoch": 3, "timestamp": saved_at - 60}, {"type": "eval", "epoch": 2, "timestamp": 1e12}]
+    metrics.write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"type": "eval", "epoch": 3, "tim')
+    assert ckpt.Checkpoint.from_dict(data).unevaluated_epoch(path) == 3
+    with open(metrics, "a") as f:
+        f.write("\n" + json.dumps({"type": "eval", "epoch": 3, "timestamp": saved_at + 1}) + "\n")
+    assert ckpt.Checkpoint.from_dict(data).unevaluated_epoch(path) is None
+    metrics.unlink()
     data["train_state"]["iteration"] = 5  # a mid-epoch checkpoint: nothing to evaluate yet
-    assert ckpt.Checkpoint.from_dict(data).unevaluated_epoch is None
+    assert ckpt.Checkpoint.from_dict(data).unevaluated_epoch(path) is None
     del data["train_state"]["evaluated"]
     data["train_state"]["iteration"] = None  # written before the field existed
-    assert ckpt.Checkpoint.from_dict(data).unevaluated_epoch is None
+    assert ckpt.Checkpoint.from_dict(data).unevaluated_epoch(path) is None
 
 
 # ----------------------------------------------------------------------------- a full disk
@@ -273,7 +288,7 @@ def test_a_save_that_would_not_fit_is_one_line_naming_the_folder_and_bytes_and_w
     ckpt.save_checkpoint(first, tmp_path, epoch=3)
     before = sorted(p.name for p in tmp_path.iterdir())
     _free(monkeypatch, 100)
-    with pytest.raises(utils.UsageError) as error:
+    with pytest.raises(errors.UsageError) as error:
         ckpt.save_checkpoint(_full_checkpoint().to_dict(), tmp_path, epoch=4)
     message = str(error.value)
     needed = int(ckpt.tensor_bytes(first) * ckpt.SPACE_MARGIN)
@@ -290,7 +305,7 @@ def test_a_disk_that_fills_during_a_save_keeps_the_previous_checkpoint_whole(tmp
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(ckpt, "_write_torch_file", full)
-    with pytest.raises(utils.UsageError, match=f"--output-dir: {tmp_path} ran out of space writing a checkpoint"):
+    with pytest.raises(errors.UsageError, match=f"--output-dir: {tmp_path} ran out of space writing a checkpoint"):
         ckpt.save_checkpoint(_full_checkpoint().to_dict(), tmp_path, epoch=4)
     assert (tmp_path / "checkpoint.pth").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth", "model_3.pth"]  # no temporary file left
@@ -314,7 +329,7 @@ def test_start_up_refuses_a_folder_without_room_for_one_checkpoint_and_warns_for
     tmp_path, monkeypatch, capsys
 ):
     _free(monkeypatch, 10**6)
-    with pytest.raises(utils.UsageError, match="has 1000000 bytes"):
+    with pytest.raises(errors.UsageError, match="has 1000000 bytes"):
         ckpt.check_room_for_the_run(tmp_path, 2 * 10**6, kept=3)
     ckpt.check_room_for_the_run(tmp_path, 4 * 10**5, kept=3)
     err = capsys.readouterr().err

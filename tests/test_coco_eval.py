@@ -20,7 +20,7 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 import coco_eval
 import coco_utils
-import utils
+import errors
 from coco_eval import CocoEvaluator
 from conftest import model_like_masks, pycocotools_rles
 from transforms import keypoint_flip_indices
@@ -314,7 +314,7 @@ def test_two_ranks_with_a_padded_image_count_it_once(quirky_root, tmp_path, monk
             evaluator.update({image_id: detections.outputs[image_id]})
         evaluators.append(evaluator)
     monkeypatch.setattr(
-        coco_eval.utils, "all_gather", lambda data: [copy.deepcopy(e.image_results) for e in evaluators]
+        coco_eval.distributed, "all_gather", lambda data: [copy.deepcopy(e.image_results) for e in evaluators]
     )
     merged = run_evaluator(evaluators[0], [])
     assert merged.img_ids == sorted(ids)
@@ -383,7 +383,7 @@ def keypoint_ground_truth() -> COCO:
                 }
             )
     categories = [{"id": 1, "name": "person", "keypoints": KEYPOINT_NAMES, "skeleton": []}]
-    return coco_utils.coco_from_dict({"images": images, "annotations": annotations, "categories": categories})
+    return coco_eval.coco_index({"images": images, "annotations": annotations, "categories": categories})
 
 
 def test_keypoints(tmp_path, backend):
@@ -471,7 +471,7 @@ def test_accumulate_leaves_the_garbage_collector_as_it_was(quirky_root):
 
 def test_missing_faster_coco_eval_is_a_usage_error(monkeypatch, quirky_root):
     monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # import fails, as when not installed
-    with pytest.raises(utils.UsageError, match="pip install faster-coco-eval, or pass --eval-backend pycocotools"):
+    with pytest.raises(errors.UsageError, match="pip install faster-coco-eval, or pass --eval-backend pycocotools"):
         CocoEvaluator(load_coco(ann_file(quirky_root)), ["bbox"], backend="faster_coco_eval")
     CocoEvaluator(load_coco(ann_file(quirky_root)), ["bbox"], backend="pycocotools")  # still works
 

@@ -18,10 +18,11 @@ from torch.utils.data import Subset, TensorDataset
 from torchvision import tv_tensors
 
 import coco_utils
+import labels
 import synthetic_coco
 from conftest import find_ann, is_polygon, load_json, pycoco
+from errors import UsageError
 from transforms import get_transform
-from utils import UsageError
 
 
 def expected_target(coco: COCO, image_id: int) -> tuple[torch.Tensor, list[int], np.ndarray]:
@@ -905,11 +906,11 @@ def test_keypoint_dataset_on_a_root_without_person_keypoints_files(synthetic_roo
 
 
 def test_label_to_category_ids():
-    assert coco_utils.label_to_category_ids([17, 2, 11, 5], contiguous=True) == [0, 2, 5, 11, 17]
-    assert coco_utils.label_to_category_ids([17, 2, 11, 5], contiguous=False) == list(range(18))
+    assert labels.label_to_category_ids([17, 2, 11, 5], contiguous=True) == [0, 2, 5, 11, 17]
+    assert labels.label_to_category_ids([17, 2, 11, 5], contiguous=False) == list(range(18))
     assert (
-        coco_utils.label_to_category_ids([], contiguous=True)
-        == coco_utils.label_to_category_ids([], contiguous=False)
+        labels.label_to_category_ids([], contiguous=True)
+        == labels.label_to_category_ids([], contiguous=False)
         == [0]
     )
 

@@ -9,9 +9,9 @@ import torch
 import torchvision
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+import errors
 import models
 import train
-import utils
 from conftest import write_random_resnet50
 
 
@@ -57,7 +57,7 @@ def test_a_file_that_is_not_a_resnet50_is_refused(tmp_path, content):
         state = torchvision.models.resnet50().state_dict()
         state["conv1.weight"] = torch.zeros(1)
         torch.save(state, path)
-    with pytest.raises(utils.UsageError, match=re.escape(f"--weights-backbone: {path}")):
+    with pytest.raises(errors.UsageError, match=re.escape(f"--weights-backbone: {path}")):
         models.load_backbone(_args("--weights-backbone", str(path)))
 
 
@@ -90,7 +90,7 @@ def test_models_without_a_resize_get_no_resize_arguments():
     args = _args("--model", "ssdlite320_mobilenet_v3_large", "--weights-backbone", "none")
     model = models.build_model_or_explain(models.ModelSpec.from_args(args), num_classes=4)
     assert type(model).__name__ == "SSD"
-    with pytest.raises(utils.UsageError, match="ssdlite320_mobilenet_v3_large does not take {'min_size': 96}"):
+    with pytest.raises(errors.UsageError, match="ssdlite320_mobilenet_v3_large does not take {'min_size': 96}"):
         spec = models.ModelSpec.from_args(_args("--model", "ssdlite320_mobilenet_v3_large", "--min-size", "96"))
         models.build_model_or_explain(spec, 4)
 
@@ -140,11 +140,11 @@ def test_backbones_of_upstreams_models_are_read_from_the_hub_cache(torch_home):
 def test_a_backbone_of_another_kind_is_refused(torch_home, tmp_path):
     write_random_resnet50(torch_home / "resnet50-0676ba61.pth")
     args = _args("--model", "fasterrcnn_mobilenet_v3_large_fpn", "--weights-backbone", "ResNet50_Weights.IMAGENET1K_V1")
-    with pytest.raises(utils.UsageError, match="holds ResNet50_Weights, but fasterrcnn_mobilenet_v3_large_fpn has a "
+    with pytest.raises(errors.UsageError, match="holds ResNet50_Weights, but fasterrcnn_mobilenet_v3_large_fpn has a "
                        "MobileNetV3-Large backbone"):  # fmt: skip
         models.load_backbone(args)
     args = _args("--model", "fasterrcnn_mobilenet_v3_large_fpn", "--data-path", str(tmp_path))
-    with pytest.raises(utils.UsageError, match="has a MobileNetV3-Large backbone; pass --weights-backbone "
+    with pytest.raises(errors.UsageError, match="has a MobileNetV3-Large backbone; pass --weights-backbone "
                        "MobileNet_V3_Large_Weights.IMAGENET1K_V1"):  # fmt: skip
         models.load_backbone(args)  # no resnet50.pth default for it
 
@@ -203,7 +203,7 @@ def test_fine_tuning_refuses_a_file_with_other_mismatches_naming_them():
     state["backbone.fpn.layer_blocks.0.0.weight"] = torch.zeros(3, 3)
     del state["rpn.head.conv.0.0.bias"]
     model = models.build_model(SMALL, 5, whole_model_weights=True)
-    with pytest.raises(utils.UsageError) as error:
+    with pytest.raises(errors.UsageError) as error:
         models.load_model_weights(model, SMALL, state, "other.pth", "--weights", new_classes=True)
     message = str(error.value)
     assert message.startswith("--weights: other.pth does not fit MaskRCNN: it was trained for num_classes=91 and this")

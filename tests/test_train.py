@@ -20,12 +20,13 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 import checkpoint as ckpt
+import errors
+import metrics_log
 import models
 import synthetic_coco
 import train
-import utils
-from coco_utils import Classes
 from conftest import run_train, write_random_resnet50
+from labels import Classes
 
 ROOT = Path(__file__).resolve().parents[1]
 # Small images and a lighter R-CNN sampling keep each run to seconds on 2 CPU cores.
@@ -88,7 +89,7 @@ def test_flags_have_the_reference_names_and_defaults():
 
 
 def test_unknown_model_is_a_usage_error():
-    with pytest.raises(utils.UsageError, match="--model: unknown model 'maskrcnn_resnet51'"):
+    with pytest.raises(errors.UsageError, match="--model: unknown model 'maskrcnn_resnet51'"):
         train.main(_args("--model", "maskrcnn_resnet51", "--weights-backbone", "none"))
 
 
@@ -126,7 +127,7 @@ def trained(quirky_root, tmp_path_factory):
         "0.001",
         *SMALL_RUN,
     ]
-    tensorboard = ["--tensorboard"] if utils.tensorboard_available() else []  # an optional extra
+    tensorboard = ["--tensorboard"] if metrics_log.tensorboard_available() else []  # an optional extra
     result = _run(*flags, "--epochs", "1", "--output-dir", str(output), *tensorboard)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return output, flags, result
@@ -303,7 +304,7 @@ def test_resume_from_a_plain_state_dict_is_a_usage_error(tmp_path, synthetic_roo
         "--data-path", str(synthetic_root), "--weights-backbone", "none", "--resume", str(path), "--device", "cpu"
     )
     args.output_dir = str(tmp_path / "out")
-    with pytest.raises(utils.UsageError, match="not a training checkpoint"):
+    with pytest.raises(errors.UsageError, match="not a training checkpoint"):
         train.main(args)
 
 
@@ -592,7 +593,7 @@ def test_an_output_dir_that_cannot_be_written_is_a_usage_error(synthetic_root, t
 
 
 def test_cuda_without_a_gpu_is_a_usage_error():
-    with pytest.raises(utils.UsageError, match="--device cuda: no CUDA device"):
+    with pytest.raises(errors.UsageError, match="--device cuda: no CUDA device"):
         train.main(_args("--device", "cuda", "--weights-backbone", "none"))
 
 

@@ -368,11 +368,10 @@ def test_choice_values_in_upstreams_spelling_are_accepted():
 
 def test_auto_scale_lr_scales_to_the_total_batch_and_a_default_lr_gets_a_suggestion(capsys):
     args = train.get_args_parser().parse_args(["-b", "4", "--auto-scale-lr"])
-    solver.scale_lr(args, 1)
-    assert args.lr == pytest.approx(0.005)
+    assert solver.scaled_lr(args, 1) == pytest.approx(0.005)
+    assert args.lr == 0.02  # the flag stays as typed
     assert capsys.readouterr().out == "--auto-scale-lr: lr 0.02 x 4 images per step / 16 = 0.005\n"
     args = train.get_args_parser().parse_args(["-b", "4"])
-    solver.scale_lr(args, 1)
-    assert args.lr == 0.02 and "--auto-scale-lr would use 0.005" in capsys.readouterr().out
-    solver.scale_lr(train.get_args_parser().parse_args(["-b", "4", "--lr", "0.01"]), 1)
+    assert solver.scaled_lr(args, 1) == 0.02 and "--auto-scale-lr would use 0.005" in capsys.readouterr().out
+    assert solver.scaled_lr(train.get_args_parser().parse_args(["-b", "4", "--lr", "0.01"]), 1) == 0.01
     assert capsys.readouterr().out == ""  # the user's own lr

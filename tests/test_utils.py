@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import distributed
+import metrics_log
 import utils
 
 
@@ -118,7 +120,7 @@ def _lines(path: Path) -> list[dict]:
 
 def test_jsonl_writer_round_trips_records_and_writes_null_for_non_finite_numbers(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    writer = utils.JsonlWriter(path)
+    writer = metrics_log.JsonlWriter(path)
     assert not path.exists()  # opened at the first record
     records = [
         {"type": "train", "epoch": 0, "lr": 0.02, "losses": {"loss_a": 1.5}},
@@ -135,7 +137,7 @@ def test_jsonl_writer_round_trips_records_and_writes_null_for_non_finite_numbers
 def test_jsonl_writer_flushes_every_record_and_appends_to_an_earlier_run(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"type": "train", "iteration": 0}\n')
-    writer = utils.JsonlWriter(path)
+    writer = metrics_log.JsonlWriter(path)
     writer.write({"type": "train", "iteration": 1})
     # Readable from another handle while the writer is still open: a kill -9 now would lose nothing.
     assert [r["iteration"] for r in _lines(path)] == [0, 1]
@@ -147,27 +149,27 @@ def test_jsonl_writer_flushes_every_record_and_appends_to_an_earlier_run(tmp_pat
 def test_jsonl_writer_starts_a_new_line_after_one_cut_off_by_a_killed_run(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"type": "train", "iteration": 0}\n{"type": "tra')
-    with contextlib.closing(utils.JsonlWriter(path)) as writer:
+    with contextlib.closing(metrics_log.JsonlWriter(path)) as writer:
         writer.write({"type": "train", "iteration": 1})
     lines = path.read_text().splitlines()
     assert lines[1] == '{"type": "tra' and json.loads(lines[2]) == {"type": "train", "iteration": 1}
 
 
 def test_metrics_writer_writes_only_on_rank_0_and_only_with_an_output_dir(tmp_path, monkeypatch):
-    with utils.MetricsWriter(tmp_path) as metrics:
+    with metrics_log.MetricsWriter(tmp_path) as metrics:
         metrics.write({"type": "train", "global_iteration": 0, "lr": 0.1})
     assert _lines(tmp_path / "metrics.jsonl") == [{"type": "train", "global_iteration": 0, "lr": 0.1}]
-    with utils.MetricsWriter(None) as metrics:
+    with metrics_log.MetricsWriter(None) as metrics:
         metrics.write({"type": "train", "global_iteration": 1})
-    monkeypatch.setattr(utils, "get_rank", lambda: 1)
-    with utils.MetricsWriter(tmp_path / "rank1", tensorboard=True) as metrics:
+    monkeypatch.setattr(distributed, "get_rank", lambda: 1)
+    with metrics_log.MetricsWriter(tmp_path / "rank1", tensorboard=True) as metrics:
         metrics.write({"type": "train", "global_iteration": 1})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
 
 
 def test_tensorboard_is_unavailable_without_its_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # what a missing package looks like to import
-    assert not utils.tensorboard_available()
+    assert not metrics_log.tensorboard_available()
 
 
 def _tensorboard_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -196,8 +198,8 @@ def test_tensorboard_gets_the_numbers_of_each_record_at_its_global_iteration(tmp
         "bbox": {"AP": 0.5, "AP50": 0.75},
         "timestamp": 1.0,
     }
-    with utils.MetricsWriter(tmp_path, tensorboard=True) as metrics:
-        assert utils.tensorboard_available()
+    with metrics_log.MetricsWriter(tmp_path, tensorboard=True) as metrics:
+        assert metrics_log.tensorboard_available()
         metrics.write(train)
         metrics.write(evaluation)
     scalars = _tensorboard_scalars(tmp_path / "tensorboard")
@@ -213,10 +215,10 @@ def test_tensorboard_gets_the_numbers_of_each_record_at_its_global_iteration(tmp
 
 def test_tensorboard_hides_what_a_killed_run_logged_after_the_resumed_runs_first_step(tmp_path):
     pytest.importorskip("tensorboard")
-    with utils.MetricsWriter(tmp_path, tensorboard=True) as killed:
+    with metrics_log.MetricsWriter(tmp_path, tensorboard=True) as killed:
         for step in range(6):
             killed.write({"type": "train", "global_iteration": step, "lr": float(step)})
-    with utils.MetricsWriter(tmp_path, tensorboard=True, first_step=3) as resumed:
+    with metrics_log.MetricsWriter(tmp_path, tensorboard=True, first_step=3) as resumed:
         for step in range(3, 5):
             resumed.write({"type": "train", "global_iteration": step, "lr": 10.0 + step})
     assert _tensorboard_scalars(tmp_path / "tensorboard")["train/lr"] == [
@@ -231,15 +233,14 @@ def test_tensorboard_hides_what_a_killed_run_logged_after_the_resumed_runs_first
 _RANK_SCRIPT = """
 import argparse, sys
 sys.path.insert(0, {root!r})
-import torch, utils
-args = argparse.Namespace(device="cpu", dist_url="env://")
-utils.init_distributed_mode(args)
-losses = utils.reduce_dict({{"loss": torch.tensor(float(args.rank + 1))}})
-gathered = utils.all_gather({{"rank": args.rank}})
-stop = (utils.any_rank(args.rank == 1), utils.any_rank(False))
-print("rank", args.rank, "of", args.world_size, args.dist_backend, losses["loss"].item(), gathered, "stop", stop,
+import torch, distributed
+args = distributed.init_distributed_mode(argparse.Namespace(device="cpu", dist_url="env://"))
+losses = distributed.reduce_dict({{"loss": torch.tensor(float(args.rank + 1))}})
+gathered = distributed.all_gather({{"rank": args.rank}})
+stop = (distributed.any_rank(args.rank == 1), distributed.any_rank(False))
+print("rank", args.rank, "of", args.world_size, args.backend, losses["loss"].item(), gathered, "stop", stop,
       flush=True)
-utils.cleanup_distributed()
+distributed.cleanup_distributed()
 """
 
 
@@ -296,19 +297,18 @@ def test_init_distributed_mode_from_torchrun_or_slurm_environment(tmp_path, laun
 _DYING_RANK_SCRIPT = """
 import argparse, os, sys, time
 sys.path.insert(0, {root!r})
-import torch, utils
-args = argparse.Namespace(device="cpu", dist_url="env://", dist_timeout=5)
-utils.init_distributed_mode(args)
+import torch, distributed
+args = distributed.init_distributed_mode(argparse.Namespace(device="cpu", dist_url="env://", dist_timeout=5))
 if args.rank == 1:
     os._exit(9)  # dies without a word, as a killed or crashed process does
 start = time.time()
 try:
-    utils.any_rank(False)
+    distributed.any_rank(False)
 except RuntimeError as e:
-    assert utils.is_collective_failure(e), e
+    assert distributed.is_collective_failure(e), e
     print("rank 0 gave up after", round(time.time() - start), "s:", type(e).__name__, flush=True)
     # as train.py does: exiting with gloo's threads alive can abort ("terminate called ...")
-    utils.cleanup_distributed()
+    distributed.cleanup_distributed()
     sys.exit(1)
 """
 
@@ -321,4 +321,4 @@ def test_a_dead_rank_does_not_leave_the_others_waiting(tmp_path):
     assert procs[0].returncode == 1, out + err
     assert "rank 0 gave up after" in out
     # not distributed here: a bug, not a dead peer
-    assert not utils.is_collective_failure(RuntimeError("Connection reset"))
+    assert not distributed.is_collective_failure(RuntimeError("Connection reset"))

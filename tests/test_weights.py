@@ -6,7 +6,7 @@ import torch
 import torchvision
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-import utils
+import errors
 import weights
 
 
@@ -19,7 +19,7 @@ def test_an_enum_name_is_the_file_torchvision_would_have_downloaded(torch_home):
 
 
 def test_a_missing_cached_file_is_one_line_naming_the_file_and_the_folder(torch_home):
-    with pytest.raises(utils.UsageError) as error:
+    with pytest.raises(errors.UsageError) as error:
         weights.resolve("ResNet50_Weights.IMAGENET1K_V1", "--weights-backbone")
     message = str(error.value)
     assert message.startswith("--weights-backbone: ResNet50_Weights.IMAGENET1K_V1 is torchvision's resnet50-0676ba61")
@@ -27,7 +27,7 @@ def test_a_missing_cached_file_is_one_line_naming_the_file_and_the_folder(torch_
 
 
 def test_an_unknown_enum_name_says_so():
-    with pytest.raises(utils.UsageError, match="--weights: MaskRCNN_ResNet50_FPN_Weights.COCO_V9 is not one of"):
+    with pytest.raises(errors.UsageError, match="--weights: MaskRCNN_ResNet50_FPN_Weights.COCO_V9 is not one of"):
         weights.resolve("MaskRCNN_ResNet50_FPN_Weights.COCO_V9", "--weights")
 
 
