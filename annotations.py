@@ -3,8 +3,9 @@ a dataset is built from.
 
 A reader turns one file format into an `AnnotationTable` (numpy columns: one row per image, per
 annotation, per category) and gives the evaluation ground truth as a COCO-format dict. `COCO_JSON`
-reads COCO's JSON; a second format needs only a reader with the same two methods (`AnnotationReader`),
-and coco_utils.CocoDetection, its checks, storage and evaluation ground truth then serve it unchanged.
+reads COCO's JSON; a second format needs only a reader with the same two methods (`AnnotationReader`), named in
+READERS: coco_utils.CocoDetection, its checks, storage and evaluation ground truth, train.py and predict.py then
+serve it unchanged.
 
 Every problem in the file (a field of the wrong type, a repeated id, a reference to nothing, a
 non-positive image size) is one DataError line naming the file and the entry, raised while reading.
@@ -43,13 +44,9 @@ def split_files(root: Path, image_set: str, prefix: str) -> tuple[Path, Path]:
         raise DataError(f"--data-path: {root} {'is a file' if root.exists() else 'does not exist'}; it {hint}")
     folder = SPLITS[image_set]
     ann_file = root / "annotations" / f"{prefix}_{folder}.json"
+    inside = f" ({root.name}/ is a folder inside a COCO root: pass {root.parent})" if root.name in COCO_FOLDERS else ""
     for path in (ann_file, root / folder):
         if not path.exists():
-            inside = (
-                f" ({root.name}/ is a folder inside a COCO root: pass {root.parent})"
-                if root.name in COCO_FOLDERS
-                else ""
-            )
             raise DataError(f"--data-path: {path} is missing; {root} {hint}{inside}")
     if not (root / folder).is_dir():
         raise DataError(f"--data-path: {root / folder} is a file, not a folder of images; {root} {hint}")
@@ -232,20 +229,13 @@ class CocoJsonReader:
 
 COCO_JSON = CocoJsonReader()
 
-# The annotation formats train.py (--annotation-format) and predict.py read, by name. Another format is a reader
-# (AnnotationReader: read, ground_truth) registered here with register_reader before the flags are parsed.
+# The formats of --annotation-format (train.py, predict.py) by name: add a reader here before the flags are parsed.
 READERS: dict[str, AnnotationReader] = {"coco": COCO_JSON}
 
 
-def register_reader(name: str, reader: AnnotationReader) -> None:
-    """Make `reader` the --annotation-format `name` of train.py and predict.py."""
-    READERS[name] = reader
-
-
-def reader_named(name: str, flag: str = "--annotation-format") -> AnnotationReader:
-    """The registered reader of format `name`; a UsageError naming the known ones otherwise."""
+def reader_named(name: str) -> AnnotationReader:
     if name not in READERS:
-        raise UsageError(f"{flag}: unknown annotation format {name!r}; choose one of {', '.join(READERS)}")
+        raise UsageError(f"--annotation-format: unknown format {name!r}; choose one of {', '.join(READERS)}")
     return READERS[name]
 
 

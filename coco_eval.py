@@ -1,11 +1,12 @@
 """COCO evaluation of detection outputs: the evaluator contract, and CocoEvaluator, which fulfils it.
 
-engine.evaluate needs three methods of an evaluator (`Evaluator`, written down below):
+engine.evaluate and train.py need these of an evaluator (`Evaluator`, written down below):
 
     evaluator = CocoEvaluator(coco_gt, ["bbox", "segm"])    # backend="faster_coco_eval" (default) or "pycocotools"
     evaluator.update({image_id: output, ...})               # per batch, outputs still on the model's device
     evaluator.synchronize_between_processes()                # merge all ranks' results
     metrics = evaluator.summarize()                          # print the tables; {"bbox": {"AP": ..., ...}, ...}
+    evaluator.detections()                                   # COCO results entries, for --save-predictions
 
 The torchvision reference's pattern works too: `accumulate()`, then `summarize()`, then
 `coco_eval["segm"].stats` for the 12 numbers.
@@ -63,7 +64,10 @@ class Evaluator(Protocol):
     `accepts_unpasted_masks` is true gets Mask R-CNN's unpasted masks instead of "masks": "raw_masks"
     (N, 1, 28, 28) and "image_size" (see masks.unpasted_masks). `synchronize_between_processes` runs on
     every rank after the last batch; then `summarize` prints the evaluation's tables and returns its
-    numbers, by IoU type and name, which it also keeps as `metrics` (the metrics.jsonl record reads them).
+    numbers, by group (an IoU type) and name, which it also keeps as `metrics`: the metrics.jsonl record holds them,
+    and the end-of-run summary names each group's "AP", or its first number. `detections` gives what
+    --save-predictions writes (rank 0, after summarize): a JSON-ready list, COCO's results format for CocoEvaluator.
+    train.py makes one per evaluation from an engine.EvaluatorFactory (main(..., evaluators=)).
     """
 
     accepts_unpasted_masks: bool
@@ -74,6 +78,8 @@ class Evaluator(Protocol):
     def synchronize_between_processes(self) -> None: ...
 
     def summarize(self) -> dict[str, dict[str, float]]: ...
+
+    def detections(self) -> list[dict]: ...
 
 
 # ----------------------------------------------------------------------------- compact results

@@ -216,8 +216,8 @@ def train_one_epoch(
     `lr_scheduler` (solver.build_lr_scheduler) sets each iteration's lr; without one, epoch 0 warms up as the
     reference's does. A resumed epoch passes the iterations already done as `first_iteration` (the loader yields
     only the rest). `after_step(iterations_done)` runs after every step (periodic checkpoints).
-    `write_metrics(record)` gets a training_record with every log line (every `print_freq` iterations);
-    `iterations_after`, the iterations of the epochs to come, adds the whole run's ETA to them.
+    `write_metrics(record)` gets a training_record with every log line (every `print_freq` iterations); with
+    `iterations_after` (of the epochs to come) the log lines give the whole run's ETA.
     When any rank has received a stop signal, every rank finishes the same iteration and raises
     TrainingStopped; a non-finite loss raises NonFiniteLossError before the optimizer step.
     """
@@ -228,10 +228,8 @@ def train_one_epoch(
     lr_scheduler = lr_scheduler or WarmupLRScheduler(optimizer, iters_per_epoch)
 
     on_print = _record_writer(write_metrics, epoch, iters_per_epoch)
-    header = f"Epoch: [{epoch}]"
-    batches = metric_logger.log_every(
-        data_loader, print_freq, header, start=first_iteration, on_print=on_print, iterations_after=iterations_after
-    )
+    batches = metric_logger.log_every(data_loader, print_freq, f"Epoch: [{epoch}]", start=first_iteration,
+                                      on_print=on_print, iterations_after=iterations_after)  # fmt: skip
     for iteration, (images, targets) in enumerate(batches, start=first_iteration):
         lr_scheduler.set_iteration(epoch, iteration)
         images = images_to_device(images, device)

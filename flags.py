@@ -313,6 +313,7 @@ def contiguous_labels(args: argparse.Namespace) -> bool:
 
 # ----------------------------------------------------------------------------- a resumed run's flags
 
+
 def typed_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
     """The flags (by dest) that the command line itself gives, whatever their values: a second parse without
     defaults."""

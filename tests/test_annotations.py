@@ -2,7 +2,6 @@
 CocoDetection through a reader of its own."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from pycocotools import mask as mask_utils
 
 import annotations
 import coco_utils
+from conftest import CsvReader
 
 
 @pytest.mark.parametrize(
@@ -69,48 +69,6 @@ def test_exported_files_get_coco_area_and_iscrowd_and_ids_from_1(tmp_path):
     assert [a["id"] for a in truth] == [1, 2, 3, 4, 5]
 
 
-class _CsvReader:
-    """A second annotation format, in a few lines: one box per line, "file_name,width,height,category,x,y,w,h"."""
-
-    def read(self, path: Path) -> annotations.AnnotationTable:
-        rows = [line.split(",") for line in path.read_text().splitlines()]
-        names = sorted({row[0] for row in rows})
-        sizes = {row[0]: (int(row[1]), int(row[2])) for row in rows}
-        categories = sorted({row[3] for row in rows})
-        return annotations.AnnotationTable(
-            source=path,
-            image_ids=np.arange(1, len(names) + 1),
-            widths=np.array([sizes[n][0] for n in names]),
-            heights=np.array([sizes[n][1] for n in names]),
-            file_names=names,
-            ann_ids=np.arange(1, len(rows) + 1),
-            image_of_ann=np.array([names.index(row[0]) for row in rows]),
-            category_ids=np.array([categories.index(row[3]) + 1 for row in rows]),
-            boxes_xywh=np.array([[float(v) for v in row[4:8]] for row in rows], dtype=np.float32),
-            crowd=np.zeros(len(rows), dtype=bool),
-            segmentations=[b"[]"] * len(rows),
-            keypoints=[None] * len(rows),
-            categories=[annotations.Category(i + 1, name) for i, name in enumerate(categories)],
-        )
-
-    def ground_truth(self, path: Path) -> dict:
-        table = self.read(path)
-        images = [
-            {"id": int(i), "file_name": n, "width": int(w), "height": int(h)}
-            for i, n, w, h in zip(table.image_ids, table.file_names, table.widths, table.heights)
-        ]
-        anns = [
-            {"id": int(a), "image_id": int(table.image_ids[r]), "category_id": int(c), "bbox": b.tolist(),
-             "area": float(b[2] * b[3]), "iscrowd": 0}
-            for a, r, c, b in zip(table.ann_ids, table.image_of_ann, table.category_ids, table.boxes_xywh)
-        ]  # fmt: skip
-        return {
-            "images": images,
-            "annotations": anns,
-            "categories": [{"id": c.id, "name": c.name} for c in table.categories],
-        }
-
-
 def test_a_second_format_needs_only_a_reader(quirky_root, tmp_path):
     """CocoDetection, its targets, its classes and the evaluation ground truth serve any AnnotationReader."""
     folder = quirky_root / "val2017"
@@ -118,7 +76,7 @@ def test_a_second_format_needs_only_a_reader(quirky_root, tmp_path):
     csv.write_text(
         "img_999.jpg,90,90,cat,5,5,30,25\nimg_999.jpg,90,90,dog,40,40,45,40\nimg_2000003.jpg,100,80,cat,60,50,35,25\n"
     )
-    dataset = coco_utils.CocoDetection(folder, csv, with_masks=False, reader=_CsvReader())
+    dataset = coco_utils.CocoDetection(folder, csv, with_masks=False, reader=CsvReader())
     assert dataset.ids == [1, 2] and dataset.aspect_ratios == [100 / 80, 1.0]
     assert dataset.classes.names() == ["0", "cat", "dog"] and dataset.num_classes == 3
     image, target = dataset[1]

@@ -909,9 +909,7 @@ def test_label_to_category_ids():
     assert labels.label_to_category_ids([17, 2, 11, 5], contiguous=True) == [0, 2, 5, 11, 17]
     assert labels.label_to_category_ids([17, 2, 11, 5], contiguous=False) == list(range(18))
     assert (
-        labels.label_to_category_ids([], contiguous=True)
-        == labels.label_to_category_ids([], contiguous=False)
-        == [0]
+        labels.label_to_category_ids([], contiguous=True) == labels.label_to_category_ids([], contiguous=False) == [0]
     )
 
 

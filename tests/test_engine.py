@@ -17,7 +17,7 @@ from pycocotools import mask as mask_utils
 
 import engine
 import utils
-from coco_eval import CocoEvaluator, named_stats
+from coco_eval import CocoEvaluator, Evaluator, named_stats
 from coco_utils import get_coco
 from engine import (
     NonFiniteLossError,
@@ -384,7 +384,10 @@ def test_evaluate_drives_any_evaluator_through_the_contract(synthetic_root, acce
 def test_coco_evaluator_fulfils_the_contract_and_its_metrics_name_pycocotools_numbers(synthetic_root):
     dataset = get_coco(synthetic_root, "val", get_transform(train=False))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, [0, 1]), collate_fn=utils.collate_fn)
-    for name in ("update", "synchronize_between_processes", "summarize"):
+    named = [name for name in vars(Evaluator) if not name.startswith("_")] + list(Evaluator.__annotations__)
+    assert sorted(named) == sorted(["accepts_unpasted_masks", "metrics", "update", "synchronize_between_processes",
+                                    "summarize", "detections"])  # fmt: skip
+    for name in ("update", "synchronize_between_processes", "summarize", "detections"):
         assert callable(getattr(CocoEvaluator, name))
     evaluator = evaluate(_model(dataset.num_classes), loader, torch.device("cpu"))
     assert isinstance(evaluator, CocoEvaluator) and evaluator.accepts_unpasted_masks
