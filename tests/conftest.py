@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import synthetic_coco  # noqa: E402
+import synthetic  # noqa: E402
+import synthetic_people  # noqa: E402
 
 QUIRKY_CATEGORIES = [
     {"id": 1, "name": "person", "supercategory": "thing"},
@@ -33,13 +34,13 @@ QUIRKY_CATEGORIES = [
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
-    return synthetic_coco.generate(tmp_path_factory.mktemp("synthetic"), num_train=24, num_val=8, seed=0)
+    return synthetic.generate(tmp_path_factory.mktemp("synthetic"), num_train=24, num_val=8, seed=0)
 
 
 @pytest.fixture(scope="session")
 def synthetic_kp_root(tmp_path_factory) -> Path:
     """The keypoint variant (stick figures with COCO person keypoints), small."""
-    return synthetic_coco.generate_keypoints(tmp_path_factory.mktemp("synthetic_kp"), num_train=24, num_val=8, seed=0)
+    return synthetic_people.generate_keypoints(tmp_path_factory.mktemp("synthetic_kp"), num_train=24, num_val=8, seed=0)
 
 
 def _ellipse_mask(width: int, height: int, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -96,26 +97,23 @@ def _mask_ann(segmentation: dict, binary: np.ndarray, category_id: int, iscrowd:
     }
 
 
-def _draw_image(path: Path, size: tuple[int, int], mode: str, seed: int) -> None:
+def _draw_image(size: tuple[int, int], mode: str, seed: int) -> Image.Image:
     rng = np.random.default_rng(seed)
     image = Image.new("RGB", size, tuple(int(c) for c in rng.integers(0, 80, 3)))
     draw = ImageDraw.Draw(image)
     w, h = size
     draw.rectangle([w // 8, h // 8, w // 2, h // 2], fill=(220, 40, 40))
     draw.ellipse([w // 2, h // 2, w - 4, h - 4], fill=(40, 200, 90))
-    image.convert(mode).save(path, quality=90)
+    return image.convert(mode)
 
 
 def _quirky_split(root: Path, split: str) -> None:
     """Write the images of `split` and its annotation file (which has no "info" key)."""
-    folder = root / f"{split}2017"
-    folder.mkdir(parents=True)
     images, annotations = [], []
 
     def add_image(image_id: int, size: tuple[int, int], mode: str, anns: list[dict]) -> None:
-        file_name = f"img_{image_id}.jpg"
-        _draw_image(folder / file_name, size, mode, seed=image_id % 1000)
-        images.append({"id": image_id, "file_name": file_name, "width": size[0], "height": size[1]})
+        entry = {"id": image_id, "file_name": f"img_{image_id}.jpg", "width": size[0], "height": size[1]}
+        images.append((entry, _draw_image(size, mode, seed=image_id % 1000)))
         for ann in anns:
             ann.update(id=(7000 if split == "train" else 907000) + 13 * len(annotations), image_id=image_id)
             annotations.append(ann)
@@ -190,10 +188,7 @@ def _quirky_split(root: Path, split: str) -> None:
         )
         add_image(1750000, (100, 80), "RGB", [])  # no annotations
 
-    (root / "annotations").mkdir(exist_ok=True)
-    data = {"images": images, "annotations": annotations, "categories": QUIRKY_CATEGORIES}
-    with open(root / "annotations" / f"instances_{split}2017.json", "w") as f:
-        json.dump(data, f)
+    synthetic.write_split(root, split, images, annotations, QUIRKY_CATEGORIES, quality=90)
 
 
 @pytest.fixture(scope="session")
@@ -359,15 +354,6 @@ def write_reference_checkpoint(path: Path, checkpoint: dict, **arg_changes) -> P
     saved = {key: checkpoint[key] for key in ("model", "optimizer", "lr_scheduler", "epoch")}
     torch.save(saved | {"args": reference_args(**arg_changes)}, path)
     return path
-
-
-def write_standin_resnet50(path: Path) -> dict:
-    """models.standin_resnet50() written to `path`: a backbone file that behaves like ImageNet weights."""
-    import models  # here: conftest is imported before the tests put the project on sys.path
-
-    state = models.standin_resnet50()
-    torch.save(state, path)
-    return state
 
 
 def run_train(flags: list) -> tuple[int, str, str]:

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import synthetic_coco
-from conftest import write_standin_resnet50
+import synthetic
+from synthetic import write_standin_resnet50
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def tiny_root(tmp_path_factory) -> Path:
     trained from a backbone file, the model has frozen BatchNorm, in training as in a --test-only evaluation (a model
     trained from scratch has BatchNorm2d, whose eval-mode rounding differs from FrozenBatchNorm2d's in the last bits,
     enough to reorder near-tied detections)."""
-    root = synthetic_coco.generate(tmp_path_factory.mktemp("tiny"), num_train=16, num_val=4, seed=0)
+    root = synthetic.generate(tmp_path_factory.mktemp("tiny"), num_train=16, num_val=4, seed=0)
     write_standin_resnet50(root / "standin_resnet50.pth")
     return root
 

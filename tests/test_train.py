@@ -21,7 +21,7 @@ from pycocotools.cocoeval import COCOeval
 
 import checkpoint as ckpt
 import models
-import synthetic_coco
+import synthetic_people
 import train
 import utils
 from coco_utils import Classes
@@ -689,7 +689,7 @@ def random_backbone(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def small_kp_root(tmp_path_factory) -> Path:
     """The keypoint variant with 8 training images (2 iterations of 4) and 4 for evaluation."""
-    return synthetic_coco.generate_keypoints(tmp_path_factory.mktemp("small_kp"), num_train=8, num_val=4, seed=0)
+    return synthetic_people.generate_keypoints(tmp_path_factory.mktemp("small_kp"), num_train=8, num_val=4, seed=0)
 
 
 @pytest.mark.slow
@@ -734,11 +734,11 @@ def test_keypoint_rcnn_trains_and_evaluates_keypoints(small_kp_root, random_back
     assert list(evaluation["keypoints"].values()) == pytest.approx(printed, abs=0.00051)
     checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert (
-        checkpoint["keypoint_names"] == list(synthetic_coco.COCO_PERSON_KEYPOINT_NAMES)
+        checkpoint["keypoint_names"] == list(synthetic_people.COCO_PERSON_KEYPOINT_NAMES)
         and len(checkpoint["keypoint_names"]) == 17
     )
     assert checkpoint["categories"] == [{"id": 1, "name": "person"}] and checkpoint["label_to_category_id"] == [0, 1]
-    assert checkpoint["keypoint_skeleton"] == synthetic_coco.PERSON_CATEGORY["skeleton"]
+    assert checkpoint["keypoint_skeleton"] == synthetic_people.PERSON_CATEGORY["skeleton"]
     # one heatmap per keypoint
     assert checkpoint["model"]["roi_heads.keypoint_predictor.kps_score_lowres.weight"].shape[1] == 17
 

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 import curves
-import synthetic_coco
-from conftest import write_standin_resnet50
+import synthetic
+from synthetic import write_standin_resnet50
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -36,7 +36,7 @@ ITERS_PER_EPOCH = 8
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory) -> Path:
-    return synthetic_coco.generate(tmp_path_factory.mktemp("tiny"), num_train=16, num_val=4, seed=0)
+    return synthetic.generate(tmp_path_factory.mktemp("tiny"), num_train=16, num_val=4, seed=0)
 
 
 def _command(root: Path, output: Path, *extra: str) -> list[str]:
