@@ -64,6 +64,7 @@ sys.path.insert(0, str(ROOT))
 
 import checkpoint as ckpt  # noqa: E402
 import models  # noqa: E402
+import synthetic  # noqa: E402
 import utils  # noqa: E402
 from coco_utils import get_coco  # noqa: E402
 from engine import StopSignal, coco_evaluator_for, evaluate, train_one_epoch  # noqa: E402
@@ -188,8 +189,8 @@ def write_dataset(root: Path, splits: dict[str, tuple[int, int]], size: tuple[in
 
 
 def write_calibrated_resnet50(path: Path) -> Path:
-    """models.standin_resnet50(): a backbone file with calibrated BatchNorm statistics, so that losses stay sane."""
-    torch.save(models.standin_resnet50(), path)
+    """synthetic.standin_resnet50(): a backbone file with calibrated BatchNorm statistics, so that losses stay sane."""
+    synthetic.write_standin_resnet50(path)
     return path
 
 
