@@ -161,7 +161,7 @@ def _place_objects(
     return placed[len(taken) :]
 
 
-def background(rng: random.Random, np_rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+def _background(rng: random.Random, np_rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     """A plain dark colour with a little noise."""
     base = np.array([rng.randint(15, 70) for _ in range(3)], dtype=np.float32)
     noise = np_rng.normal(0, 4, size=(height, width, 3))
@@ -233,12 +233,18 @@ def _shape_annotations(rng: random.Random, draw: ImageDraw.ImageDraw, placed, wi
     return annotations
 
 
+def canvas(rng: random.Random, np_rng: np.random.Generator) -> tuple[Image.Image, ImageDraw.ImageDraw]:
+    """An image of one of IMAGE_SIZES with a plain background, to draw on."""
+    width, height = rng.choice(IMAGE_SIZES)
+    image = Image.fromarray(_background(rng, np_rng, width, height), "RGB")
+    return image, ImageDraw.Draw(image)
+
+
 def _make_image(
     rng: random.Random, np_rng: np.random.Generator, image_id: int, with_objects: bool
 ) -> tuple[dict, Image.Image, list[dict]]:
-    width, height = rng.choice(IMAGE_SIZES)
-    image = Image.fromarray(background(rng, np_rng, width, height), "RGB")
-    draw = ImageDraw.Draw(image)
+    image, draw = canvas(rng, np_rng)
+    width, height = image.size
     placed = _place_objects(rng, width, height, rng.randint(1, 4)) if with_objects else []
     annotations = _shape_annotations(rng, draw, placed, width, height)
     if with_objects and rng.random() < 0.2:
@@ -258,10 +264,11 @@ def _make_image(
             }
         )
     mode = rng.choices(["RGB", "L", "CMYK"], weights=[0.88, 0.1, 0.02])[0]
-    return _entry(image_id, width, height), image.convert(mode), annotations
+    return image_entry(image_id, width, height), image.convert(mode), annotations
 
 
-def _entry(image_id: int, width: int, height: int) -> dict:
+def image_entry(image_id: int, width: int, height: int) -> dict:
+    """COCO's image entry of a generated image, named by its id as COCO's files are."""
     return {"id": image_id, "file_name": f"{image_id:012d}.jpg", "width": width, "height": height}
 
 

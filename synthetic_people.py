@@ -19,11 +19,11 @@ from PIL import Image, ImageDraw
 
 from coco_utils import MIN_KEYPOINTS_PER_IMAGE
 from synthetic import (
-    IMAGE_SIZES,
-    background,
     bbox_of_polygons,
+    canvas,
     draw_split,
     generate_with,
+    image_entry,
     polygons_area,
     write_annotations,
     write_split,
@@ -243,16 +243,14 @@ def _person_annotation(rng: random.Random, figure: _Figure, width: int, height: 
 def _make_keypoint_image(
     rng: random.Random, np_rng: np.random.Generator, image_id: int, with_persons: bool
 ) -> tuple[dict, Image.Image, list[dict]]:
-    width, height = rng.choice(IMAGE_SIZES)
-    image = Image.fromarray(background(rng, np_rng, width, height), "RGB")
-    draw = ImageDraw.Draw(image)
+    image, draw = canvas(rng, np_rng)
+    width, height = image.size
     figures = _place_figures(rng, width, height, rng.randint(1, 2)) if with_persons else []
     annotations = []
     for figure in figures:
         _draw_figure(draw, figure)
         annotations.append(_person_annotation(rng, figure, width, height))
-    entry = {"id": image_id, "file_name": f"{image_id:012d}.jpg", "width": width, "height": height}
-    return entry, image, annotations
+    return image_entry(image_id, width, height), image, annotations
 
 
 KEYPOINT_FIELDS = ("keypoints", "num_keypoints", "skeleton")

@@ -107,42 +107,35 @@ def _draw_image(size: tuple[int, int], mode: str, seed: int) -> Image.Image:
     return image.convert(mode)
 
 
-def _quirky_split(root: Path, split: str) -> None:
-    """Write the images of `split` and its annotation file (which has no "info" key)."""
-    images, annotations = [], []
+QuirkyImage = tuple[int, tuple[int, int], str, list[dict]]  # image id, (width, height), PIL mode, annotations
+TWO_PARTS = [[10.0, 10.0, 30.0, 10.0, 30.0, 40.0, 10.0, 40.0], [50.0, 20.0, 70.0, 20.0, 60.0, 50.0]]
+RLE_72X120 = _ellipse_mask(72, 120, (8, 30, 60, 100))
+CROWD_90 = _ellipse_mask(90, 90, (40, 40, 85, 80))
 
-    def add_image(image_id: int, size: tuple[int, int], mode: str, anns: list[dict]) -> None:
-        entry = {"id": image_id, "file_name": f"img_{image_id}.jpg", "width": size[0], "height": size[1]}
-        images.append((entry, _draw_image(size, mode, seed=image_id % 1000)))
-        for ann in anns:
-            ann.update(id=(7000 if split == "train" else 907000) + 13 * len(annotations), image_id=image_id)
-            annotations.append(ann)
 
-    two_parts = [[10.0, 10.0, 30.0, 10.0, 30.0, 40.0, 10.0, 40.0], [50.0, 20.0, 70.0, 20.0, 60.0, 50.0]]
-    rle_72x120 = _ellipse_mask(72, 120, (8, 30, 60, 100))
-    crowd_90 = _ellipse_mask(90, 90, (40, 40, 85, 80))
-    if split == "train":
+def _quirky_train_images() -> list[QuirkyImage]:
+    return [
         # Kept for training: a two-part polygon and a box running off the image (clamped).
-        add_image(
+        (
             987654,
             (100, 80),
             "RGB",
-            [_polygon_ann(two_parts, 1), _polygon_ann([[80.0, 60.0, 110.0, 60.0, 110.0, 90.0, 80.0, 90.0]], 44)],
-        )
+            [_polygon_ann(TWO_PARTS, 1), _polygon_ann([[80.0, 60.0, 110.0, 60.0, 110.0, 90.0, 80.0, 90.0]], 44)],
+        ),
         # Grayscale, compressed RLE only.
-        add_image(12, (72, 120), "L", [_mask_ann(_compressed_rle(rle_72x120), rle_72x120, 3, 0)])
+        (12, (72, 120), "L", [_mask_ann(_compressed_rle(RLE_72X120), RLE_72X120, 3, 0)]),
         # CMYK, a crowd region (uncompressed RLE) next to a polygon.
-        add_image(
+        (
             500001,
             (90, 90),
             "CMYK",
             [
-                _mask_ann(_uncompressed_rle(crowd_90), crowd_90, 44, 1),
+                _mask_ann(_uncompressed_rle(CROWD_90), CROWD_90, 44, 1),
                 _polygon_ann([[5.0, 5.0, 35.0, 5.0, 20.0, 30.0]], 3),
             ],
-        )
+        ),
         # Dropped for training: only a degenerate box (width 0) and a one-pixel-wide box.
-        add_image(
+        (
             77,
             (100, 80),
             "RGB",
@@ -150,44 +143,59 @@ def _quirky_split(root: Path, split: str) -> None:
                 _polygon_ann([[40.0, 10.0, 40.0, 20.0, 40.0, 30.0]], 1, bbox=[40.0, 10.0, 0.0, 20.0]),
                 _polygon_ann([[5.0, 5.0, 6.0, 5.0, 6.0, 30.0, 5.0, 30.0]], 3),
             ],
-        )
-        add_image(300000, (72, 120), "RGB", [])  # no annotations at all
+        ),
+        (300000, (72, 120), "RGB", []),  # no annotations at all
         # only a crowd region
-        add_image(4242, (90, 90), "RGB", [_mask_ann(_uncompressed_rle(crowd_90), crowd_90, 1, 1)])
-    else:
+        (4242, (90, 90), "RGB", [_mask_ann(_uncompressed_rle(CROWD_90), CROWD_90, 1, 1)]),
+    ]
+
+
+def _quirky_val_images() -> list[QuirkyImage]:
+    return [
         # A two-part polygon and a degenerate box (width 0) with a mask of its own.
-        add_image(
+        (
             2000003,
             (100, 80),
             "RGB",
             [
-                _polygon_ann(two_parts, 1),
+                _polygon_ann(TWO_PARTS, 1),
                 _polygon_ann([[85.0, 10.0, 85.0, 40.0, 85.0, 70.0]], 3, bbox=[85.0, 10.0, 0.0, 60.0]),
                 _polygon_ann([[60.0, 50.0, 95.0, 50.0, 95.0, 75.0, 60.0, 75.0]], 44),
             ],
-        )
+        ),
         # Grayscale: compressed RLE and a polygon.
-        add_image(
+        (
             1500000,
             (72, 120),
             "L",
             [
-                _mask_ann(_compressed_rle(rle_72x120), rle_72x120, 3, 0),
+                _mask_ann(_compressed_rle(RLE_72X120), RLE_72X120, 3, 0),
                 _polygon_ann([[4.0, 4.0, 40.0, 4.0, 40.0, 24.0, 4.0, 24.0]], 1),
             ],
-        )
+        ),
         # CMYK: a crowd region (uncompressed RLE) and a polygon.
-        add_image(
+        (
             999,
             (90, 90),
             "CMYK",
             [
-                _mask_ann(_uncompressed_rle(crowd_90), crowd_90, 44, 1),
+                _mask_ann(_uncompressed_rle(CROWD_90), CROWD_90, 44, 1),
                 _polygon_ann([[5.0, 5.0, 35.0, 5.0, 20.0, 30.0]], 44),
             ],
-        )
-        add_image(1750000, (100, 80), "RGB", [])  # no annotations
+        ),
+        (1750000, (100, 80), "RGB", []),  # no annotations
+    ]
 
+
+def _quirky_split(root: Path, split: str) -> None:
+    """Write the images of `split` and its annotation file (which has no "info" key)."""
+    images, annotations = [], []
+    for image_id, size, mode, anns in _quirky_train_images() if split == "train" else _quirky_val_images():
+        entry = {"id": image_id, "file_name": f"img_{image_id}.jpg", "width": size[0], "height": size[1]}
+        images.append((entry, _draw_image(size, mode, seed=image_id % 1000)))
+        for ann in anns:
+            ann.update(id=(7000 if split == "train" else 907000) + 13 * len(annotations), image_id=image_id)
+            annotations.append(ann)
     synthetic.write_split(root, split, images, annotations, QUIRKY_CATEGORIES, quality=90)
 
 
