@@ -39,12 +39,12 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-extras.tx
 
 setup: $(VENV)/.installed
 
-$(DATA)/annotations/instances_val2017.json: synthetic_coco.py Makefile | setup
+$(DATA)/annotations/instances_val2017.json: synthetic_coco.py synthetic.py Makefile | setup
 	$(PY) synthetic_coco.py --output $(DATA) $(DEMO_DATA_FLAGS)
 
 data: $(DATA)/annotations/instances_val2017.json
 
-$(KP_DATA)/annotations/person_keypoints_val2017.json: synthetic_coco.py | setup
+$(KP_DATA)/annotations/person_keypoints_val2017.json: synthetic_coco.py synthetic.py synthetic_people.py | setup
 	$(PY) synthetic_coco.py --keypoints --output $(KP_DATA) --num-train 256 --num-val 64 --seed 0
 
 data-kp: $(KP_DATA)/annotations/person_keypoints_val2017.json

@@ -478,20 +478,3 @@ def model_from_checkpoint(
     )
     load_whole_model(model, spec, checkpoint, path, flag)
     return model, classes
-
-
-def standin_resnet50() -> dict[str, torch.Tensor]:
-    """A ResNet-50 state dict that behaves like ImageNet weights under FrozenBatchNorm, for tests and benchmarks on
-    machines without the real file: zero-initialised residual branches, and BatchNorm statistics calibrated on a few
-    normalised random batches (a plain resnet50()'s are 0 and 1, with which losses turn NaN within a few iterations
-    at lr 0.01). Deterministic (seed 0)."""
-    torch.manual_seed(0)
-    model = torchvision.models.resnet50(zero_init_residual=True)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None  # a plain average over the calibration batches
-    model.train()
-    with torch.no_grad():
-        for _ in range(4):
-            model(torch.randn(8, 3, 96, 96))
-    return model.state_dict()

@@ -115,53 +115,57 @@ def _annotation(rng: random.Random, polygon: list[float], image_id: int, ann_id:
     }
 
 
+def _image_entry(image_id: int, kind: int) -> dict:
+    """COCO train2017's fields of an image entry."""
+    name = f"{image_id:012d}.jpg"
+    width, height = IMAGE_FILES[kind]
+    return {
+        "license": 1 + image_id % 8,
+        "file_name": name,
+        "coco_url": f"http://images.cocodataset.org/train2017/{name}",
+        "height": height,
+        "width": width,
+        "date_captured": "2013-11-14 11:18:45",
+        "flickr_url": f"http://farm4.staticflickr.com/3/{image_id}_z.jpg",
+        "id": image_id,
+    }
+
+
+def _annotations(rng: random.Random, np_rng: np.random.Generator, image_ids: list, kinds: np.ndarray, count: int):
+    """`count` instances, about 7.3 per image (a few images with none), drawn a chunk at a time: the whole list as
+    Python objects would take gigabytes."""
+    owners = np.sort(np_rng.integers(0, len(image_ids), count))
+    sizes = np.array(IMAGE_FILES, dtype=np.float64)[kinds[owners]]
+    chunk = 20_000
+    for start in range(0, count, chunk):
+        stop = min(start + chunk, count)
+        polygons = _polygons(np_rng, stop - start, sizes[start:stop, 0], sizes[start:stop, 1])
+        for offset, polygon in enumerate(polygons):
+            owner = int(owners[start + offset])
+            width, height = IMAGE_FILES[kinds[owner]]
+            yield _annotation(rng, polygon, image_ids[owner], start + offset + 1, width, height)
+
+
 def write_inputs(root: Path, num_images: int, num_instances: int, seed: int = 0) -> Path:
-    """A COCO layout under `root`: train2017/ of symlinks to a few real JPEGs, annotations/instances_train2017.json."""
+    """A COCO layout under `root`: train2017/ of symlinks to a few real JPEGs, annotations/instances_train2017.json
+    (synthetic.write_split, the project's one writer of synthetic splits)."""
+    # Imported here, not at the top: the measuring children run this file too, and their imports and memory are part
+    # of what they measure (synthetic.py imports torch and torchvision).
+    from synthetic import write_split
+
     rng, np_rng = random.Random(seed), np.random.default_rng(seed)
     jpegs = root / "jpegs"
     jpegs.mkdir(parents=True)
     for k, (width, height) in enumerate(IMAGE_FILES):
         _natural_jpeg(jpegs / f"{k}.jpg", width, height, seed=k)
-    (root / "train2017").mkdir()
     (root / "val2017").mkdir()
     image_ids = np.sort(np_rng.choice(np.arange(1, 600_000), num_images, replace=False)).tolist()
     kinds = np_rng.integers(0, len(IMAGE_FILES), num_images)
-    images = []
-    for image_id, kind in zip(image_ids, kinds.tolist()):
-        name = f"{image_id:012d}.jpg"
-        os.symlink(jpegs / f"{kind}.jpg", root / "train2017" / name)
-        width, height = IMAGE_FILES[kind]
-        images.append(
-            {
-                "license": 1 + image_id % 8,
-                "file_name": name,
-                "coco_url": f"http://images.cocodataset.org/train2017/{name}",
-                "height": height,
-                "width": width,
-                "date_captured": "2013-11-14 11:18:45",
-                "flickr_url": f"http://farm4.staticflickr.com/3/{image_id}_z.jpg",
-                "id": image_id,
-            }
-        )
-    # about 7.3 instances per image, a few images with none
-    owners = np.sort(np_rng.integers(0, num_images, num_instances))
-    sizes = np.array(IMAGE_FILES, dtype=np.float64)[kinds[owners]]
-    (root / "annotations").mkdir()
-    with open(root / "annotations" / "instances_train2017.json", "w") as f:
-        header = {"info": {"description": "COCO-scale benchmark input", "year": 2017}, "licenses": [], "images": images}
-        f.write(json.dumps(header)[:-1] + ', "annotations": [')
-        chunk = 20_000
-        for start in range(0, num_instances, chunk):
-            stop = min(start + chunk, num_instances)
-            polygons = _polygons(np_rng, stop - start, sizes[start:stop, 0], sizes[start:stop, 1])
-            anns = []
-            for offset, polygon in enumerate(polygons):
-                owner = int(owners[start + offset])
-                width, height = IMAGE_FILES[kinds[owner]]
-                anns.append(_annotation(rng, polygon, image_ids[owner], start + offset + 1, width, height))
-            f.write(("," if start else "") + json.dumps(anns)[1:-1])
-        categories = [{"supercategory": "thing", "id": i, "name": f"category {i}"} for i in COCO_CATEGORY_IDS]
-        f.write('], "categories": ' + json.dumps(categories) + "}")
+    images = [(_image_entry(i, kind), jpegs / f"{kind}.jpg") for i, kind in zip(image_ids, kinds.tolist())]
+    annotations = _annotations(rng, np_rng, image_ids, kinds, num_instances)
+    categories = [{"supercategory": "thing", "id": i, "name": f"category {i}"} for i in COCO_CATEGORY_IDS]
+    info = {"description": "COCO-scale benchmark input", "year": 2017}
+    write_split(root, "train", images, annotations, categories, info=info, licenses=[])
     return root
 
 

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import synthetic_coco  # noqa: E402
+import synthetic  # noqa: E402
+import synthetic_people  # noqa: E402
 
 QUIRKY_CATEGORIES = [
     {"id": 1, "name": "person", "supercategory": "thing"},
@@ -33,13 +34,13 @@ QUIRKY_CATEGORIES = [
 
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory) -> Path:
-    return synthetic_coco.generate(tmp_path_factory.mktemp("synthetic"), num_train=24, num_val=8, seed=0)
+    return synthetic.generate(tmp_path_factory.mktemp("synthetic"), num_train=24, num_val=8, seed=0)
 
 
 @pytest.fixture(scope="session")
 def synthetic_kp_root(tmp_path_factory) -> Path:
     """The keypoint variant (stick figures with COCO person keypoints), small."""
-    return synthetic_coco.generate_keypoints(tmp_path_factory.mktemp("synthetic_kp"), num_train=24, num_val=8, seed=0)
+    return synthetic_people.generate_keypoints(tmp_path_factory.mktemp("synthetic_kp"), num_train=24, num_val=8, seed=0)
 
 
 def _ellipse_mask(width: int, height: int, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -96,55 +97,45 @@ def _mask_ann(segmentation: dict, binary: np.ndarray, category_id: int, iscrowd:
     }
 
 
-def _draw_image(path: Path, size: tuple[int, int], mode: str, seed: int) -> None:
+def _draw_image(size: tuple[int, int], mode: str, seed: int) -> Image.Image:
     rng = np.random.default_rng(seed)
     image = Image.new("RGB", size, tuple(int(c) for c in rng.integers(0, 80, 3)))
     draw = ImageDraw.Draw(image)
     w, h = size
     draw.rectangle([w // 8, h // 8, w // 2, h // 2], fill=(220, 40, 40))
     draw.ellipse([w // 2, h // 2, w - 4, h - 4], fill=(40, 200, 90))
-    image.convert(mode).save(path, quality=90)
+    return image.convert(mode)
 
 
-def _quirky_split(root: Path, split: str) -> None:
-    """Write the images of `split` and its annotation file (which has no "info" key)."""
-    folder = root / f"{split}2017"
-    folder.mkdir(parents=True)
-    images, annotations = [], []
+QuirkyImage = tuple[int, tuple[int, int], str, list[dict]]  # image id, (width, height), PIL mode, annotations
+TWO_PARTS = [[10.0, 10.0, 30.0, 10.0, 30.0, 40.0, 10.0, 40.0], [50.0, 20.0, 70.0, 20.0, 60.0, 50.0]]
+RLE_72X120 = _ellipse_mask(72, 120, (8, 30, 60, 100))
+CROWD_90 = _ellipse_mask(90, 90, (40, 40, 85, 80))
 
-    def add_image(image_id: int, size: tuple[int, int], mode: str, anns: list[dict]) -> None:
-        file_name = f"img_{image_id}.jpg"
-        _draw_image(folder / file_name, size, mode, seed=image_id % 1000)
-        images.append({"id": image_id, "file_name": file_name, "width": size[0], "height": size[1]})
-        for ann in anns:
-            ann.update(id=(7000 if split == "train" else 907000) + 13 * len(annotations), image_id=image_id)
-            annotations.append(ann)
 
-    two_parts = [[10.0, 10.0, 30.0, 10.0, 30.0, 40.0, 10.0, 40.0], [50.0, 20.0, 70.0, 20.0, 60.0, 50.0]]
-    rle_72x120 = _ellipse_mask(72, 120, (8, 30, 60, 100))
-    crowd_90 = _ellipse_mask(90, 90, (40, 40, 85, 80))
-    if split == "train":
+def _quirky_train_images() -> list[QuirkyImage]:
+    return [
         # Kept for training: a two-part polygon and a box running off the image (clamped).
-        add_image(
+        (
             987654,
             (100, 80),
             "RGB",
-            [_polygon_ann(two_parts, 1), _polygon_ann([[80.0, 60.0, 110.0, 60.0, 110.0, 90.0, 80.0, 90.0]], 44)],
-        )
+            [_polygon_ann(TWO_PARTS, 1), _polygon_ann([[80.0, 60.0, 110.0, 60.0, 110.0, 90.0, 80.0, 90.0]], 44)],
+        ),
         # Grayscale, compressed RLE only.
-        add_image(12, (72, 120), "L", [_mask_ann(_compressed_rle(rle_72x120), rle_72x120, 3, 0)])
+        (12, (72, 120), "L", [_mask_ann(_compressed_rle(RLE_72X120), RLE_72X120, 3, 0)]),
         # CMYK, a crowd region (uncompressed RLE) next to a polygon.
-        add_image(
+        (
             500001,
             (90, 90),
             "CMYK",
             [
-                _mask_ann(_uncompressed_rle(crowd_90), crowd_90, 44, 1),
+                _mask_ann(_uncompressed_rle(CROWD_90), CROWD_90, 44, 1),
                 _polygon_ann([[5.0, 5.0, 35.0, 5.0, 20.0, 30.0]], 3),
             ],
-        )
+        ),
         # Dropped for training: only a degenerate box (width 0) and a one-pixel-wide box.
-        add_image(
+        (
             77,
             (100, 80),
             "RGB",
@@ -152,48 +143,60 @@ def _quirky_split(root: Path, split: str) -> None:
                 _polygon_ann([[40.0, 10.0, 40.0, 20.0, 40.0, 30.0]], 1, bbox=[40.0, 10.0, 0.0, 20.0]),
                 _polygon_ann([[5.0, 5.0, 6.0, 5.0, 6.0, 30.0, 5.0, 30.0]], 3),
             ],
-        )
-        add_image(300000, (72, 120), "RGB", [])  # no annotations at all
+        ),
+        (300000, (72, 120), "RGB", []),  # no annotations at all
         # only a crowd region
-        add_image(4242, (90, 90), "RGB", [_mask_ann(_uncompressed_rle(crowd_90), crowd_90, 1, 1)])
-    else:
+        (4242, (90, 90), "RGB", [_mask_ann(_uncompressed_rle(CROWD_90), CROWD_90, 1, 1)]),
+    ]
+
+
+def _quirky_val_images() -> list[QuirkyImage]:
+    return [
         # A two-part polygon and a degenerate box (width 0) with a mask of its own.
-        add_image(
+        (
             2000003,
             (100, 80),
             "RGB",
             [
-                _polygon_ann(two_parts, 1),
+                _polygon_ann(TWO_PARTS, 1),
                 _polygon_ann([[85.0, 10.0, 85.0, 40.0, 85.0, 70.0]], 3, bbox=[85.0, 10.0, 0.0, 60.0]),
                 _polygon_ann([[60.0, 50.0, 95.0, 50.0, 95.0, 75.0, 60.0, 75.0]], 44),
             ],
-        )
+        ),
         # Grayscale: compressed RLE and a polygon.
-        add_image(
+        (
             1500000,
             (72, 120),
             "L",
             [
-                _mask_ann(_compressed_rle(rle_72x120), rle_72x120, 3, 0),
+                _mask_ann(_compressed_rle(RLE_72X120), RLE_72X120, 3, 0),
                 _polygon_ann([[4.0, 4.0, 40.0, 4.0, 40.0, 24.0, 4.0, 24.0]], 1),
             ],
-        )
+        ),
         # CMYK: a crowd region (uncompressed RLE) and a polygon.
-        add_image(
+        (
             999,
             (90, 90),
             "CMYK",
             [
-                _mask_ann(_uncompressed_rle(crowd_90), crowd_90, 44, 1),
+                _mask_ann(_uncompressed_rle(CROWD_90), CROWD_90, 44, 1),
                 _polygon_ann([[5.0, 5.0, 35.0, 5.0, 20.0, 30.0]], 44),
             ],
-        )
-        add_image(1750000, (100, 80), "RGB", [])  # no annotations
+        ),
+        (1750000, (100, 80), "RGB", []),  # no annotations
+    ]
 
-    (root / "annotations").mkdir(exist_ok=True)
-    data = {"images": images, "annotations": annotations, "categories": QUIRKY_CATEGORIES}
-    with open(root / "annotations" / f"instances_{split}2017.json", "w") as f:
-        json.dump(data, f)
+
+def _quirky_split(root: Path, split: str) -> None:
+    """Write the images of `split` and its annotation file (which has no "info" key)."""
+    images, annotations = [], []
+    for image_id, size, mode, anns in _quirky_train_images() if split == "train" else _quirky_val_images():
+        entry = {"id": image_id, "file_name": f"img_{image_id}.jpg", "width": size[0], "height": size[1]}
+        images.append((entry, _draw_image(size, mode, seed=image_id % 1000)))
+        for ann in anns:
+            ann.update(id=(7000 if split == "train" else 907000) + 13 * len(annotations), image_id=image_id)
+            annotations.append(ann)
+    synthetic.write_split(root, split, images, annotations, QUIRKY_CATEGORIES, quality=90)
 
 
 @pytest.fixture(scope="session")
@@ -359,15 +362,6 @@ def write_reference_checkpoint(path: Path, checkpoint: dict, **arg_changes) -> P
     saved = {key: checkpoint[key] for key in ("model", "optimizer", "lr_scheduler", "epoch")}
     torch.save(saved | {"args": reference_args(**arg_changes)}, path)
     return path
-
-
-def write_standin_resnet50(path: Path) -> dict:
-    """models.standin_resnet50() written to `path`: a backbone file that behaves like ImageNet weights."""
-    import models  # here: conftest is imported before the tests put the project on sys.path
-
-    state = models.standin_resnet50()
-    torch.save(state, path)
-    return state
 
 
 def run_train(flags: list) -> tuple[int, str, str]:

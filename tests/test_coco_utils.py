@@ -19,7 +19,8 @@ from torchvision import tv_tensors
 
 import coco_utils
 import labels
-import synthetic_coco
+import synthetic
+import synthetic_people
 from conftest import find_ann, is_polygon, load_json, pycoco
 from errors import UsageError
 from transforms import get_transform
@@ -381,7 +382,7 @@ def _reachable_objects(root_object) -> int:
 
 def test_dataset_state_does_not_grow_with_the_number_of_images(synthetic_root, tmp_path):
     """Per-image metadata lives in arrays, not in Python objects that forked workers would copy (pytorch #13246)."""
-    larger = synthetic_coco.generate(tmp_path / "larger", num_train=72, num_val=2, seed=1)
+    larger = synthetic.generate(tmp_path / "larger", num_train=72, num_val=2, seed=1)
     small = coco_utils.get_coco(synthetic_root, "train", transforms=None)
     large = coco_utils.get_coco(larger, "train", transforms=None)
     assert len(large) > 2 * len(small)
@@ -763,7 +764,7 @@ def test_keypoint_targets_are_the_annotation_files_keypoints(synthetic_kp_root, 
     ds = coco_utils.get_coco(synthetic_kp_root, split, transforms=None, dataset="coco_kp")
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(kp_file(synthetic_kp_root, split)))
-    assert ds.keypoint_names == coco.cats[1]["keypoints"] == list(synthetic_coco.COCO_PERSON_KEYPOINT_NAMES)
+    assert ds.keypoint_names == coco.cats[1]["keypoints"] == list(synthetic_people.COCO_PERSON_KEYPOINT_NAMES)
     assert ds.keypoint_skeleton == coco.cats[1]["skeleton"] and ds.keypoint_skeleton
     assert (ds.label_to_category_id, ds.num_classes) == ([0, 1], 2)
     people = 0
@@ -838,10 +839,10 @@ def test_class_names_of_a_keypoint_dataset(synthetic_kp_root):
     assert names["label_to_category_id"] == [0, 1]
     assert names["categories"] == [{"id": 1, "name": "person"}]
     assert (
-        names["keypoint_names"] == list(synthetic_coco.COCO_PERSON_KEYPOINT_NAMES)
+        names["keypoint_names"] == list(synthetic_people.COCO_PERSON_KEYPOINT_NAMES)
         and len(names["keypoint_names"]) == 17
     )
-    assert names["keypoint_skeleton"] == synthetic_coco.PERSON_CATEGORY["skeleton"]
+    assert names["keypoint_skeleton"] == synthetic_people.PERSON_CATEGORY["skeleton"]
     json.dumps(names)  # plain data, as a checkpoint keeps it
 
 

@@ -13,16 +13,15 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-import synthetic_coco
-from conftest import write_standin_resnet50
+import processes
+import synthetic
+from synthetic import write_standin_resnet50
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -56,7 +55,7 @@ def tiny_root(tmp_path_factory) -> Path:
     trained from a backbone file, the model has frozen BatchNorm, in training as in a --test-only evaluation (a model
     trained from scratch has BatchNorm2d, whose eval-mode rounding differs from FrozenBatchNorm2d's in the last bits,
     enough to reorder near-tied detections)."""
-    root = synthetic_coco.generate(tmp_path_factory.mktemp("tiny"), num_train=16, num_val=4, seed=0)
+    root = synthetic.generate(tmp_path_factory.mktemp("tiny"), num_train=16, num_val=4, seed=0)
     write_standin_resnet50(root / "standin_resnet50.pth")
     return root
 
@@ -91,60 +90,25 @@ def _node_command(root: Path, output: Path, port: int) -> list[str]:
     ]
 
 
-class Node:
+def _node(command: list[str], log: Path, env: dict | None = None) -> processes.Launched:
     """A launcher started as a terminal or SLURM starts a job step: in a session (process group) of its own, its
     output in files (no pipe to fill up while the other node is read)."""
-
-    def __init__(self, command: list[str], log: Path, env: dict | None = None):
-        self.out, self.err = log.with_suffix(".out"), log.with_suffix(".err")
-        with open(self.out, "w") as out, open(self.err, "w") as err:
-            self.process = subprocess.Popen(
-                command, cwd=ROOT, stdout=out, stderr=err, env=env or ENV, start_new_session=True
-            )
-
-    def stdout(self) -> str:
-        return self.out.read_text(errors="replace")
-
-    def stderr(self) -> str:
-        return self.err.read_text(errors="replace")
-
-    def tail(self) -> str:
-        return f"--- stdout\n{self.stdout()[-2500:]}\n--- stderr\n{self.stderr()[-2500:]}"
-
-    def terminate(self) -> None:
-        """SIGTERM to the launcher's process group, as SLURM's preemption or scancel sends it."""
-        os.killpg(self.process.pid, signal.SIGTERM)
-
-    def kill(self) -> None:
-        """SIGKILL the launcher and its descendants (torchrun starts its workers in sessions of their own)."""
-        _kill_tree(self.process.pid)
+    return processes.Launched(command, log, env or ENV)
 
 
-def _kill_tree(pid: int) -> None:
-    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    for child in children:
-        _kill_tree(int(child))
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _wait(nodes: list[Node], until=None, timeout: float = TIMEOUT) -> None:
+def _wait(nodes: list[processes.Launched], until=None, timeout: float = TIMEOUT) -> None:
     """Until every node has exited, or until(both nodes' stdout) holds; the nodes are killed after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while any(node.process.poll() is None for node in nodes):
-        if until is not None and until("".join(node.stdout() for node in nodes)):
-            return
-        if time.monotonic() > deadline:
-            for node in nodes:
-                node.kill()
-            pytest.fail("the nodes did not finish in time:\n" + "\n".join(node.tail() for node in nodes))
-        time.sleep(0.1)
-    assert until is None, "the nodes exited before the awaited output:\n" + "\n".join(n.tail() for n in nodes)
+    state = processes.wait(nodes, timeout, until)
+    if state == "timeout":
+        for node in nodes:
+            node.kill()
+        pytest.fail("the nodes did not finish in time:\n" + "\n".join(node.tail() for node in nodes))
+    assert until is None or state == "until", "the nodes exited before the awaited output:\n" + "\n".join(
+        n.tail() for n in nodes
+    )
 
 
-def _run_to_the_end(nodes: list[Node]) -> str:
+def _run_to_the_end(nodes: list[processes.Launched]) -> str:
     """Wait for every node to exit (killing what is left on the way out); their stdout together."""
     try:
         _wait(nodes)
@@ -165,12 +129,12 @@ def _iterations(text: str, epoch: int) -> list[int]:
 
 def test_two_torchrun_nodes_train_evaluate_as_one_stop_together_on_sigterm_and_resume(tiny_root, tmp_path):
     output, port = tmp_path / "run", _free_port()
-    nodes = [Node(_node_command(tiny_root, output, port), tmp_path / f"node{r}") for r in (0, 1)]
+    nodes = [_node(_node_command(tiny_root, output, port), tmp_path / f"node{r}") for r in (0, 1)]
     try:
         # Once epoch 1 is under way (epoch 0 trained, saved and evaluated), SIGTERM both nodes.
         _wait(nodes, until=lambda text: 0 in _iterations(text, 1))
         for node in nodes:
-            node.terminate()
+            node.signal_group(signal.SIGTERM)  # as SLURM's preemption or scancel sends it
         _wait(nodes)
     finally:
         for node in nodes:
@@ -187,10 +151,10 @@ def test_two_torchrun_nodes_train_evaluate_as_one_stop_together_on_sigterm_and_r
     # Epoch 0's evaluation: one AP table per IoU type over both nodes' output, a single process's on the same file.
     tables = {t: _ap_tables(text, t) for t in ("bbox", "segm")}
     assert [len(v) for v in tables.values()] == [1, 1] and all(len(v[0]) == 12 for v in tables.values()), text
-    single = subprocess.run(
+    single = processes.run(
         [sys.executable, "train.py", "--data-path", str(tiny_root), "--output-dir", str(tmp_path / "single"),
          "--test-only", "--resume", str(output / "model_0.pth"), "--device", "cpu", "-j", "0", "--save-predictions"],
-        cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=TIMEOUT,
+        TIMEOUT, env=ENV,
     )  # fmt: skip
     assert single.returncode == 0, single.stderr[-3000:]
     assert {t: _ap_tables(single.stdout, t) for t in ("bbox", "segm")} == tables
@@ -199,7 +163,7 @@ def test_two_torchrun_nodes_train_evaluate_as_one_stop_together_on_sigterm_and_r
 
     # The same command on both nodes again, as a requeued job runs it: on from the next batch, to the end.
     port = _free_port()
-    resumed = [Node(_node_command(tiny_root, output, port), tmp_path / f"resumed{r}") for r in (0, 1)]
+    resumed = [_node(_node_command(tiny_root, output, port), tmp_path / f"resumed{r}") for r in (0, 1)]
     text = _run_to_the_end(resumed)
     assert all(node.process.returncode == 0 for node in resumed), "\n".join(node.tail() for node in resumed)
     assert f"Auto-resuming from {output / 'checkpoint.pth'}" in text
@@ -219,7 +183,7 @@ def test_slurm_tasks_without_torchrun_train_and_evaluate_as_one(tiny_root, tmp_p
     tasks = []
     for rank in (0, 1):
         slurm = {"SLURM_PROCID": rank, "SLURM_NTASKS": 2, "SLURM_LOCALID": 0, "SLURM_NODEID": rank}
-        tasks.append(Node(command, tmp_path / f"task{rank}", ENV | {k: str(v) for k, v in slurm.items()}))
+        tasks.append(_node(command, tmp_path / f"task{rank}", ENV | {k: str(v) for k, v in slurm.items()}))
     text = _run_to_the_end(tasks)
     assert all(task.process.returncode == 0 for task in tasks), "\n".join(task.tail() for task in tasks)
     assert "| distributed init (rank 0, world size 2, gloo): env://" in text

@@ -10,7 +10,9 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
+import synthetic
 import synthetic_coco
+import synthetic_people
 from transforms import COCO_PERSON_KEYPOINT_FLIP_INDICES, COCO_PERSON_KEYPOINT_NAMES, keypoint_flip_indices
 
 SPLITS = ("train", "val")
@@ -28,11 +30,11 @@ def all_files(root: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def default_root(tmp_path_factory) -> Path:
     """The generator's default size (512 + 64 images, about a second): large enough for every quirk."""
-    return synthetic_coco.generate(tmp_path_factory.mktemp("synthetic_default"), seed=0)
+    return synthetic.generate(tmp_path_factory.mktemp("synthetic_default"), seed=0)
 
 
 def test_same_seed_gives_identical_files(synthetic_root, tmp_path):
-    again = synthetic_coco.generate(tmp_path / "again", num_train=24, num_val=8, seed=0)
+    again = synthetic.generate(tmp_path / "again", num_train=24, num_val=8, seed=0)
     first, second = all_files(synthetic_root), all_files(again)
     assert len(first) == 24 + 8 + 2
     assert first.keys() == second.keys()
@@ -41,7 +43,7 @@ def test_same_seed_gives_identical_files(synthetic_root, tmp_path):
 
 
 def test_different_seed_gives_different_files(synthetic_root, tmp_path):
-    other = synthetic_coco.generate(tmp_path / "other", num_train=24, num_val=8, seed=1)
+    other = synthetic.generate(tmp_path / "other", num_train=24, num_val=8, seed=1)
     first, second = all_files(synthetic_root), all_files(other)
     for split in SPLITS:
         name = str(Path("annotations") / f"instances_{split}2017.json")
@@ -53,7 +55,7 @@ def test_different_seed_gives_different_files(synthetic_root, tmp_path):
 
 
 def test_generate_returns_the_root_and_writes_the_layout(tmp_path):
-    root = synthetic_coco.generate(tmp_path / "small", num_train=3, num_val=2, seed=5)
+    root = synthetic.generate(tmp_path / "small", num_train=3, num_val=2, seed=5)
     assert root == tmp_path / "small"
     assert len(list((root / "train2017").glob("*.jpg"))) == 3
     assert len(list((root / "val2017").glob("*.jpg"))) == 2
@@ -81,9 +83,9 @@ def test_category_ids_are_not_contiguous(default_root):
     for split in SPLITS:
         ids = sorted(c["id"] for c in load(default_root, split)["categories"])
         assert ids != list(range(1, len(ids) + 1))
-        assert ids == sorted(synthetic_coco.CATEGORIES)
+        assert ids == sorted(synthetic.CATEGORIES)
     used = {a["category_id"] for a in annotations(default_root)}
-    assert used == set(synthetic_coco.CATEGORIES)
+    assert used == set(synthetic.CATEGORIES)
 
 
 def test_crowd_regions_use_uncompressed_rle(default_root):
@@ -159,7 +161,7 @@ def test_images_without_annotations(default_root, split):
 
 def test_several_aspect_ratios(default_root):
     sizes = {(img["width"], img["height"]) for img in load(default_root, "train")["images"]}
-    assert sizes == set(synthetic_coco.IMAGE_SIZES)
+    assert sizes == set(synthetic.IMAGE_SIZES)
 
 
 # ----------------------------------------------------------------------------- integrity
@@ -297,18 +299,18 @@ def test_keypoints_lie_on_the_drawn_figures(synthetic_kp_root):
 
 
 def test_keypoint_variant_same_seed_gives_identical_files(synthetic_kp_root, tmp_path):
-    again = synthetic_coco.generate_keypoints(tmp_path / "again", num_train=24, num_val=8, seed=0)
+    again = synthetic_people.generate_keypoints(tmp_path / "again", num_train=24, num_val=8, seed=0)
     first, second = all_files(synthetic_kp_root), all_files(again)
     assert len(first) == 24 + 8 + 4
     assert first == second
-    other = synthetic_coco.generate_keypoints(tmp_path / "other", num_train=3, num_val=1, seed=1)
+    other = synthetic_people.generate_keypoints(tmp_path / "other", num_train=3, num_val=1, seed=1)
     assert load_kp(other, "train")["annotations"] != load_kp(synthetic_kp_root, "train")["annotations"][:3]
 
 
 def test_keypoint_training_images_have_enough_keypoints(tmp_path):
     """The reference drops training images with fewer than 10 labelled keypoints; only the every-50th empty image
     goes."""
-    root = synthetic_coco.generate_keypoints(tmp_path / "fifty", num_train=50, num_val=1, seed=2)
+    root = synthetic_people.generate_keypoints(tmp_path / "fifty", num_train=50, num_val=1, seed=2)
     data = load_kp(root, "train")
     per_image = {img["id"]: 0 for img in data["images"]}
     for ann in data["annotations"]:
@@ -329,3 +331,40 @@ def test_keypoint_command_line(tmp_path, capsys):
     assert "wrote 2 training and 1 validation images" in capsys.readouterr().out
     assert len(load_kp(tmp_path / "cli", "train")["images"]) == 2
     assert len(load(tmp_path / "cli", "val")["images"]) == 1
+
+
+# ----------------------------------------------------------------------------- the writer (synthetic.write_split)
+
+
+def test_write_annotations_writes_json_dump_s_text_a_batch_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(synthetic, "JSON_BATCH", 3)  # 7 annotations: three batches
+    images = [{"id": 1, "file_name": "a.jpg", "width": 4, "height": 2}]
+    anns = [{"id": i, "image_id": 1, "bbox": [0.5, 1.25, 2.0, 1.0], "segmentation": [[0, 0, 1, 1.5]]} for i in range(7)]
+    categories = [{"id": 3, "name": "x"}]
+    info = {"description": "d"}
+    path = tmp_path / "a.json"
+    synthetic.write_annotations(path, images, iter(anns), categories, info=info, licenses=[])
+    expected = {"info": info, "licenses": [], "images": images, "annotations": anns, "categories": categories}
+    assert path.read_text() == json.dumps(expected)
+    synthetic.write_annotations(path, [], [], categories)  # without info and licenses, nothing annotated
+    assert path.read_text() == json.dumps({"images": [], "annotations": [], "categories": categories})
+
+
+def test_write_split_saves_pictures_links_files_and_lists_images_again(tmp_path):
+    linked = tmp_path / "photo.jpg"
+    PIL.Image.new("RGB", (6, 4), (200, 10, 10)).save(linked)
+    images = [
+        ({"id": 1, "file_name": "drawn.jpg", "width": 5, "height": 3}, PIL.Image.new("L", (5, 3), 128)),
+        ({"id": 2, "file_name": "linked.jpg", "width": 6, "height": 4}, linked),
+        ({"id": 3, "file_name": "drawn.jpg", "width": 5, "height": 3}, None),  # the first file, listed again
+    ]
+    anns = [{"id": 9, "image_id": 3, "category_id": 1, "bbox": [0, 0, 1, 1]}]
+    entries = synthetic.write_split(tmp_path / "root", "val", images, anns, [{"id": 1, "name": "a"}], kind="k")
+    assert entries == [entry for entry, _ in images]
+    folder = tmp_path / "root" / "val2017"
+    assert sorted(p.name for p in folder.iterdir()) == ["drawn.jpg", "linked.jpg"]
+    assert (folder / "linked.jpg").resolve() == linked.resolve()
+    with PIL.Image.open(folder / "drawn.jpg") as image:
+        assert (image.mode, image.size) == ("L", (5, 3))
+    data = json.loads((tmp_path / "root" / "annotations" / "k_val2017.json").read_text())
+    assert data == {"images": entries, "annotations": anns, "categories": [{"id": 1, "name": "a"}]}

@@ -23,12 +23,12 @@ import checkpoint as ckpt
 import errors
 import metrics_log
 import models
-import synthetic_coco
+import processes
+import synthetic_people
 import train
 from conftest import run_train, write_random_resnet50
 from labels import Classes
 
-ROOT = Path(__file__).resolve().parents[1]
 # Small images and a lighter R-CNN sampling keep each run to seconds on 2 CPU cores.
 SMALL_RUN = [
     "--device", "cpu", "--min-size", "96", "--max-size", "128", "-j", "0", "--print-freq", "1", "--seed", "0",
@@ -41,14 +41,7 @@ AP_LINE = re.compile(
 
 
 def _run(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "train.py", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
+    return processes.run([sys.executable, "train.py", *args], timeout, env={**os.environ, **(env or {})})
 
 
 def _ap_table(output: str) -> list[str]:
@@ -267,10 +260,7 @@ def test_test_only_and_torchrun_give_the_same_ap_table(trained):
 
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    dist = subprocess.run(
-        [*torchrun, *flags, "--test-only", "--weights", checkpoint, "--output-dir", str(output)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
+    dist = processes.run([*torchrun, *flags, "--test-only", "--weights", checkpoint, "--output-dir", output], env=env)
     assert dist.returncode == 0, dist.stdout[-3000:] + dist.stderr[-3000:]
     assert "world size 2, gloo" in dist.stdout
     assert "Evaluated 4 images" in dist.stdout  # both shards merged, none twice
@@ -282,10 +272,7 @@ def test_torchrun_trains_with_two_processes(quirky_root, trained, tmp_path):
     _, flags, _ = trained
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [*torchrun, *flags, "--epochs", "1", "-j", "1", "--output-dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
-    )  # fmt: skip
+    result = processes.run([*torchrun, *flags, "--epochs", "1", "-j", "1", "--output-dir", tmp_path], env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert len(_ap_table(result.stdout)) == 24
     assert result.stdout.count("Epoch: [0] Total time") == 1  # only rank 0 prints
@@ -311,10 +298,10 @@ def test_resume_from_a_plain_state_dict_is_a_usage_error(tmp_path, synthetic_roo
 @pytest.mark.slow
 def test_sync_bn_on_cpu_under_torchrun_is_a_usage_error(synthetic_root, tmp_path):
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
-    result = subprocess.run(
-        [*torchrun, "--data-path", str(synthetic_root), "--weights-backbone", "none", "--sync-bn", *SMALL_RUN,
+    result = processes.run(
+        [*torchrun, "--data-path", synthetic_root, "--weights-backbone", "none", "--sync-bn", *SMALL_RUN,
          "--output-dir", tmp_path],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert result.returncode != 0
     assert result.stderr.count("error: --sync-bn: SyncBatchNorm runs on GPUs only") == 1  # rank 0 only
@@ -690,7 +677,7 @@ def random_backbone(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def small_kp_root(tmp_path_factory) -> Path:
     """The keypoint variant with 8 training images (2 iterations of 4) and 4 for evaluation."""
-    return synthetic_coco.generate_keypoints(tmp_path_factory.mktemp("small_kp"), num_train=8, num_val=4, seed=0)
+    return synthetic_people.generate_keypoints(tmp_path_factory.mktemp("small_kp"), num_train=8, num_val=4, seed=0)
 
 
 @pytest.mark.slow
@@ -735,11 +722,11 @@ def test_keypoint_rcnn_trains_and_evaluates_keypoints(small_kp_root, random_back
     assert list(evaluation["keypoints"].values()) == pytest.approx(printed, abs=0.00051)
     checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert (
-        checkpoint["keypoint_names"] == list(synthetic_coco.COCO_PERSON_KEYPOINT_NAMES)
+        checkpoint["keypoint_names"] == list(synthetic_people.COCO_PERSON_KEYPOINT_NAMES)
         and len(checkpoint["keypoint_names"]) == 17
     )
     assert checkpoint["categories"] == [{"id": 1, "name": "person"}] and checkpoint["label_to_category_id"] == [0, 1]
-    assert checkpoint["keypoint_skeleton"] == synthetic_coco.PERSON_CATEGORY["skeleton"]
+    assert checkpoint["keypoint_skeleton"] == synthetic_people.PERSON_CATEGORY["skeleton"]
     # one heatmap per keypoint
     assert checkpoint["model"]["roi_heads.keypoint_predictor.kps_score_lowres.weight"].shape[1] == 17
 

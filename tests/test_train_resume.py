@@ -19,10 +19,10 @@ import pytest
 import torch
 
 import curves
-import synthetic_coco
-from conftest import write_standin_resnet50
+import processes
+import synthetic
+from synthetic import write_standin_resnet50
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 TINY_RUN = [
@@ -36,38 +36,20 @@ ITERS_PER_EPOCH = 8
 
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory) -> Path:
-    return synthetic_coco.generate(tmp_path_factory.mktemp("tiny"), num_train=16, num_val=4, seed=0)
+    return synthetic.generate(tmp_path_factory.mktemp("tiny"), num_train=16, num_val=4, seed=0)
 
 
 def _command(root: Path, output: Path, *extra: str) -> list[str]:
     return [sys.executable, "train.py", "--data-path", str(root), "--output-dir", str(output), *TINY_RUN, *extra]
 
 
-def _run(command: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    return result
-
-
 def _run_until(command: list[str], line_start: str, action, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Start `command`, call action(process) once a stdout line starts with `line_start`, wait for the end."""
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    lines = []
-    deadline = time.time() + timeout
-    for line in process.stdout:
-        lines.append(line)
-        if line.startswith(line_start):
-            action(process)
-            break
-        assert time.time() < deadline, "".join(lines[-20:])
-    out, err = process.communicate(timeout=timeout)
-    return subprocess.CompletedProcess(command, process.returncode, "".join(lines) + out, err)
+    """Start `command` in a session of its own, call action(it) once a stdout line starts with `line_start`, wait for
+    the end."""
+    printed = re.compile("^" + re.escape(line_start), re.MULTILINE)
+    launched = processes.run_until(command, printed.search, action, timeout)
+    assert not launched.timed_out, launched.tail()
+    return launched.completed()
 
 
 def _final_weights(output: Path) -> dict[str, torch.Tensor]:
@@ -82,7 +64,7 @@ def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> f
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_root, tmp_path_factory) -> dict[str, torch.Tensor]:
     output = tmp_path_factory.mktemp("uninterrupted")
-    result = _run(_command(tiny_root, output, "-j", "0"))
+    result = processes.run(_command(tiny_root, output, "-j", "0"))
     assert result.returncode == 0, result.stderr[-3000:]
     return _final_weights(output)
 
@@ -94,13 +76,13 @@ def uninterrupted(tiny_root, tmp_path_factory) -> dict[str, torch.Tensor]:
 )
 def test_sigterm_then_auto_resume_gives_the_uninterrupted_weights(tiny_root, tmp_path, uninterrupted, workers, stop_at):
     command = _command(tiny_root, tmp_path, "-j", workers, "--auto-resume")
-    stopped = _run_until(command, stop_at, lambda p: p.send_signal(signal.SIGTERM))
+    stopped = _run_until(command, stop_at, lambda p: p.signal(signal.SIGTERM))
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
     assert "Stopped by SIGTERM at epoch" in stopped.stdout and "--auto-resume" in stopped.stdout
     checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert 0 < checkpoint["train_state"]["iteration"] < ITERS_PER_EPOCH  # a mid-epoch checkpoint
 
-    resumed = _run(command)  # the same command line, as SLURM would requeue it
+    resumed = processes.run(command)  # the same command line, as SLURM would requeue it
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Auto-resuming from {tmp_path / 'checkpoint.pth'}" in resumed.stdout
     assert "Epoch: [0]  [0/8]" not in resumed.stdout
@@ -112,12 +94,12 @@ def test_sigterm_then_auto_resume_gives_the_uninterrupted_weights(tiny_root, tmp
 def test_kill_9_after_a_mid_epoch_checkpoint_loses_only_the_work_since(tiny_root, tmp_path, uninterrupted):
     command = _command(tiny_root, tmp_path, "-j", "0", "--checkpoint-every", "3", "--auto-resume")
     # The line "[i/N]" is printed once i + 1 iterations are done: here 5 of epoch 1, and the last save was after 3.
-    killed = _run_until(command, "Epoch: [1]  [4/8]", lambda p: p.kill())
+    killed = _run_until(command, "Epoch: [1]  [4/8]", lambda p: p.signal(signal.SIGKILL))
     assert killed.returncode == -signal.SIGKILL
     checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert (checkpoint["epoch"], checkpoint["train_state"]["iteration"]) == (1, 3)
 
-    resumed = _run(command)
+    resumed = processes.run(command)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Epoch: [1]  [3/8]" in resumed.stdout and "Epoch: [1]  [2/8]" not in resumed.stdout
     assert _max_difference(_final_weights(tmp_path), uninterrupted) == 0
@@ -134,14 +116,14 @@ def test_kill_9_after_a_mid_epoch_checkpoint_loses_only_the_work_since(tiny_root
 
 def test_a_run_killed_during_its_last_evaluation_evaluates_when_resumed(tiny_root, tmp_path):
     command = _command(tiny_root, tmp_path, "-j", "0", "--epochs", "1", "--auto-resume")
-    killed = _run_until(command, "Test:  [0/", lambda p: p.kill())
+    killed = _run_until(command, "Test:  [0/", lambda p: p.signal(signal.SIGKILL))
     assert killed.returncode == -signal.SIGKILL
     checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert checkpoint["epoch"] == 0 and checkpoint["train_state"]["evaluated"] is False
     assert not [r for r in curves.read_records(tmp_path / "metrics.jsonl") if r["type"] == "eval"]
     (tmp_path / ".checkpoint.pth.tmp").write_bytes(b"a save cut off by a kill -9")
 
-    resumed = _run(command)
+    resumed = processes.run(command)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Evaluating epoch 0 first: the run stopped before its evaluation finished" in resumed.stdout
     assert "Nothing to train" not in resumed.stdout and "Epoch: [" not in resumed.stdout
@@ -152,13 +134,13 @@ def test_a_run_killed_during_its_last_evaluation_evaluates_when_resumed(tiny_roo
     assert resumed.stdout.rstrip().splitlines()[-1].startswith("Done after epoch 0: bbox AP")
     assert torch.load(tmp_path / "checkpoint.pth", weights_only=True)["train_state"]["evaluated"] is True
 
-    again = _run(command)  # evaluated now: nothing left to do
+    again = processes.run(command)  # evaluated now: nothing left to do
     assert again.returncode == 0 and "Nothing to train" in again.stdout and "Evaluating" not in again.stdout
 
 
 def test_a_non_finite_loss_exits_1_and_keeps_the_last_good_checkpoint(tiny_root, tmp_path):
     # SGD at lr 0.02 from scratch diverges on this data within two epochs.
-    result = _run(
+    result = processes.run(
         _command(
             tiny_root, tmp_path, "-j", "0", "--opt", "sgd", "--lr", "0.5", "--checkpoint-every", "1", "--epochs", "3"
         )
@@ -172,10 +154,10 @@ def test_a_non_finite_loss_exits_1_and_keeps_the_last_good_checkpoint(tiny_root,
     assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
 
 
-def _kill_one_rank(torchrun: subprocess.Popen) -> None:
-    ranks = subprocess.run(["pgrep", "-P", str(torchrun.pid)], capture_output=True, text=True).stdout.split()
+def _kill_one_rank(torchrun: processes.Launched) -> None:
+    ranks = processes.child_pids(torchrun.pid)
     assert len(ranks) == 2, ranks
-    os.kill(int(ranks[-1]), signal.SIGKILL)
+    os.kill(ranks[-1], signal.SIGKILL)
 
 
 def test_when_a_torchrun_rank_dies_the_others_exit_with_a_message(tiny_root, tmp_path):
@@ -194,9 +176,9 @@ def _torchrun(root: Path, output: Path, *extra: str) -> list[str]:
             *_command(root, output, *extra)[1:]]  # fmt: skip
 
 
-def _signal_rank_1(torchrun: subprocess.Popen) -> None:
-    ranks = subprocess.run(["pgrep", "-P", str(torchrun.pid)], capture_output=True, text=True).stdout.split()
-    os.kill(int(sorted(ranks, key=int)[-1]), signal.SIGUSR1)  # only one rank hears it; both must stop together
+def _signal_rank_1(torchrun: processes.Launched) -> None:
+    ranks = processes.child_pids(torchrun.pid)
+    os.kill(ranks[-1], signal.SIGUSR1)  # only one rank hears it; both must stop together
 
 
 def test_a_signal_to_one_torchrun_rank_stops_every_rank_at_the_same_iteration(tiny_root, tmp_path):
@@ -211,7 +193,7 @@ def test_a_signal_to_one_torchrun_rank_stops_every_rank_at_the_same_iteration(ti
     assert checkpoint["epoch"] == 0 and 0 < checkpoint["train_state"]["iteration"] < 4
     assert len(checkpoint["train_state"]["rng"]) == 2  # both ranks' random states
 
-    resumed = _run(command)
+    resumed = processes.run(command)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (
         "Auto-resuming from" in resumed.stdout and torch.load(tmp_path / "model_1.pth", weights_only=True)["epoch"] == 1
@@ -226,9 +208,9 @@ def test_a_run_with_the_default_backbone_file_resumes(tiny_root, tmp_path):
     command = [sys.executable, "train.py", "--data-path", str(root), "--output-dir", str(tmp_path / "out"),
                *TINY_RUN[2:], "-j", "0", "--auto-resume"]  # fmt: skip
     assert TINY_RUN[:2] == ["--weights-backbone", "none"]
-    stopped = _run_until(command, "Epoch: [0]  [3/8]", lambda p: p.send_signal(signal.SIGTERM))
+    stopped = _run_until(command, "Epoch: [0]  [3/8]", lambda p: p.signal(signal.SIGTERM))
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
-    resumed = _run(command)
+    resumed = processes.run(command)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Epoch: [1]  [7/8]" in resumed.stdout
 
@@ -236,26 +218,10 @@ def test_a_run_with_the_default_backbone_file_resumes(tiny_root, tmp_path):
 # ----------------------------------------------------------------------------- Ctrl-C, as a terminal sends it
 
 
-def _start_in_own_group(command: list[str]) -> subprocess.Popen:
-    """`command` as a terminal's foreground job: its own process group, which Ctrl-C signals as a whole (workers
-    and torchrun's ranks too)."""
-    return subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-
-
 def _ctrl_c_at(command: list[str], line_start: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    process = _start_in_own_group(command)
-    lines, deadline = [], time.time() + timeout
-    for line in process.stdout:
-        lines.append(line)
-        if line.startswith(line_start):
-            os.killpg(process.pid, signal.SIGINT)
-            break
-        assert time.time() < deadline, "".join(lines[-20:])
-    out, err = process.communicate(timeout=timeout)
-    return subprocess.CompletedProcess(command, process.returncode, "".join(lines) + out, err)
+    """`command` as a terminal's foreground job gets Ctrl-C: SIGINT to its process group, which reaches DataLoader
+    workers and torchrun's ranks too."""
+    return _run_until(command, line_start, lambda p: p.signal_group(signal.SIGINT), timeout)
 
 
 def test_ctrl_c_saves_and_auto_resume_gives_the_uninterrupted_weights(tiny_root, tmp_path, uninterrupted):
@@ -268,7 +234,7 @@ def test_ctrl_c_saves_and_auto_resume_gives_the_uninterrupted_weights(tiny_root,
     checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert 0 < checkpoint["train_state"]["iteration"] < ITERS_PER_EPOCH
 
-    resumed = _run(command)
+    resumed = processes.run(command)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _max_difference(_final_weights(tmp_path), uninterrupted) == 0
 
@@ -283,7 +249,7 @@ def test_ctrl_c_under_torchrun_saves_once_and_the_run_resumes(tiny_root, tmp_pat
     assert checkpoint["epoch"] == 0 and 0 < checkpoint["train_state"]["iteration"] < 4
     assert len(checkpoint["train_state"]["rng"]) == 2
 
-    resumed = _run(command)
+    resumed = processes.run(command)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert torch.load(tmp_path / "model_1.pth", weights_only=True)["epoch"] == 1
 
@@ -292,17 +258,17 @@ def test_ctrl_c_under_torchrun_saves_once_and_the_run_resumes(tiny_root, tmp_pat
 
 
 def test_a_resume_without_retyped_flags_runs_the_recorded_run_and_epochs_extends(tiny_root, tmp_path, uninterrupted):
-    first = _run(_command(tiny_root, tmp_path, "-j", "0", "--epochs", "1"))
+    first = processes.run(_command(tiny_root, tmp_path, "-j", "0", "--epochs", "1"))
     assert first.returncode == 0, first.stderr[-3000:]
     bare = [sys.executable, "train.py", "--data-path", str(tiny_root), "--output-dir", str(tmp_path), "--auto-resume"]
-    refused = _run([*bare, "--epochs", "2", "--min-size", "96"])
+    refused = processes.run([*bare, "--epochs", "2", "--min-size", "96"])
     assert refused.returncode == 2
     assert (
         refused.stderr.startswith("error: --min-size: this command says 96 but") and "trained with 64" in refused.stderr
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth", "metrics.jsonl", "model_0.pth"]
 
-    resumed = _run([*bare, "--epochs", "2"])  # none of TINY_RUN's flags: all of them come from the checkpoint
+    resumed = processes.run([*bare, "--epochs", "2"])  # none of TINY_RUN's flags: all of them come from the checkpoint
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "taken from it: " in resumed.stdout and "--min-size 64" in resumed.stdout, resumed.stdout[:3000]
     assert "images 64-96 px" in resumed.stdout and "Epoch: [1]  [0/8]" in resumed.stdout

@@ -21,9 +21,10 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 import predict
 import solver
-import synthetic_coco
+import synthetic
 import train
-from conftest import run_train, write_reference_checkpoint, write_standin_resnet50
+from conftest import run_train, write_reference_checkpoint
+from synthetic import write_standin_resnet50
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +58,7 @@ def _own_split_flags(root: Path, name: str) -> list[str]:
 def shapes(tmp_path_factory) -> Path:
     """The synthetic shapes as one's own annotation files twice: "shapes" has the four shapes as four categories,
     "merged" the same objects as two (and 4 evaluation images: it serves to pretrain)."""
-    root = synthetic_coco.generate(tmp_path_factory.mktemp("shapes"), num_train=32, num_val=12, seed=3)
+    root = synthetic.generate(tmp_path_factory.mktemp("shapes"), num_train=32, num_val=12, seed=3)
     for split in ("train", "val"):
         data = json.loads((root / "annotations" / f"instances_{split}2017.json").read_text())
         (root / f"shapes_{split}.json").write_text(json.dumps(data))
@@ -260,7 +261,7 @@ def test_an_enum_name_reads_the_file_from_the_hub_cache_and_a_missing_one_names_
 
 @pytest.fixture(scope="module")
 def few_shapes(tmp_path_factory) -> Path:
-    return synthetic_coco.generate(tmp_path_factory.mktemp("few_shapes"), num_train=8, num_val=4, seed=4)
+    return synthetic.generate(tmp_path_factory.mktemp("few_shapes"), num_train=8, num_val=4, seed=4)
 
 
 @pytest.fixture(scope="module")
@@ -341,7 +342,7 @@ def two_images(tmp_path_factory) -> dict[str, Path]:
     """Two training and one evaluation image per dataset kind: one iteration an epoch."""
     roots = {}
     for kind in ("coco", "coco_kp"):
-        roots[kind] = synthetic_coco.generate(
+        roots[kind] = synthetic.generate(
             tmp_path_factory.mktemp(kind), num_train=2, num_val=1, seed=1, keypoints=kind == "coco_kp"
         )
     return roots

@@ -13,6 +13,7 @@ import torch
 
 import distributed
 import metrics_log
+import processes
 import utils
 
 
@@ -254,7 +255,6 @@ def _free_port() -> int:
 
 def _start_two_ranks(script_text: str, tmp_path: Path, launcher: str = "torchrun") -> list:
     """Two processes running `script_text`, with the environment torchrun or SLURM would give them."""
-    import subprocess
     import sys
 
     script = tmp_path / "rank.py"
@@ -268,11 +268,7 @@ def _start_two_ranks(script_text: str, tmp_path: Path, launcher: str = "torchrun
             env.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
         else:
             env.update(SLURM_PROCID=str(rank), SLURM_NTASKS="2", SLURM_LOCALID=str(rank))
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-        )
+        procs.append(processes.Launched([sys.executable, str(script)], tmp_path / f"rank{rank}", env))
     return procs
 
 
@@ -281,7 +277,7 @@ def _start_two_ranks(script_text: str, tmp_path: Path, launcher: str = "torchrun
 def test_init_distributed_mode_from_torchrun_or_slurm_environment(tmp_path, launcher):
     """Two real processes join a gloo group from the environment; collectives give every rank the same answer."""
     procs = _start_two_ranks(_RANK_SCRIPT, tmp_path, launcher)
-    outputs = [p.communicate(timeout=120) for p in procs]
+    outputs = [(p.finish(120).stdout(), p.stderr()) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     # Only rank 0 prints; it saw the average loss of both ranks and both ranks' objects.
     assert "rank 0 of 2 gloo 1.5 [{'rank': 0}, {'rank': 1}] stop (True, False)" in outputs[0][0]
@@ -316,8 +312,8 @@ except RuntimeError as e:
 @pytest.mark.slow
 def test_a_dead_rank_does_not_leave_the_others_waiting(tmp_path):
     procs = _start_two_ranks(_DYING_RANK_SCRIPT, tmp_path)
-    out, err = procs[0].communicate(timeout=120)
-    procs[1].communicate(timeout=60)
+    out, err = procs[0].finish(120).stdout(), procs[0].stderr()
+    procs[1].finish(60)
     assert procs[0].returncode == 1, out + err
     assert "rank 0 gave up after" in out
     # not distributed here: a bug, not a dead peer

@@ -104,8 +104,8 @@ def _box_heads(num_classes: int) -> dict:
 
 
 def maskrcnn_tiny_fpn(
-    *, weights=None, weights_backbone=None, num_classes: int | None = None, trainable_backbone_layers: int | None = None,
-    **kwargs,
+    *, weights=None, weights_backbone=None, num_classes: int | None = None,
+    trainable_backbone_layers: int | None = None, **kwargs,
 ) -> MaskRCNN:  # fmt: skip
     """Mask R-CNN on the narrow ResNet (`weights` and `weights_backbone` are not read: there are none)."""
     return MaskRCNN(
