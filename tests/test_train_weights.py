@@ -22,6 +22,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 import predict
 import solver
 import synthetic
+import synthetic_people
 import train
 from conftest import run_train, write_reference_checkpoint
 from synthetic import write_standin_resnet50
@@ -342,9 +343,8 @@ def two_images(tmp_path_factory) -> dict[str, Path]:
     """Two training and one evaluation image per dataset kind: one iteration an epoch."""
     roots = {}
     for kind in ("coco", "coco_kp"):
-        roots[kind] = synthetic.generate(
-            tmp_path_factory.mktemp(kind), num_train=2, num_val=1, seed=1, keypoints=kind == "coco_kp"
-        )
+        generate = synthetic_people.generate_keypoints if kind == "coco_kp" else synthetic.generate
+        roots[kind] = generate(tmp_path_factory.mktemp(kind), num_train=2, num_val=1, seed=1)
     return roots
 
 
