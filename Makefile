@@ -2,6 +2,7 @@
 #            and pictures of the trained model's predictions (output/demo/pictures/).
 # make demo-kp: the same for Keypoint R-CNN on synthetic person keypoints (--dataset coco_kp).
 # make test: set up .venv and run the whole test suite (what CI runs).
+# make test-fast: the unit tests and quick checks only (pytest -m 'not slow'), for the edit-run loop.
 # make gpu-check: on a GPU machine, the device check (benchmarks/README.md, "The device check"): at most 8 minutes.
 PYTHON ?= python3
 VENV ?= .venv
@@ -30,7 +31,7 @@ KP_FLAGS := --dataset coco_kp --model keypointrcnn_resnet50_fpn --data-path $(KP
 	--print-freq 16 --seed 0 --model-kwargs $(DEMO_MODEL_KWARGS)
 PICTURES := --max-images 8 --upscale-to 256
 
-.PHONY: setup data data-kp demo demo-kp test lint clean gpu-check
+.PHONY: setup data data-kp demo demo-kp test test-fast lint clean gpu-check
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-extras.txt
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +64,9 @@ demo-kp: setup data-kp
 
 test: setup
 	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check .

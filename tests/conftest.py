@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import tiny_models  # noqa: E402, F401 - registers the small models with torchvision, in this process
+
 import synthetic  # noqa: E402
 import synthetic_people  # noqa: E402
 
@@ -362,6 +364,17 @@ def write_reference_checkpoint(path: Path, checkpoint: dict, **arg_changes) -> P
     saved = {key: checkpoint[key] for key in ("model", "optimizer", "lr_scheduler", "epoch")}
     torch.save(saved | {"args": reference_args(**arg_changes)}, path)
     return path
+
+
+# The tests' small Mask R-CNN (tests/tiny_models.py): for every test whose point is not the full ResNet-50.
+TINY_MODEL = ["--model", "maskrcnn_tiny_fpn", "--weights-backbone", "none"]
+TINY_MODELS_SCRIPT = str(ROOT / "tests" / "tiny_models.py")
+
+
+def script(name: str) -> list[str]:
+    """The command that runs one of the project's scripts (train.py, predict.py) with the tests' small models
+    registered, for subprocess.run; torchrun takes the same without sys.executable."""
+    return [sys.executable, TINY_MODELS_SCRIPT, name]
 
 
 def run_train(flags: list) -> tuple[int, str, str]:

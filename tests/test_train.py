@@ -26,7 +26,7 @@ import models
 import processes
 import synthetic_people
 import train
-from conftest import run_train, write_random_resnet50
+from conftest import TINY_MODEL, run_train, script, write_random_resnet50
 from labels import Classes
 
 # Small images and a lighter R-CNN sampling keep each run to seconds on 2 CPU cores.
@@ -178,10 +178,9 @@ def test_the_log_has_a_run_eta_a_per_category_table_and_a_closing_summary(traine
 
 
 @pytest.mark.slow
-def test_eval_every_evaluates_every_nth_epoch_and_the_last(trained, tmp_path):
-    output, flags, _ = trained
-    resume = ["--resume", str(output / "checkpoint.pth"), "--output-dir", str(tmp_path)]
-    result = _run(*flags, "--epochs", "4", "--eval-every", "2", *resume)
+def test_eval_every_evaluates_every_nth_epoch_and_the_last(quirky_root, tmp_path):
+    flags = ["--data-path", quirky_root, *TINY_MODEL, *SMALL_RUN, "--output-dir", tmp_path]
+    result = processes.run([*script("train.py"), *flags, "--epochs", "4", "--eval-every", "2"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert [r["epoch"] for r in _metrics(tmp_path) if r["type"] == "eval"] == [1, 3]
     assert len(_ap_table(result.stdout)) == 2 * 24

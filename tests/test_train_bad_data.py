@@ -7,10 +7,12 @@ import pytest
 import torch
 
 import train
+from conftest import TINY_MODEL
 
 # Tiny images and a light R-CNN sampling: a run that gets as far as its first batch takes seconds.
+
 QUICK_RUN = [
-    "--device", "cpu", "--weights-backbone", "none", "--min-size", "64", "--max-size", "96", "--print-freq", "1",
+    *TINY_MODEL, "--device", "cpu", "--min-size", "64", "--max-size", "96", "--print-freq", "1",
     "--seed", "0",
     "--epochs", "1", "-b", "2", "--model-kwargs", "box_batch_size_per_image=16", "rpn_pre_nms_top_n_train=50",
     "rpn_post_nms_top_n_train=50", "rpn_pre_nms_top_n_test=50", "rpn_post_nms_top_n_test=50",

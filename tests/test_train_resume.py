@@ -21,17 +21,25 @@ import torch
 import curves
 import processes
 import synthetic
+from conftest import TINY_MODEL, script
 from synthetic import write_standin_resnet50
 
 pytestmark = pytest.mark.slow
 
 TINY_RUN = [
-    "--weights-backbone", "none", "--device", "cpu", "--min-size", "64", "--max-size", "96", "--print-freq", "1",
+    *TINY_MODEL, "--device", "cpu", "--min-size", "64", "--max-size", "96", "--print-freq", "1",
     "--seed", "0", "--epochs", "2", "--lr-steps", "1", "-b", "2", "--opt", "adamw", "--lr", "0.0005",
     "--use-deterministic-algorithms", "--model-kwargs", "box_batch_size_per_image=32", "rpn_pre_nms_top_n_train=100",
     "rpn_post_nms_top_n_train=100", "rpn_pre_nms_top_n_test=100", "rpn_post_nms_top_n_test=100",
 ]  # fmt: skip
 ITERS_PER_EPOCH = 8
+
+
+@pytest.fixture(autouse=True)
+def paced_steps(monkeypatch):
+    """Steps of 0.15 s: the tests below signal a run at a printed iteration, and the small model's own steps are
+    shorter than the time to see the line (bit-for-bit comparisons are unaffected: the model only waits)."""
+    monkeypatch.setenv("TINY_MODEL_STEP_SECONDS", "0.15")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +48,7 @@ def tiny_root(tmp_path_factory) -> Path:
 
 
 def _command(root: Path, output: Path, *extra: str) -> list[str]:
-    return [sys.executable, "train.py", "--data-path", str(root), "--output-dir", str(output), *TINY_RUN, *extra]
+    return [*script("train.py"), "--data-path", str(root), "--output-dir", str(output), *TINY_RUN, *extra]
 
 
 def _run_until(command: list[str], line_start: str, action, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -71,7 +79,7 @@ def uninterrupted(tiny_root, tmp_path_factory) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize(
     ("workers", "stop_at"),
-    [("0", "Epoch: [0]  [5/8]"), ("2", "Epoch: [1]  [2/8]")],
+    [("0", "Epoch: [0]  [3/8]"), ("2", "Epoch: [1]  [2/8]")],
     ids=["no workers, in epoch 0's warm-up", "2 workers, in epoch 1"],
 )
 def test_sigterm_then_auto_resume_gives_the_uninterrupted_weights(tiny_root, tmp_path, uninterrupted, workers, stop_at):
@@ -93,8 +101,8 @@ def test_sigterm_then_auto_resume_gives_the_uninterrupted_weights(tiny_root, tmp
 
 def test_kill_9_after_a_mid_epoch_checkpoint_loses_only_the_work_since(tiny_root, tmp_path, uninterrupted):
     command = _command(tiny_root, tmp_path, "-j", "0", "--checkpoint-every", "3", "--auto-resume")
-    # The line "[i/N]" is printed once i + 1 iterations are done: here 5 of epoch 1, and the last save was after 3.
-    killed = _run_until(command, "Epoch: [1]  [4/8]", lambda p: p.signal(signal.SIGKILL))
+    # The line "[i/N]" is printed once i + 1 iterations are done: here 4 of epoch 1, and the last save was after 3.
+    killed = _run_until(command, "Epoch: [1]  [3/8]", lambda p: p.signal(signal.SIGKILL))
     assert killed.returncode == -signal.SIGKILL
     checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert (checkpoint["epoch"], checkpoint["train_state"]["iteration"]) == (1, 3)
@@ -174,8 +182,15 @@ def test_when_a_torchrun_rank_dies_the_others_exit_with_a_message(tiny_root, tmp
 
 
 def _torchrun(root: Path, output: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            *_command(root, output, *extra)[1:]]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        *_command(root, output, *extra)[1:],
+    ]  # fmt: skip: tests/tiny_models.py train.py ...
 
 
 def _signal_rank_1(torchrun: processes.Launched) -> None:
@@ -207,14 +222,16 @@ def test_a_run_with_the_default_backbone_file_resumes(tiny_root, tmp_path):
     the run had, so its checkpoint fits."""
     root = Path(shutil.copytree(tiny_root, tmp_path / "data"))
     write_standin_resnet50(root / "resnet50.pth")
+    # The real maskrcnn_resnet50_fpn (its backbone file is the point), one epoch, a frozen backbone: smaller saves.
+    resnet50_run = [*TINY_RUN[len(TINY_MODEL) :], "--epochs", "1", "--opt", "sgd", "--trainable-backbone-layers", "0"]
     command = [sys.executable, "train.py", "--data-path", str(root), "--output-dir", str(tmp_path / "out"),
-               *TINY_RUN[2:], "-j", "0", "--auto-resume"]  # fmt: skip
-    assert TINY_RUN[:2] == ["--weights-backbone", "none"]
+               *resnet50_run, "-j", "0", "--auto-resume"]  # fmt: skip
+    assert TINY_RUN[: len(TINY_MODEL)] == TINY_MODEL
     stopped = _run_until(command, "Epoch: [0]  [3/8]", lambda p: p.signal(signal.SIGTERM))
     assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
     resumed = processes.run(command)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Epoch: [1]  [7/8]" in resumed.stdout
+    assert "Epoch: [0]  [7/8]" in resumed.stdout and "Done after epoch 0" in resumed.stdout
 
 
 # ----------------------------------------------------------------------------- Ctrl-C, as a terminal sends it
@@ -262,7 +279,7 @@ def test_ctrl_c_under_torchrun_saves_once_and_the_run_resumes(tiny_root, tmp_pat
 def test_a_resume_without_retyped_flags_runs_the_recorded_run_and_epochs_extends(tiny_root, tmp_path, uninterrupted):
     first = processes.run(_command(tiny_root, tmp_path, "-j", "0", "--epochs", "1"))
     assert first.returncode == 0, first.stderr[-3000:]
-    bare = [sys.executable, "train.py", "--data-path", str(tiny_root), "--output-dir", str(tmp_path), "--auto-resume"]
+    bare = [*script("train.py"), "--data-path", str(tiny_root), "--output-dir", str(tmp_path), "--auto-resume"]
     refused = processes.run([*bare, "--epochs", "2", "--min-size", "96"])
     assert refused.returncode == 2
     assert (

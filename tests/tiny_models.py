@@ -14,8 +14,10 @@ Tests import this module (conftest.py does); a child process gets the models by 
     torchrun --nproc_per_node=2 tests/tiny_models.py train.py --model maskrcnn_tiny_fpn ...
 """
 
+import os
 import runpy
 import sys
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +25,7 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import nn
+from torchvision.models import WeightsEnum
 from torchvision.models.detection import KeypointRCNN, MaskRCNN
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -37,6 +40,13 @@ FPN_CHANNELS = 32
 REPRESENTATION = 64  # the box head's (torchvision's: 1024)
 STAGES = ("layer4", "layer3", "layer2", "layer1", "conv1")  # trained first to last, as torchvision's builders count
 CALIBRATION_BATCHES = 3
+# Seconds each training forward pass waits, for the tests that signal a run at a printed iteration: a tiny model's
+# step (about 0.05 s) is shorter than the time to see the line and send the signal. The numbers stay the same.
+STEP_SECONDS = float(os.environ.get("TINY_MODEL_STEP_SECONDS", "0"))
+
+
+class TinyWeights(WeightsEnum):
+    """None: the registry expects each builder to name its weights enum (weights.py looks through them all)."""
 
 
 def _stage(in_channels: int, channels: int, stride: int) -> BasicBlock:
@@ -96,6 +106,12 @@ def _backbone(trainable_backbone_layers: int | None) -> BackboneWithFPN:
     return BackboneWithFPN(body, return_layers, list(WIDTHS), FPN_CHANNELS, extra_blocks=LastLevelMaxPool())
 
 
+def _paced(model: nn.Module) -> nn.Module:
+    if STEP_SECONDS > 0:
+        model.register_forward_pre_hook(lambda module, inputs: time.sleep(STEP_SECONDS) if module.training else None)
+    return model
+
+
 def _box_heads(num_classes: int) -> dict:
     return {
         "box_head": TwoMLPHead(FPN_CHANNELS * 7 * 7, REPRESENTATION),
@@ -104,27 +120,28 @@ def _box_heads(num_classes: int) -> dict:
 
 
 def maskrcnn_tiny_fpn(
-    *, weights=None, weights_backbone=None, num_classes: int | None = None,
+    *, weights: TinyWeights | None = None, weights_backbone=None, num_classes: int | None = None,
     trainable_backbone_layers: int | None = None, **kwargs,
 ) -> MaskRCNN:  # fmt: skip
     """Mask R-CNN on the narrow ResNet (`weights` and `weights_backbone` are not read: there are none)."""
-    return MaskRCNN(
+    return _paced(MaskRCNN(
         _backbone(trainable_backbone_layers), num_classes=None, **_box_heads(num_classes or 91),
         mask_head=MaskRCNNHeads(FPN_CHANNELS, [FPN_CHANNELS, FPN_CHANNELS], 1),
         mask_predictor=MaskRCNNPredictor(FPN_CHANNELS, FPN_CHANNELS, num_classes or 91), **kwargs,
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def keypointrcnn_tiny_fpn(
-    *, weights=None, weights_backbone=None, num_classes: int | None = None, num_keypoints: int | None = None,
+    *, weights: TinyWeights | None = None, weights_backbone=None, num_classes: int | None = None,
+    num_keypoints: int | None = None,
     trainable_backbone_layers: int | None = None, **kwargs,
 ) -> KeypointRCNN:  # fmt: skip
     """Keypoint R-CNN on the narrow ResNet."""
-    return KeypointRCNN(
+    return _paced(KeypointRCNN(
         _backbone(trainable_backbone_layers), num_classes=None, **_box_heads(num_classes or 2),
         keypoint_head=KeypointRCNNHeads(FPN_CHANNELS, [FPN_CHANNELS, FPN_CHANNELS]),
         keypoint_predictor=KeypointRCNNPredictor(FPN_CHANNELS, num_keypoints or 17), **kwargs,
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def _register(builder: Callable) -> None:
