@@ -680,14 +680,14 @@ def small_kp_root(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_keypoint_rcnn_trains_and_evaluates_keypoints(small_kp_root, random_backbone, tmp_path):
-    model = ["--dataset", "coco_kp", "--model", "keypointrcnn_resnet50_fpn"]
+def test_keypoint_rcnn_trains_and_evaluates_keypoints(small_kp_root, tmp_path):
+    model = ["--dataset", "coco_kp", "--model", "keypointrcnn_tiny_fpn"]
     flags = [
         *model,
         "--data-path",
         small_kp_root,
         "--weights-backbone",
-        random_backbone,
+        "none",
         "--epochs",
         "1",
         "-b",
@@ -791,7 +791,7 @@ def test_a_file_as_exporters_write_it_trains_with_its_fills_and_unused_category_
         for v in (exported_root / split, exported_root / split / "_annotations.coco.json")
     ]
     flags = [item for pair in zip(data, map(str, values)) for item in pair]
-    code, out, err = run_train([*flags, "--weights-backbone", "none", "--output-dir", tmp_path, "--epochs", "1",
+    code, out, err = run_train([*flags, *TINY_MODEL, "--output-dir", tmp_path, "--epochs", "1",
                                 "-b", "4", "--lr", "0.001", "--opt", "adamw", *SMALL_RUN])  # fmt: skip
     assert code == 0, err[-3000:]
     assert err.count("no annotation uses category 0 (shapes)") == 1 and "left out of the labels" in err
