@@ -465,139 +465,159 @@ def _row(measure: str, baseline: str, ours: str, ratio: str, goal: str) -> str:
     return f"| {measure} | {baseline} | {ours} | {ratio} | {goal} |"
 
 
-def measure_all(args: argparse.Namespace, root: Path) -> list[str]:
-    rows = ["| measure | baseline (reference's way) | ours | ours / baseline | goal |", "|---|---|---|---|---|"]
-    checks = file_check_times(root)
-    samples = [str(s) for s in args.samples]
-
-    if "memory" in args.only:
-        memory = {
-            v: _run_child("memory", v, str(root), str(args.workers), *samples) for v in ("baseline", "ours", "floor")
-        }
-        for count in args.samples:
-            base, ours = memory["baseline"].get(str(count)), memory["ours"].get(str(count))
-            if base is None or ours is None:
-                reasons = {v: m.get("aborted", "") for v, m in memory.items()}
-                rows.append(
-                    _row(f"PSS after {count} samples/worker", reasons["baseline"], reasons["ours"], "", "not measured")
-                )
-                continue
-            rows.append(
-                _row(
-                    f"PSS, main + {args.workers} workers, after {count} samples/worker",
-                    f"{_gib(base['total'])} (main {_gib(base['main'])})",
-                    f"{_gib(ours['total'])} (main {_gib(ours['main'])})",
-                    f"{ours['total'] / base['total']:.3f}",
-                    "<= 0.25",
-                )
-            )
-            floor = memory["floor"].get(str(count))
-            if floor is not None:
-                rows.append(
-                    _row(
-                        f"  the same less the floor ({_gib(floor['total'])}: torch, {args.workers} workers "
-                        "decoding the JPEGs)",
-                        _gib(base["total"] - floor["total"]),
-                        _gib(ours["total"] - floor["total"]),
-                        f"{(ours['total'] - floor['total']) / (base['total'] - floor['total']):.3f}",
-                        "",
-                    )
-                )
-        if len(args.samples) > 1:
-            first, last = str(min(args.samples)), str(max(args.samples))
-            growth = {
-                v: (m[last]["total"] - m[first]["total"]) / args.workers
-                for v, m in memory.items()
-                if first in m and last in m
-            }
-            if "baseline" in growth and "ours" in growth:
-                rows.append(
-                    _row(
-                        f"PSS growth per worker, {first} to {last} samples",
-                        f"{growth['baseline'] / 2**20:+.1f} MiB",
-                        f"{growth['ours'] / 2**20:+.1f} MiB",
-                        "",
-                        "flat",
-                    )
-                )
-
-    if "startup" in args.only:
-        startup: dict[str, list[dict]] = {"baseline": [], "ours": [], "before #13": []}
-        for _ in range(args.startup_repeats):
-            for variant in startup:
-                startup[variant].append(_run_child("startup", variant, str(root), str(args.workers), repr(time.time())))
-        best = {v: min(runs, key=lambda r: r["first_batch"]) for v, runs in startup.items()}
-        base, ours = best["baseline"], best["ours"]
+def _memory_rows_at(count: int, memory: dict[str, dict], workers: int) -> list[str]:
+    """The PSS rows after `count` samples per worker: ours against the baseline, then both less the floor."""
+    base, ours = memory["baseline"].get(str(count)), memory["ours"].get(str(count))
+    if base is None or ours is None:
+        reasons = {v: m.get("aborted", "") for v, m in memory.items()}
+        return [_row(f"PSS after {count} samples/worker", reasons["baseline"], reasons["ours"], "", "not measured")]
+    rows = [
+        _row(
+            f"PSS, main + {workers} workers, after {count} samples/worker",
+            f"{_gib(base['total'])} (main {_gib(base['main'])})",
+            f"{_gib(ours['total'])} (main {_gib(ours['main'])})",
+            f"{ours['total'] / base['total']:.3f}",
+            "<= 0.25",
+        )
+    ]
+    floor = memory["floor"].get(str(count))
+    if floor is not None:
         rows.append(
             _row(
-                f"launch to first batch ({args.workers} workers, best of {args.startup_repeats})",
-                f"{base['first_batch']:.1f} s",
-                f"{ours['first_batch']:.1f} s",
-                f"{ours['first_batch'] / base['first_batch']:.2f}",
-                "<= 0.5",
-            )
-        )
-        rows.append(
-            _row("  of which: building the dataset", f"{base['dataset']:.1f} s", f"{ours['dataset']:.1f} s", "", "")
-        )
-        rows.append(_row("  of which: imports", f"{base['imports']:.1f} s", f"{ours['imports']:.1f} s", "", ""))
-        before = best["before #13"]
-        rows.append(
-            _row(
-                "  ours before issue #13 (no image header check) / ours",
-                f"{before['first_batch']:.1f} s (dataset {before['dataset']:.1f} s)",
-                f"{ours['first_batch']:.1f} s (dataset {ours['dataset']:.1f} s)",
-                f"{ours['first_batch'] / before['first_batch']:.2f}",
+                f"  the same less the floor ({_gib(floor['total'])}: torch, {workers} workers decoding the JPEGs)",
+                _gib(base["total"] - floor["total"]),
+                _gib(ours["total"] - floor["total"]),
+                f"{(ours['total'] - floor['total']) / (base['total'] - floor['total']):.3f}",
                 "",
             )
         )
-    rows.append(
+    return rows
+
+
+def _memory_growth_rows(samples: list[int], memory: dict[str, dict], workers: int) -> list[str]:
+    """PSS growth per worker from the fewest to the most samples, where there are two counts and both were read."""
+    if len(samples) <= 1:
+        return []
+    first, last = str(min(samples)), str(max(samples))
+    growth = {
+        v: (m[last]["total"] - m[first]["total"]) / workers for v, m in memory.items() if first in m and last in m
+    }
+    if "baseline" not in growth or "ours" not in growth:
+        return []
+    return [
         _row(
-            f"  start-up check for missing image files ({checks['files']} files)",
-            f"a stat per file: {checks['stat']:.2f} s",
-            f"one listdir: {checks['listdir']:.2f} s",
-            f"{checks['listdir'] / checks['stat']:.2f}",
-            "cheap",
+            f"PSS growth per worker, {first} to {last} samples",
+            f"{growth['baseline'] / 2**20:+.1f} MiB",
+            f"{growth['ours'] / 2**20:+.1f} MiB",
+            "",
+            "flat",
         )
+    ]
+
+
+def _memory_rows(args: argparse.Namespace, root: Path) -> list[str]:
+    """PSS of the baseline, ours and the floor, each in child processes of its own, at every sample count."""
+    samples = [str(s) for s in args.samples]
+    memory = {v: _run_child("memory", v, str(root), str(args.workers), *samples) for v in ("baseline", "ours", "floor")}
+    rows = []
+    for count in args.samples:
+        rows += _memory_rows_at(count, memory, args.workers)
+    return rows + _memory_growth_rows(args.samples, memory, args.workers)
+
+
+def _startup_rows(args: argparse.Namespace, root: Path) -> list[str]:
+    """Launch to first batch of the baseline, ours and ours before issue #13, the best of the repeats of each."""
+    startup: dict[str, list[dict]] = {"baseline": [], "ours": [], "before #13": []}
+    for _ in range(args.startup_repeats):
+        for variant in startup:
+            startup[variant].append(_run_child("startup", variant, str(root), str(args.workers), repr(time.time())))
+    best = {v: min(runs, key=lambda r: r["first_batch"]) for v, runs in startup.items()}
+    base, ours, before = best["baseline"], best["ours"], best["before #13"]
+    return [
+        _row(
+            f"launch to first batch ({args.workers} workers, best of {args.startup_repeats})",
+            f"{base['first_batch']:.1f} s",
+            f"{ours['first_batch']:.1f} s",
+            f"{ours['first_batch'] / base['first_batch']:.2f}",
+            "<= 0.5",
+        ),
+        _row("  of which: building the dataset", f"{base['dataset']:.1f} s", f"{ours['dataset']:.1f} s", "", ""),
+        _row("  of which: imports", f"{base['imports']:.1f} s", f"{ours['imports']:.1f} s", "", ""),
+        _row(
+            "  ours before issue #13 (no image header check) / ours",
+            f"{before['first_batch']:.1f} s (dataset {before['dataset']:.1f} s)",
+            f"{ours['first_batch']:.1f} s (dataset {ours['dataset']:.1f} s)",
+            f"{ours['first_batch'] / before['first_batch']:.2f}",
+            "",
+        ),
+    ]
+
+
+def _file_check_row(checks: dict) -> str:
+    """The start-up check for missing image files: a stat per file against one listdir."""
+    return _row(
+        f"  start-up check for missing image files ({checks['files']} files)",
+        f"a stat per file: {checks['stat']:.2f} s",
+        f"one listdir: {checks['listdir']:.2f} s",
+        f"{checks['listdir'] / checks['stat']:.2f}",
+        "cheap",
     )
 
+
+def _best_speeds(args: argparse.Namespace, root: Path) -> dict[str, float]:
+    """The best samples/s of the baseline, ours and ours before issue #13, on the same randomly chosen images."""
+    ids_file = root / "speed_image_ids.json"
+    ours_ids = _our_dataset(root).ids  # a subset of the baseline's: it also drops images with only crowd regions
+    ids_file.write_text(json.dumps(random.Random(0).sample(ours_ids, args.speed_samples + 10)))
+    runs: dict[str, list[float]] = {"baseline": [], "ours": [], "before #13": []}
+    for _ in range(args.speed_repeats):
+        for variant in runs:
+            runs[variant].append(_run_child("speed", variant, str(root), str(ids_file))["samples_per_s"])
+    return {variant: max(rates) for variant, rates in runs.items()}
+
+
+def _speed_rows(args: argparse.Namespace, root: Path) -> list[str]:
+    """Samples/s per worker of each pipeline, then JPEG decode times (PIL against torchvision.io)."""
+    speed = _best_speeds(args, root)
+    rows = [
+        _row(
+            f"samples/s per worker (decode, targets, flip, tensor; best of {args.speed_repeats})",
+            f"{speed['baseline']:.1f}",
+            f"{speed['ours']:.1f}",
+            f"{speed['ours'] / speed['baseline']:.2f}x",
+            ">= 1.5x",
+        ),
+        _row(
+            "  ours before issue #13 (PIL convert alone) / ours",
+            f"{speed['before #13']:.1f}",
+            f"{speed['ours']:.1f}",
+            f"{speed['ours'] / speed['before #13']:.2f}x",
+            "",
+        ),
+    ]
+    decode = _decode_times(root)
+    return rows + [
+        _row(
+            "  JPEG decode 640x480 (information: PIL, used by both, vs torchvision.io)",
+            f"PIL {decode['pil'] * 1e3:.2f} ms",
+            f"torchvision.io {decode['torchvision'] * 1e3:.2f} ms",
+            f"{decode['torchvision'] / decode['pil']:.2f}",
+            "",
+        ),
+    ]
+
+
+def measure_all(args: argparse.Namespace, root: Path) -> list[str]:
+    """The table's rows: memory, start-up, the missing-file check and samples/s, each part as `--only` asks."""
+    rows = ["| measure | baseline (reference's way) | ours | ours / baseline | goal |", "|---|---|---|---|---|"]
+    checks = file_check_times(root)
+    if "memory" in args.only:
+        rows += _memory_rows(args, root)
+    if "startup" in args.only:
+        rows += _startup_rows(args, root)
+    rows.append(_file_check_row(checks))
     if "speed" in args.only:
-        ids_file = root / "speed_image_ids.json"
-        ours_ids = _our_dataset(root).ids  # a subset of the baseline's: it also drops images with only crowd regions
-        ids_file.write_text(json.dumps(random.Random(0).sample(ours_ids, args.speed_samples + 10)))
-        runs: dict[str, list[float]] = {"baseline": [], "ours": [], "before #13": []}
-        for _ in range(args.speed_repeats):
-            for variant in runs:
-                runs[variant].append(_run_child("speed", variant, str(root), str(ids_file))["samples_per_s"])
-        speed = {variant: max(rates) for variant, rates in runs.items()}
-        rows.append(
-            _row(
-                f"samples/s per worker (decode, targets, flip, tensor; best of {args.speed_repeats})",
-                f"{speed['baseline']:.1f}",
-                f"{speed['ours']:.1f}",
-                f"{speed['ours'] / speed['baseline']:.2f}x",
-                ">= 1.5x",
-            )
-        )
-        rows.append(
-            _row(
-                "  ours before issue #13 (PIL convert alone) / ours",
-                f"{speed['before #13']:.1f}",
-                f"{speed['ours']:.1f}",
-                f"{speed['ours'] / speed['before #13']:.2f}x",
-                "",
-            )
-        )
-        decode = _decode_times(root)
-        rows.append(
-            _row(
-                "  JPEG decode 640x480 (information: PIL, used by both, vs torchvision.io)",
-                f"PIL {decode['pil'] * 1e3:.2f} ms",
-                f"torchvision.io {decode['torchvision'] * 1e3:.2f} ms",
-                f"{decode['torchvision'] / decode['pil']:.2f}",
-                "",
-            )
-        )
+        rows += _speed_rows(args, root)
     return rows
 
 

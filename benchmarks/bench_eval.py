@@ -17,6 +17,7 @@ Every case checks that ours gives the baseline's 12 numbers exactly.
     python benchmarks/bench_eval.py --images 1000 --detections 100    # the issue's size
 """
 
+import argparse
 import contextlib
 import copy
 import io
@@ -24,6 +25,7 @@ import sys
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -119,21 +121,17 @@ def _finish(evaluator) -> dict[str, np.ndarray]:
     return {t: np.array(e.stats) for t, e in evaluator.coco_eval.items()}
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, torch.device]:
+    """The command line: report's common flags (seed, device, ...) plus the number of images and detections."""
     parser = report.parser(__doc__, device_help="where the model's outputs are (cpu or cuda): pasting happens there")
     parser.add_argument("--images", type=int, default=100, help="images evaluated")
     parser.add_argument("--detections", type=int, default=100, help="detections per image")
-    args, device = report.setup(parser, argv)
+    return report.setup(parser, argv)
 
-    data, instances = detections.ground_truth(args.images, seed=args.seed)
-    outputs = detections.raw_detections(data, instances, per_image=args.detections, seed=args.seed)
-    gt = coco_index(data)
-    print(
-        f"{args.images} images, {len(data['annotations'])} ground-truth instances, "
-        f"{args.detections} detections per image"
-    )
 
-    evaluators = {
+def _evaluators(gt: COCO) -> dict[str, ReferenceEvaluator | coco_eval.CocoEvaluator]:
+    """Every evaluator timed, by the name its seconds are kept under."""
+    return {
         "reference bbox": ReferenceEvaluator(gt, ["bbox"]),
         "reference segm": ReferenceEvaluator(gt, ["segm"]),
         "ours bbox": coco_eval.CocoEvaluator(gt, ["bbox"]),
@@ -141,38 +139,45 @@ def main(argv: list[str] | None = None) -> None:
         "ours whole way": coco_eval.CocoEvaluator(gt, ["bbox", "segm"]),
         "ours whole way, pycocotools": coco_eval.CocoEvaluator(gt, ["bbox", "segm"], backend="pycocotools"),
     }
+
+
+def _timed(seconds: dict[str, float], name: str, work: Callable, *arguments):
+    """`work(*arguments)`, its wall time added to `seconds[name]`."""
+    start = time.perf_counter()
+    result = work(*arguments)
+    seconds[name] += time.perf_counter() - start
+    return result
+
+
+def _evaluate(
+    outputs: dict, evaluators: dict, device: torch.device
+) -> tuple[dict[str, float], dict[str, dict[str, np.ndarray]]]:
+    """Every evaluator fed image by image, then finished: the seconds each took and the 12 numbers it gives."""
     seconds: dict[str, float] = defaultdict(float)
-
-    def timed(name: str, work, *arguments):
-        start = time.perf_counter()
-        result = work(*arguments)
-        seconds[name] += time.perf_counter() - start
-        return result
-
     for image_id, output in outputs.items():
         raw = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in output.items()}
-        full = timed("paste", _reference_paste, raw)
+        full = _timed(seconds, "paste", _reference_paste, raw)
         reference_input = {
             image_id: {"boxes": output["boxes"], "scores": output["scores"], "labels": output["labels"], "masks": full}
         }
         for name in ("reference bbox", "reference segm", "ours bbox", "ours segm"):
-            timed(name, evaluators[name].update, reference_input)
+            _timed(seconds, name, evaluators[name].update, reference_input)
         for name in ("ours whole way", "ours whole way, pycocotools"):
-            timed(name, evaluators[name].update, {image_id: raw})
-    stats = {name: timed(name, _finish, evaluator) for name, evaluator in evaluators.items()}
+            _timed(seconds, name, evaluators[name].update, {image_id: raw})
+    stats = {name: _timed(seconds, name, _finish, evaluator) for name, evaluator in evaluators.items()}
+    return seconds, stats
 
+
+def _print_timings(args: argparse.Namespace, seconds: dict[str, float]) -> None:
+    """The table of total seconds, baseline against ours, per case."""
+    baseline_whole_way = seconds["paste"] + seconds["reference bbox"] + seconds["reference segm"]
     rows = [
         ("bbox, reference inputs", seconds["reference bbox"], seconds["ours bbox"], 5),
         ("segm, reference inputs (full-size mask probabilities)", seconds["reference segm"], seconds["ours segm"], 1),
-        (
-            "whole way: raw outputs to 12 bbox + 12 segm numbers",
-            seconds["paste"] + seconds["reference bbox"] + seconds["reference segm"],
-            seconds["ours whole way"],
-            10,
-        ),
+        ("whole way: raw outputs to 12 bbox + 12 segm numbers", baseline_whole_way, seconds["ours whole way"], 10),
         (
             "whole way, ours with --eval-backend pycocotools",
-            seconds["paste"] + seconds["reference bbox"] + seconds["reference segm"],
+            baseline_whole_way,
             seconds["ours whole way, pycocotools"],
             None,
         ),
@@ -181,6 +186,18 @@ def main(argv: list[str] | None = None) -> None:
     print(report.table(rows, unit="s"))
     print(f"\n(torchvision's paste_masks_in_image alone: {seconds['paste']:.3g} s)")
 
+
+def _verdict(difference: float) -> str:
+    """How far ours is from the baseline's numbers, in words."""
+    if difference == 0:
+        return "identical"
+    if difference <= 1e-12:  # the tests' tolerance: the last bits of a mean of precisions
+        return f"equal to 1e-12 (largest difference {difference:.1g})"
+    return f"DIFFER by up to {difference:.3g}"
+
+
+def _print_checks(stats: dict[str, dict[str, np.ndarray]]) -> None:
+    """Ours against the baseline's 12 bbox and 12 segm numbers, case by case, then the baseline's APs."""
     reference = {"bbox": stats["reference bbox"]["bbox"], "segm": stats["reference segm"]["segm"]}
     checks = [
         ("bbox, reference inputs", stats["ours bbox"]["bbox"], reference["bbox"]),
@@ -192,15 +209,22 @@ def main(argv: list[str] | None = None) -> None:
     ]
     print("\nThe 12 numbers, ours against the baseline's:")
     for case, ours, expected in checks:
-        difference = np.abs(ours - expected).max()
-        if difference == 0:
-            verdict = "identical"
-        elif difference <= 1e-12:  # the tests' tolerance: the last bits of a mean of precisions
-            verdict = f"equal to 1e-12 (largest difference {difference:.1g})"
-        else:
-            verdict = f"DIFFER by up to {difference:.3g}"
-        print(f"- {case}: {verdict}")
+        print(f"- {case}: {_verdict(np.abs(ours - expected).max())}")
     print(f"- segm AP (baseline): {reference['segm'][0]:.6f}, bbox AP: {reference['bbox'][0]:.6f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, device = _parse_args(argv)
+    data, instances = detections.ground_truth(args.images, seed=args.seed)
+    outputs = detections.raw_detections(data, instances, per_image=args.detections, seed=args.seed)
+    gt = coco_index(data)
+    print(
+        f"{args.images} images, {len(data['annotations'])} ground-truth instances, "
+        f"{args.detections} detections per image"
+    )
+    seconds, stats = _evaluate(outputs, _evaluators(gt), device)
+    _print_timings(args, seconds)
+    _print_checks(stats)
 
 
 if __name__ == "__main__":
