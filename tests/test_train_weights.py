@@ -91,7 +91,10 @@ def pretrained(shapes, tmp_path_factory) -> Path:
 
 PRETRAIN_LR = "0.003"
 FINE_TUNE = ["--opt", "adamw", "--lr", "0.002", "--epochs", "2", "--lr-steps", "1", "-b", "4"]
-FINE_TUNING_MARGIN = 0.1  # AP: what a detector trained on other categories brings after these 16 iterations
+# AP: what a detector trained on other categories brings after these 16 iterations, at least. Over seeds 0-3, with
+# AVX-512 and AVX2 kernels, and in CI, fine-tuning gave box AP 0.23-0.32 and mask AP 0.09-0.34 against at most 0.016
+# and 0.020 from the backbone alone: the masks of 24 tiny epochs vary most with the order of a machine's sums.
+FINE_TUNING_MARGIN = {"bbox": 0.15, "segm": 0.05}
 
 
 def _fine_tune(shapes: Path, output: Path, *start: str) -> tuple[str, dict[str, float]]:
@@ -139,7 +142,8 @@ def test_fine_tuning_a_model_of_other_categories_beats_the_backbone_alone(pretra
     for weights, out, ap in ((pretrained, tuned_out, tuned), (plain, plain_out, from_plain)):
         assert _reinitialised_line(weights) in out.splitlines()
         for iou_type in ("bbox", "segm"):
-            assert ap[iou_type] >= baseline[iou_type] + FINE_TUNING_MARGIN, (weights.name, iou_type, ap, baseline)
+            margin = FINE_TUNING_MARGIN[iou_type]
+            assert ap[iou_type] >= baseline[iou_type] + margin, (weights.name, iou_type, ap, baseline)
     assert from_plain == tuned  # the same weights, the same run
 
 
