@@ -5,8 +5,10 @@ reference train.py, and the command lines of upstream's README."""
 import contextlib
 import io
 import json
+import os
 import re
-import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,8 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+import checkpoint as ckpt
+import models
 import predict
 import solver
 import synthetic
@@ -41,6 +45,43 @@ FIRST_AP = re.compile(
 # The synthetic shapes, told apart in two ways: "merged" knows only round (discs) and angular (the rest) shapes.
 MERGED = {2: 1, 5: 2, 11: 2, 17: 2}
 MERGED_CATEGORIES = [{"id": 1, "name": "round"}, {"id": 2, "name": "angular"}]
+
+
+@dataclass
+class Saved:
+    """One checkpoint a run saved (checkpoint.save_checkpoint's arguments), as torch.load(weights_only=True) reads
+    it back from a file."""
+
+    data: dict
+    output_dir: Path
+    epoch: int | None
+
+
+def _last_epoch(saved: Saved) -> bool:
+    return saved.epoch is not None and saved.epoch == saved.data["args"]["epochs"] - 1
+
+
+@contextlib.contextmanager
+def _checkpoints_in_memory(write: Callable[[Saved], bool] = lambda saved: False) -> Iterator[list[Saved]]:
+    """For runs whose checkpoint files are not the point (test_checkpoint.py and the end-to-end tests write them):
+    each checkpoint train.py saves, serialised by torch.save and read back with weights_only=True in memory, into
+    the list; only those `write` takes (e.g. _last_epoch: the one file a test reads) go to disk, by the real
+    checkpoint.save_checkpoint. Everything else in the run (training, evaluation) is as it is."""
+    saved_list, real_save = [], ckpt.save_checkpoint
+
+    def save(data: dict, output_dir, epoch: int | None = None, keep: int | None = None) -> Path:
+        buffer = io.BytesIO()
+        torch.save(data, buffer)
+        buffer.seek(0)
+        saved = Saved(torch.load(buffer, weights_only=True), Path(output_dir), epoch)
+        saved_list.append(saved)
+        if write(saved):
+            return real_save(data, output_dir, epoch, keep)
+        return Path(output_dir) / ckpt.CHECKPOINT_FILE
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ckpt, "save_checkpoint", save)
+        yield saved_list
 
 
 def _final_ap(output: str) -> dict[str, float]:
@@ -84,8 +125,10 @@ def pretrained(shapes, tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("pretrained")
     flags = [*_own_split_flags(shapes, "merged"), *TINY_MODEL, "--output-dir", output, "--eval-every", "99"]
     schedule = ["--opt", "adamw", "--lr", PRETRAIN_LR, "--epochs", "24", "--lr-steps", "20", "-b", "4"]
-    status, out, err = run_train([*flags, *SMALL, *schedule])
+    with _checkpoints_in_memory(write=_last_epoch) as saved:  # 24 epochs: the last one's file is the one read
+        status, out, err = run_train([*flags, *SMALL, *schedule])
     assert status == 0, err[-2000:]
+    assert [s.epoch for s in saved] == list(range(24)) and (output / "model_23.pth").is_file()
     return output / "checkpoint.pth"
 
 
@@ -97,29 +140,31 @@ FINE_TUNE = ["--opt", "adamw", "--lr", "0.002", "--epochs", "2", "--lr-steps", "
 FINE_TUNING_MARGIN = {"bbox": 0.15, "segm": 0.05}
 
 
-def _fine_tune(shapes: Path, output: Path, *start: str) -> tuple[str, dict[str, float]]:
+def _fine_tune(shapes: Path, output: Path, *start: str) -> tuple[str, dict[str, float], dict]:
+    """The fine-tuning run: its log, final AP and last checkpoint (kept in memory: no test reads its files)."""
     flags = [*_own_split_flags(shapes, "shapes"), "--output-dir", output, *SMALL, *FINE_TUNE, *start]
-    status, out, err = run_train(flags)
+    with _checkpoints_in_memory() as saved:
+        status, out, err = run_train(flags)
     assert status == 0, err[-2000:]
-    return out, _final_ap(out)
+    assert [(s.output_dir, s.epoch) for s in saved] == [(Path(output), 0), (Path(output), 1)]
+    return out, _final_ap(out), saved[-1].data
 
 
 @pytest.fixture(scope="module")
-def fine_tuned(pretrained, shapes, tmp_path_factory) -> tuple[Path, str, dict[str, float]]:
-    """The 3-class model fine-tuned to the four shapes (5 classes): its checkpoint, log and final AP."""
-    output = tmp_path_factory.mktemp("fine_tuned")
-    out, ap = _fine_tune(shapes, output, *TINY_MODEL, "--weights", pretrained)
-    return output / "checkpoint.pth", out, ap
+def fine_tuned(pretrained, shapes, tmp_path_factory) -> tuple[str, dict[str, float]]:
+    """The 3-class model fine-tuned to the four shapes (5 classes): its log and final AP."""
+    out, ap, _ = _fine_tune(shapes, tmp_path_factory.mktemp("fine_tuned"), *TINY_MODEL, "--weights", pretrained)
+    return out, ap
 
 
 @pytest.fixture(scope="module")
-def resnet50_shapes(shapes, standin_backbone, tmp_path_factory) -> Path:
+def resnet50_shapes(shapes, standin_backbone, tmp_path_factory) -> dict:
     """maskrcnn_resnet50_fpn trained on the four shapes from the stand-in backbone (16 iterations, frozen stages: a
-    model that detects, in small saves): the checkpoint."""
+    model that detects): its last checkpoint, as torch.load reads it (in memory: two files of 340 MB unwritten)."""
     output = tmp_path_factory.mktemp("resnet50_shapes")
-    _fine_tune(shapes, output, "--weights-backbone", standin_backbone, "--trainable-backbone-layers", "0",
-               "--lr", "0.0005")  # fmt: skip
-    return output / "checkpoint.pth"
+    _, _, checkpoint = _fine_tune(shapes, output, "--weights-backbone", standin_backbone,
+                                  "--trainable-backbone-layers", "0", "--lr", "0.0005")  # fmt: skip
+    return checkpoint
 
 
 def _reinitialised_line(weights: Path) -> str:
@@ -133,12 +178,12 @@ def _reinitialised_line(weights: Path) -> str:
 def test_fine_tuning_a_model_of_other_categories_beats_the_backbone_alone(pretrained, fine_tuned, shapes, tmp_path):
     """The same iterations on the four shapes: from the 3-class model (train.py's checkpoint, and the same weights as
     a plain torchvision-format state dict), and from its backbone alone."""
-    baseline_out, baseline = _fine_tune(shapes, tmp_path / "baseline", *TINY_MODEL)
+    baseline_out, baseline, _ = _fine_tune(shapes, tmp_path / "baseline", *TINY_MODEL)
     assert "Fine-tuning" not in baseline_out
     plain = tmp_path / "plain.pth"
     torch.save(torch.load(pretrained, weights_only=True)["model"], plain)
-    _, tuned_out, tuned = fine_tuned
-    plain_out, from_plain = _fine_tune(shapes, tmp_path / "plain", *TINY_MODEL, "--weights", plain)
+    tuned_out, tuned = fine_tuned
+    plain_out, from_plain, _ = _fine_tune(shapes, tmp_path / "plain", *TINY_MODEL, "--weights", plain)
     for weights, out, ap in ((pretrained, tuned_out, tuned), (plain, plain_out, from_plain)):
         assert _reinitialised_line(weights) in out.splitlines()
         for iou_type in ("bbox", "segm"):
@@ -175,10 +220,10 @@ def _widened_to_category_ids(state: dict, label_to_category_id: list[int], num_c
 @pytest.fixture(scope="module")
 def coco_file(resnet50_shapes, tmp_path_factory) -> Path:
     """A 91-class state dict named as torchvision's COCO Mask R-CNN (a legacy file: eps 0), which detects the four
-    shapes as COCO's categories 2, 5, 11 and 17."""
-    checkpoint = torch.load(resnet50_shapes, weights_only=True)
+    shapes as COCO's categories 2, 5, 11 and 17. Tests read it, never write it: one that needs it at a path of its
+    own links it there (os.link: a second name, no bytes)."""
     path = tmp_path_factory.mktemp("coco") / "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"
-    torch.save(_widened_to_category_ids(checkpoint["model"], checkpoint["label_to_category_id"]), path)
+    torch.save(_widened_to_category_ids(resnet50_shapes["model"], resnet50_shapes["label_to_category_id"]), path)
     return path
 
 
@@ -241,7 +286,8 @@ def test_a_legacy_coco_file_gets_torchvisions_eps_and_a_renamed_one_does_not(coc
     model, classes = predict.load_trained_model(str(coco_file), torch.device("cpu"))
     frozen = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
     assert frozen and all(m.eps == 0.0 for m in frozen)
-    renamed = Path(shutil.copy(coco_file, tmp_path / "my_model.pth"))
+    renamed = tmp_path / "my_model.pth"
+    os.link(coco_file, renamed)
     model, _ = predict.load_trained_model(str(renamed), torch.device("cpu"))
     assert all(m.eps == 1e-5 for m in model.modules() if isinstance(m, FrozenBatchNorm2d))
     names = classes.names()
@@ -263,7 +309,7 @@ def test_an_enum_name_reads_the_file_from_the_hub_cache_and_a_missing_one_names_
     status, _, err = run_train([*flags, "--weights", "MaskRCNN_ResNet50_FPN_Weights.COCO_V1"])
     assert status == 2 and err.count("\n") == 1
     assert f"maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth, which is not in {torch_home}" in err
-    shutil.copy(coco_file, torch_home)
+    os.link(coco_file, torch_home / coco_file.name)
     status, out, err = run_train([*flags, "--weights", "MaskRCNN_ResNet50_FPN_Weights.COCO_V1"])
     assert status == 0, err[-2000:]
     assert len([m for m in AP_LINE.finditer(out)]) == 24
@@ -337,13 +383,14 @@ UPSTREAM_COMMANDS = {  # references/detection/README.md, after "torchrun --nproc
 
 
 @pytest.fixture(scope="module")
-def upstream_cache(tmp_path_factory) -> Path:
-    """Stand-in files for the backbones upstream's README names, in a torch hub cache of their own."""
+def upstream_cache(standin_backbone, tmp_path_factory) -> Path:
+    """Stand-in files for the backbones upstream's README names, in a torch hub cache of their own (ResNet-50's is
+    the stand-in backbone, linked)."""
     import torchvision
 
     folder = tmp_path_factory.mktemp("torch_home") / "hub" / "checkpoints"
     folder.mkdir(parents=True)
-    write_standin_resnet50(folder / "resnet50-0676ba61.pth")
+    os.link(standin_backbone, folder / "resnet50-0676ba61.pth")
     torch.save(torchvision.models.mobilenet_v3_large().state_dict(), folder / "mobilenet_v3_large-8738ca79.pth")
     vgg = {k: v for k, v in torchvision.models.vgg16().state_dict().items() if k.startswith("features.")}
     torch.save(vgg, folder / "vgg16_features-amdegroot-88682ab5.pth")
@@ -368,10 +415,24 @@ def test_every_command_line_of_upstreams_readme_starts_here(name, upstream_cache
     tiny = ["--epochs", "1", "--device", "cpu", "-j", "0", "--output-dir", tmp_path, "--data-path", two_images[dataset]]
     if not command[command.index("--model") + 1].startswith("ssd"):  # SSDs have a fixed input size
         tiny += ["--min-size", "64", "--max-size", "96"]
-    status, out, err = run_train([*command, *tiny])
+    with _checkpoints_in_memory() as saved:  # a full model and its optimizer's state: up to 470 MB a file
+        status, out, err = run_train([*command, *tiny])
     assert status == 0, err[-3000:]
     assert "Epoch: [0]  [0/1]" in out and "IoU metric: bbox" in out
-    assert torch.load(tmp_path / "model_0.pth", weights_only=True)["args"]["model"] in UPSTREAM_COMMANDS[name]
+    assert [(s.output_dir, s.epoch) for s in saved] == [(tmp_path, 0)]  # model_0.pth, once
+    data = saved[0].data
+    model_name = command[command.index("--model") + 1]
+    assert data["args"]["model"] == model_name and data["epoch"] == 0
+    assert {"optimizer", "lr_scheduler"} <= set(data) and data["optimizer"]["state"]  # a checkpoint that resumes
+    # The model its args name, every tensor in its shape (built on the meta device: no memory, no initialisation).
+    recorded = ckpt.Checkpoint.from_dict(data)
+    classes = recorded.classes
+    with torch.device("meta"):
+        built = models.build_model(
+            models.ModelSpec.from_args(recorded.args), classes.num_classes,
+            num_keypoints=len(classes.keypoint_names) or None, whole_model_weights=True,
+        )  # fmt: skip
+    assert {k: v.shape for k, v in data["model"].items()} == {k: v.shape for k, v in built.state_dict().items()}
 
 
 def test_choice_values_in_upstreams_spelling_are_accepted():
