@@ -343,6 +343,16 @@ def write_random_resnet50(path: Path) -> dict:
     return state
 
 
+@pytest.fixture(scope="session")
+def random_resnet50(tmp_path_factory) -> Path:
+    """A resnet50.pth (random weights, seed 1), written once a session (100 MB) and alone in its folder, so that
+    the folder serves as a --data-path whose default backbone file it is. Tests read it, never write it: a test that
+    needs it at a path of its own links it there (os.link: a second name, no bytes)."""
+    path = tmp_path_factory.mktemp("resnet50") / "resnet50.pth"
+    write_random_resnet50(path)
+    return path
+
+
 def reference_args(**changes) -> argparse.Namespace:
     """The flags of torchvision's reference train.py (today's), with its defaults, as its checkpoints pickle them."""
     defaults = dict(

@@ -22,7 +22,7 @@ import flags
 import predict
 import solver
 import train
-from conftest import CsvReader, run_train, write_csv_split, write_random_resnet50
+from conftest import CsvReader, run_train, write_csv_split
 from labels import Classes
 from samplers import TrainSampler
 
@@ -154,11 +154,9 @@ def csv_format(monkeypatch):
 @pytest.mark.slow
 def test_another_format_and_evaluator_train_evaluate_and_draw(synthetic_root, csv_format, tmp_path):
     train_csv, val_csv = write_csv_split(synthetic_root, "train", 4), write_csv_split(synthetic_root, "val", 3)
-    backbone = tmp_path / "resnet50.pth"
-    write_random_resnet50(backbone)
     data = ["--annotation-format", "csv", "--train-images", synthetic_root / "train2017", "--train-annotations",
             train_csv, "--val-images", synthetic_root / "val2017", "--val-annotations", val_csv]  # fmt: skip
-    run = ["--model", "fasterrcnn_resnet50_fpn", "--weights-backbone", backbone, "--device", "cpu", "-j", "0",
+    run = ["--model", "fasterrcnn_tiny_fpn", "--weights-backbone", "none", "--device", "cpu", "-j", "0",
            "--min-size", "64", "--max-size", "96", "-b", "2", "--lr", "0.001", "--trainable-backbone-layers", "0",
            "--save-predictions", "--print-freq", "1", "--model-kwargs", "rpn_pre_nms_top_n_test=20",
            "rpn_post_nms_top_n_test=20", "box_detections_per_img=5", "box_score_thresh=0.0"]  # fmt: skip

@@ -1,6 +1,7 @@
 """models.py: the local ResNet-50 backbone, models built as torchvision builds them (frozen BatchNorm with trained
 weights), model arguments checked, and weight files that do not fit named by their keys."""
 
+import os
 import re
 import warnings
 
@@ -12,7 +13,6 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 import errors
 import models
 import train
-from conftest import write_random_resnet50
 
 
 def _args(*extra: str):
@@ -32,10 +32,9 @@ def test_backbone_path_defaults_to_data_path_and_none_means_random(tmp_path):
     assert models.backbone_weights_path(_args("--weights-backbone", "x/r.pth")) == "x/r.pth"
 
 
-def test_local_resnet50_is_loaded_into_a_frozen_bn_backbone(tmp_path):
-    path = tmp_path / "resnet50.pth"
-    state = write_random_resnet50(path)
-    args = _args("--data-path", str(tmp_path), "--min-size", "64", "--max-size", "64")
+def test_local_resnet50_is_loaded_into_a_frozen_bn_backbone(random_resnet50):
+    state = torch.load(random_resnet50, weights_only=True)
+    args = _args("--data-path", str(random_resnet50.parent), "--min-size", "64", "--max-size", "64")
     model = _build(args, num_classes=5, backbone=models.load_backbone(args))
     body = model.backbone.body
     assert torch.equal(body.conv1.weight, state["conv1.weight"])
@@ -46,19 +45,19 @@ def test_local_resnet50_is_loaded_into_a_frozen_bn_backbone(tmp_path):
     assert model.roi_heads.box_predictor.cls_score.out_features == 5
 
 
-@pytest.mark.parametrize("content", ["text", "wrong_keys", "wrong_shapes"])
-def test_a_file_that_is_not_a_resnet50_is_refused(tmp_path, content):
+@pytest.mark.parametrize(
+    "content, reason", [("text", ""), ("wrong_keys", "198 missing keys"), ("wrong_shapes", "(wrong shapes for conv1")]
+)
+def test_a_file_that_is_not_a_resnet50_is_refused(tmp_path, content, reason):
     path = tmp_path / "resnet50.pth"
     if content == "text":
         path.write_text("not a checkpoint")
-    elif content == "wrong_keys":
-        torch.save(torchvision.models.resnet18().state_dict(), path)
-    else:
-        state = torchvision.models.resnet50().state_dict()
-        state["conv1.weight"] = torch.zeros(1)
-        torch.save(state, path)
-    with pytest.raises(errors.UsageError, match=re.escape(f"--weights-backbone: {path}")):
+    else:  # ResNet-18's names, or ResNet-50's: one number each (names and shapes are checked, not values)
+        names = (torchvision.models.resnet18 if content == "wrong_keys" else torchvision.models.resnet50)().state_dict()
+        torch.save({name: torch.zeros(1) for name in names}, path)
+    with pytest.raises(errors.UsageError, match=re.escape(f"--weights-backbone: {path}")) as refused:
         models.load_backbone(_args("--weights-backbone", str(path)))
+    assert reason in str(refused.value)
 
 
 def test_whole_model_weights_get_the_pretrained_architecture(tmp_path):
@@ -137,8 +136,8 @@ def test_backbones_of_upstreams_models_are_read_from_the_hub_cache(torch_home):
     assert torch.equal(ssd.backbone.features[0].weight, vgg["features.0.weight"])
 
 
-def test_a_backbone_of_another_kind_is_refused(torch_home, tmp_path):
-    write_random_resnet50(torch_home / "resnet50-0676ba61.pth")
+def test_a_backbone_of_another_kind_is_refused(torch_home, tmp_path, random_resnet50):
+    os.link(random_resnet50, torch_home / "resnet50-0676ba61.pth")
     args = _args("--model", "fasterrcnn_mobilenet_v3_large_fpn", "--weights-backbone", "ResNet50_Weights.IMAGENET1K_V1")
     with pytest.raises(errors.UsageError, match="holds ResNet50_Weights, but fasterrcnn_mobilenet_v3_large_fpn has a "
                        "MobileNetV3-Large backbone"):  # fmt: skip

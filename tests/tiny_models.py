@@ -1,6 +1,6 @@
-"""The tests' small models: Mask R-CNN and Keypoint R-CNN on a narrow ResNet with an FPN of 32 channels and small
-heads (about 0.6M parameters, a 2.5 MB model against maskrcnn_resnet50_fpn's 170 MB), registered in torchvision's
-model registry, so that train.py and predict.py build them with --model like any of torchvision's.
+"""The tests' small models: Faster R-CNN, Mask R-CNN and Keypoint R-CNN on a narrow ResNet with an FPN of 32 channels
+and small heads (about 0.5-0.6M parameters, a 2.5 MB model against maskrcnn_resnet50_fpn's 170 MB), registered in
+torchvision's model registry, so that train.py and predict.py build them with --model like any of torchvision's.
 
 Built the way torchvision builds its R-CNNs for trained weights: torchvision's MaskRCNN / KeypointRCNN classes, its
 BasicBlock, BackboneWithFPN and FrozenBatchNorm2d, the builder's trainable stages (3 by default). The frozen
@@ -26,7 +26,7 @@ import torch
 import torchvision
 from torch import nn
 from torchvision.models import WeightsEnum
-from torchvision.models.detection import KeypointRCNN, MaskRCNN
+from torchvision.models.detection import FasterRCNN, KeypointRCNN, MaskRCNN
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
@@ -120,6 +120,14 @@ def _box_heads(num_classes: int) -> dict:
     }
 
 
+def fasterrcnn_tiny_fpn(
+    *, weights: TinyWeights | None = None, weights_backbone=None, num_classes: int | None = None,
+    trainable_backbone_layers: int | None = None, **kwargs,
+) -> FasterRCNN:  # fmt: skip
+    """Faster R-CNN (boxes only) on the narrow ResNet."""
+    return _paced(FasterRCNN(_backbone(trainable_backbone_layers), None, **_box_heads(num_classes or 91), **kwargs))
+
+
 def maskrcnn_tiny_fpn(
     *, weights: TinyWeights | None = None, weights_backbone=None, num_classes: int | None = None,
     trainable_backbone_layers: int | None = None, **kwargs,
@@ -153,7 +161,7 @@ def _register(builder: Callable) -> None:
         torchvision.models._api.register_model()(builder)  # the registry behind get_model and list_models
 
 
-for _builder in (maskrcnn_tiny_fpn, keypointrcnn_tiny_fpn):
+for _builder in (fasterrcnn_tiny_fpn, maskrcnn_tiny_fpn, keypointrcnn_tiny_fpn):
     _register(_builder)
 
 if __name__ == "__main__":  # python tests/tiny_models.py SCRIPT ARGS...: run SCRIPT with the tiny models registered
