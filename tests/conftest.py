@@ -336,20 +336,14 @@ def model_like_masks(count: int, height: int, width: int, seed: int) -> tuple[to
     return masks, torch.from_numpy(boxes).float()
 
 
-def write_random_resnet50(path: Path) -> dict:
-    torch.manual_seed(1)
-    state = torchvision.models.resnet50().state_dict()
-    torch.save(state, path)
-    return state
-
-
 @pytest.fixture(scope="session")
 def random_resnet50(tmp_path_factory) -> Path:
     """A resnet50.pth (random weights, seed 1), written once a session (100 MB) and alone in its folder, so that
     the folder serves as a --data-path whose default backbone file it is. Tests read it, never write it: a test that
     needs it at a path of its own links it there (os.link: a second name, no bytes)."""
     path = tmp_path_factory.mktemp("resnet50") / "resnet50.pth"
-    write_random_resnet50(path)
+    torch.manual_seed(1)
+    torch.save(torchvision.models.resnet50().state_dict(), path)
     return path
 
 
