@@ -11,8 +11,10 @@ It writes its own inputs, then runs each section on its own: a section that fail
 budget left, records that in its table and the others still run. `gpu_check.md` (markdown tables, ours beside the
 baseline as a ratio) and `gpu_check.json` (the same numbers, unrounded) are rewritten after every section.
 
-With --dry-run everything runs on the CPU at 96-128 px for a few iterations (gloo instead of NCCL); what needs CUDA
-is reported as "skipped (no CUDA)". Scripts import modules, never each other: train.py runs as a subprocess.
+With --dry-run everything runs on the CPU at 96-128 px for a few iterations (gloo instead of NCCL), on the tests'
+small Mask R-CNN (tests/tiny_models.py: a 2.5 MB model, not ResNet-50's 170 MB, whose checkpoints made the dry run
+write 1.2 GB); what needs CUDA is reported as "skipped (no CUDA)". Scripts import modules, never each other: train.py
+runs as a subprocess.
 """
 
 import argparse
@@ -24,17 +26,20 @@ from pathlib import Path
 
 import report  # benchmarks/report.py, beside this script
 import torch
-from device_check import amp, environment, evaluation, loader, syncs, throughput, torchrun
-from device_check.frame import TINY_MODEL_KWARGS, Context, Plan, SectionSpec, commit, markdown, run_sections, slug
+from device_check import amp, environment, evaluation, frame, loader, syncs, throughput, torchrun
+from device_check.frame import DRY_RUN_MODEL, MODEL, TINY_MODEL_KWARGS, Context, Plan, SectionSpec, commit, slug
 from device_check.inputs import prepare_inputs
 
 GPU_PLAN = Plan(
+    model=MODEL, train_script=("train.py",), backbone_file=True, train_env={},
     image_size=(640, 480), min_size=None, max_size=None, model_kwargs=[], num_classes=91, train_images=40,
     val_images=16, loader_distinct=32, loader_repeat=64, batch_sizes=(2, 8), warmup=3, max_iterations=20, repeats=2,
     config_seconds=28, workers=(4, 8), loader_seconds=10, sync_iterations=3, amp_iterations=100, run_timeout=150,
     budget=420,
 )  # fmt: skip
 DRY_PLAN = Plan(
+    model=DRY_RUN_MODEL, train_script=("tests/tiny_models.py", "train.py"), backbone_file=False,
+    train_env={"TINY_MODEL_STEP_SECONDS": "0.3"},
     image_size=(128, 96), min_size=96, max_size=128, model_kwargs=TINY_MODEL_KWARGS, num_classes=4, train_images=8,
     val_images=4, loader_distinct=8, loader_repeat=6, batch_sizes=(2,), warmup=1, max_iterations=2, repeats=1,
     config_seconds=20, workers=(0, 2), loader_seconds=5, sync_iterations=1, amp_iterations=2, run_timeout=180,
@@ -83,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --sections: no section {', '.join(unknown)}", file=sys.stderr)
         return 2
     budget = args.budget if args.budget is not None else plan.budget
+    if args.dry_run:
+        frame.register_dry_run_model()
     threads = args.threads if args.threads is not None else (1 if args.dry_run else None)
     if threads is not None:
         torch.set_num_threads(threads)
@@ -96,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         header = {"machine": report.machine(device), "commit": commit(), "budget": budget, "seconds": 0.0,
                   "mode": mode, "dry_run": args.dry_run}  # fmt: skip
         prepare_inputs(ctx)
-        sections = run_sections(ctx, SECTIONS, chosen, out, header, DISPLAY_ORDER)
+        sections = frame.run_sections(ctx, SECTIONS, chosen, out, header, DISPLAY_ORDER)
     print()
-    print(markdown(header, sections, DISPLAY_ORDER))
+    print(frame.markdown(header, sections, DISPLAY_ORDER))
     print(f"\nWrote {out / 'gpu_check.md'} and {out / 'gpu_check.json'}")
     return 0
 

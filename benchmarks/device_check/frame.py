@@ -9,6 +9,7 @@ import io
 import json
 import math
 import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -20,7 +21,8 @@ import torch
 
 from device_check import ROOT
 
-MODEL = "maskrcnn_resnet50_fpn"
+MODEL = "maskrcnn_resnet50_fpn"  # on a GPU; a dry run trains the tests' small one (tests/tiny_models.py)
+DRY_RUN_MODEL = "maskrcnn_tiny_fpn"
 SKIPPED_NO_CUDA = "skipped (no CUDA)"
 # The demo's lighter R-CNN sampling (README, "The demo"): tiny images need no 2000 proposals, nor 100 detections.
 TINY_MODEL_KWARGS = [
@@ -29,10 +31,22 @@ TINY_MODEL_KWARGS = [
 ]  # fmt: skip
 
 
+def register_dry_run_model() -> None:
+    """Register the tests' small models with torchvision (importing tests/tiny_models.py does), for the sections that
+    build the dry run's model in this process; train.py's runs get them through tests/tiny_models.py."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import tiny_models  # noqa: F401
+
+
 @dataclass
 class Plan:
-    """Sizes and iteration counts: COCO's on a GPU, tiny ones for --dry-run."""
+    """The model, sizes and iteration counts: COCO's on a GPU, tiny ones for --dry-run."""
 
+    model: str  # the architecture every section builds
+    # what torchrun runs: train.py, or (a dry run's small model) the script that registers the model, then train.py
+    train_script: tuple[str, ...]
+    backbone_file: bool  # a stand-in ImageNet ResNet-50 at <data-path>/resnet50.pth, train.py's default (else none)
+    train_env: dict[str, str]  # for train.py's runs (the small model's steps paced, so that SIGTERM lands mid-epoch)
     image_size: tuple[int, int]  # (width, height) of the landscape images; every third is portrait
     min_size: int | None  # the model's resize (None: the model's own, 800 / 1333)
     max_size: int | None

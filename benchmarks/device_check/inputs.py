@@ -71,15 +71,17 @@ def prepare_inputs(ctx: Context) -> None:
     try:
         splits = {"train": (plan.train_images, 1), "val": (plan.val_images, 1)}
         ctx.data_root = write_dataset(ctx.work / "coco", splits, plan.image_size)
-        ctx.backbone_path = ctx.data_root / "resnet50.pth"  # where train.py looks by default
-        write_standin_resnet50(ctx.backbone_path)
+        if plan.backbone_file:
+            ctx.backbone_path = ctx.data_root / "resnet50.pth"  # where train.py looks by default
+            write_standin_resnet50(ctx.backbone_path)
         splits = {"train": (plan.loader_distinct, plan.loader_repeat), "val": (2, 1)}
         ctx.loader_root = write_dataset(ctx.work / "coco_loader", splits, plan.image_size, seed=1)
     except Exception:  # noqa: BLE001 - the run goes on and reports
         ctx.results["inputs"] = "failed: " + traceback.format_exc().strip().splitlines()[-1]
         return
     width, height = plan.image_size
+    backbone = "a calibrated ResNet-50" if plan.backbone_file else f"{plan.model}, no backbone file"
     ctx.results["inputs"] = (
         f"{plan.train_images} training and {plan.val_images} validation images of {width}x{height} (every third "
-        f"portrait), 3-8 shapes each; a calibrated ResNet-50; written in {time.monotonic() - start:.1f} s"
+        f"portrait), 3-8 shapes each; {backbone}; written in {time.monotonic() - start:.1f} s"
     )

@@ -6,7 +6,7 @@ import math
 import statistics
 
 from coco_utils import get_coco
-from device_check.frame import MODEL, SKIPPED_NO_CUDA, Context, Section, failure, free_memory, time_call
+from device_check.frame import SKIPPED_NO_CUDA, Context, Section, failure, free_memory, time_call
 from device_check.trainer import Trainer, build_model, landscape_batches, peak_mib, reset_peak
 from transforms import get_transform
 
@@ -81,7 +81,7 @@ def section_training_throughput(ctx: Context) -> Section:
     size = "x".join(map(str, plan.image_size))
     resize = f"{plan.min_size}/{plan.max_size}" if plan.min_size else "800/1333 (the model's)"
     section.notes.append(
-        f"{MODEL}, {plan.num_classes} classes, synthetic {size} images resized by the model to {resize}, one "
+        f"{plan.model}, {plan.num_classes} classes, synthetic {size} images resized by the model to {resize}, one "
         f"aspect-ratio group, in memory (pinned on a GPU); SGD at the reference's lr for the batch. Per row: "
         f"{plan.warmup} warm-up iteration(s) per loop (not timed), then {plan.repeats} timed run(s) of each loop, "
         "alternating; the median. Both loops copy uint8 images to the device and scale them there."

@@ -19,7 +19,7 @@ import checkpoint as ckpt
 import metrics_log
 import models
 import processes
-from device_check.frame import MODEL, TINY_MODEL_KWARGS, Context, Section, sync
+from device_check.frame import TINY_MODEL_KWARGS, Context, Section, sync
 
 TRAIN_LINE = re.compile(r"Epoch: \[(\d+)\]\s+\[\s*(\d+)/(\d+)\]")
 
@@ -40,7 +40,7 @@ def _deterministic_probe(ctx: Context) -> str | None:
     if ctx.cuda:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what cuBLAS needs to be deterministic
     device = ctx.device
-    model = models.build_model(models.ModelSpec(MODEL, 128, 160, model_kwargs=TINY_MODEL_KWARGS), 4).to(device)
+    model = models.build_model(models.ModelSpec(ctx.plan.model, 128, 160, model_kwargs=TINY_MODEL_KWARGS), 4).to(device)
     masks = torch.zeros(1, 128, 160, dtype=torch.uint8, device=device)
     masks[:, 20:100, 10:90] = 1
     boxes, labels = torch.tensor([[10.0, 20.0, 90.0, 100.0]], device=device), torch.tensor([1], device=device)
@@ -61,8 +61,9 @@ def _deterministic_probe(ctx: Context) -> str | None:
 
 def _train_command(ctx: Context, output: Path, deterministic: bool) -> list[str]:
     plan = ctx.plan
-    command = [sys.executable, *"-m torch.distributed.run --standalone --nproc_per_node=1 train.py".split()]
+    command = [sys.executable, *"-m torch.distributed.run --standalone --nproc_per_node=1".split(), *plan.train_script]
     # the backbone file where train.py looks by default (<data-path>/resnet50.pth), as the README's commands leave it
+    command += [] if plan.backbone_file else ["--model", plan.model, "--weights-backbone", "none"]
     command += ["--data-path", str(ctx.data_root), "--output-dir", str(output),
                 "--device", ctx.device.type, "-j", "0" if ctx.dry_run else "4"]  # fmt: skip
     command += "-b 2 --epochs 1 --print-freq 1 --seed 0 --auto-resume".split()
@@ -103,7 +104,7 @@ class _Runs:
 
     @classmethod
     def of(cls, ctx: Context) -> "_Runs":
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **ctx.plan.train_env}
         if ctx.threads is not None:
             env["OMP_NUM_THREADS"] = str(ctx.threads)
         if ctx.cuda:

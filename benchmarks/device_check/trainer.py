@@ -10,7 +10,7 @@ import torch
 
 import models
 import utils
-from device_check.frame import MODEL, Context
+from device_check.frame import Context
 from engine import StopSignal, train_one_epoch
 
 
@@ -34,11 +34,12 @@ def landscape_batches(dataset, batch_size: int, count: int, pin: bool) -> list[t
 
 
 def build_model(ctx: Context, num_classes: int) -> torch.nn.Module:
-    """The model as train.py builds it from a backbone file (frozen BatchNorm, 3 trainable stages)."""
-    args = argparse.Namespace(
-        model=MODEL, weights_backbone=str(ctx.backbone_path), weights=None, test_only=False, resume=""
-    )
-    spec = models.ModelSpec(MODEL, ctx.plan.min_size, ctx.plan.max_size, model_kwargs=list(ctx.plan.model_kwargs))
+    """The model as train.py builds it from a backbone file, or the dry run's without one (frozen BatchNorm, 3
+    trainable stages)."""
+    backbone = str(ctx.backbone_path) if ctx.backbone_path else "none"
+    args = argparse.Namespace(model=ctx.plan.model, weights_backbone=backbone, weights=None, test_only=False, resume="")
+    plan = ctx.plan
+    spec = models.ModelSpec(plan.model, plan.min_size, plan.max_size, model_kwargs=list(plan.model_kwargs))
     torch.manual_seed(0)
     return models.build_model(spec, num_classes, backbone=models.load_backbone(args))
 
