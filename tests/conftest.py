@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torchvision
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
@@ -337,13 +336,13 @@ def model_like_masks(count: int, height: int, width: int, seed: int) -> tuple[to
 
 
 @pytest.fixture(scope="session")
-def random_resnet50(tmp_path_factory) -> Path:
-    """A resnet50.pth (random weights, seed 1), written once a session (100 MB) and alone in its folder, so that
-    the folder serves as a --data-path whose default backbone file it is. Tests read it, never write it: a test that
-    needs it at a path of its own links it there (os.link: a second name, no bytes)."""
+def standin_resnet50(tmp_path_factory) -> Path:
+    """A resnet50.pth that behaves like ImageNet weights (synthetic.standin_resnet50: BatchNorm statistics calibrated
+    on normalised random batches, zero-initialised residual branches), written once a session (100 MB) and alone in
+    its folder, so that the folder serves as a --data-path whose default backbone file it is. Tests read it, never
+    write it: a test that needs it at a path of its own links it there (os.link: a second name, no bytes)."""
     path = tmp_path_factory.mktemp("resnet50") / "resnet50.pth"
-    torch.manual_seed(1)
-    torch.save(torchvision.models.resnet50().state_dict(), path)
+    synthetic.write_standin_resnet50(path)
     return path
 
 

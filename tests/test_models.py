@@ -32,9 +32,9 @@ def test_backbone_path_defaults_to_data_path_and_none_means_random(tmp_path):
     assert models.backbone_weights_path(_args("--weights-backbone", "x/r.pth")) == "x/r.pth"
 
 
-def test_local_resnet50_is_loaded_into_a_frozen_bn_backbone(random_resnet50):
-    state = torch.load(random_resnet50, weights_only=True)
-    args = _args("--data-path", str(random_resnet50.parent), "--min-size", "64", "--max-size", "64")
+def test_local_resnet50_is_loaded_into_a_frozen_bn_backbone(standin_resnet50):
+    state = torch.load(standin_resnet50, weights_only=True)
+    args = _args("--data-path", str(standin_resnet50.parent), "--min-size", "64", "--max-size", "64")
     model = _build(args, num_classes=5, backbone=models.load_backbone(args))
     body = model.backbone.body
     assert torch.equal(body.conv1.weight, state["conv1.weight"])
@@ -136,8 +136,8 @@ def test_backbones_of_upstreams_models_are_read_from_the_hub_cache(torch_home):
     assert torch.equal(ssd.backbone.features[0].weight, vgg["features.0.weight"])
 
 
-def test_a_backbone_of_another_kind_is_refused(torch_home, tmp_path, random_resnet50):
-    os.link(random_resnet50, torch_home / "resnet50-0676ba61.pth")
+def test_a_backbone_of_another_kind_is_refused(torch_home, tmp_path, standin_resnet50):
+    os.link(standin_resnet50, torch_home / "resnet50-0676ba61.pth")
     args = _args("--model", "fasterrcnn_mobilenet_v3_large_fpn", "--weights-backbone", "ResNet50_Weights.IMAGENET1K_V1")
     with pytest.raises(errors.UsageError, match="holds ResNet50_Weights, but fasterrcnn_mobilenet_v3_large_fpn has a "
                        "MobileNetV3-Large backbone"):  # fmt: skip

@@ -105,13 +105,14 @@ def test_missing_resnet50_stops_with_one_line_and_status_2(tmp_path, synthetic_r
 
 
 @pytest.fixture(scope="module")
-def trained(quirky_root, random_resnet50, tmp_path_factory):
-    """One epoch of maskrcnn_resnet50_fpn on the hand-written quirky dataset, from a local random resnet50.pth. SGD
-    without momentum: the checkpoint holds no optimizer state (177 MB instead of 352 MB); the small model's resume
-    tests (test_train_resume.py) check that state's round trip."""
-    output = tmp_path_factory.mktemp("run")
-    flags = ["--data-path", str(quirky_root), "--weights-backbone", str(random_resnet50), "-b", "2", "--lr", "0.001",
-             "--momentum", "0", *SMALL_RUN]  # fmt: skip
+def trained(quirky_root, standin_resnet50, tmp_path_factory):
+    """One epoch of maskrcnn_resnet50_fpn on the hand-written quirky dataset, from the backbone file train.py reads by
+    default, <data-path>/resnet50.pth (a stand-in). SGD without momentum: the checkpoint holds no optimizer state
+    (177 MB instead of 352 MB); the small model's resume tests (test_train_resume.py) check that state's round trip."""
+    output, root = tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("quirky_with_backbone")
+    shutil.copytree(quirky_root, root, dirs_exist_ok=True)
+    os.link(standin_resnet50, root / "resnet50.pth")
+    flags = ["--data-path", str(root), "-b", "2", "--lr", "0.001", "--momentum", "0", *SMALL_RUN]
     tensorboard = ["--tensorboard"] if metrics_log.tensorboard_available() else []  # an optional extra
     result = _run(*flags, "--epochs", "1", "--output-dir", str(output), *tensorboard)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -223,6 +224,8 @@ def test_training_writes_plain_checkpoints_and_evaluates(trained):
 
 @pytest.mark.slow
 def test_resume_continues_at_the_next_epoch(trained, tmp_path):
+    """Also: with the default backbone file, the resumed model has frozen BatchNorm as the run had, so the checkpoint
+    fits (what test_train_resume's default-backbone test checked mid-epoch, merged here)."""
     output, flags, _ = trained
     before = torch.load(output / "checkpoint.pth", weights_only=True)
     result = _run(*flags, "--epochs", "2", "--resume", str(output / "checkpoint.pth"), "--output-dir", str(tmp_path))

@@ -8,7 +8,6 @@ an epoch); "the same weights" means bit for bit (torch.equal), on the CPU with
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -214,25 +213,6 @@ def test_a_signal_to_one_torchrun_rank_stops_every_rank_at_the_same_iteration(ti
     assert (
         "Auto-resuming from" in resumed.stdout and torch.load(tmp_path / "model_1.pth", weights_only=True)["epoch"] == 1
     )
-
-
-def test_a_run_with_the_default_backbone_file_resumes(tiny_root, tmp_path, random_resnet50):
-    """--weights-backbone left at its default, <data-path>/resnet50.pth: the resumed model has frozen BatchNorm as
-    the run had, so its checkpoint fits."""
-    root = Path(shutil.copytree(tiny_root, tmp_path / "data"))
-    os.link(random_resnet50, root / "resnet50.pth")
-    # The real maskrcnn_resnet50_fpn (its backbone file is the point), one epoch, a frozen backbone and SGD without
-    # momentum: smaller saves.
-    resnet50_run = [*TINY_RUN[len(TINY_MODEL) :], "--epochs", "1", "--opt", "sgd", "--momentum", "0",
-                    "--trainable-backbone-layers", "0"]  # fmt: skip
-    command = [sys.executable, "train.py", "--data-path", str(root), "--output-dir", str(tmp_path / "out"),
-               *resnet50_run, "-j", "0", "--auto-resume"]  # fmt: skip
-    assert TINY_RUN[: len(TINY_MODEL)] == TINY_MODEL
-    stopped = _run_until(command, "Epoch: [0]  [3/8]", lambda p: p.signal(signal.SIGTERM))
-    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
-    resumed = processes.run(command)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Epoch: [0]  [7/8]" in resumed.stdout and "Done after epoch 0" in resumed.stdout
 
 
 # ----------------------------------------------------------------------------- Ctrl-C, as a terminal sends it

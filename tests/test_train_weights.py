@@ -29,7 +29,6 @@ import synthetic
 import synthetic_people
 import train
 from conftest import TINY_MODEL, run_train, write_reference_checkpoint
-from synthetic import write_standin_resnet50
 
 pytestmark = pytest.mark.slow
 
@@ -113,13 +112,6 @@ def shapes(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def standin_backbone(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("backbone") / "resnet50.pth"
-    write_standin_resnet50(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def pretrained(shapes, tmp_path_factory) -> Path:
     """The small Mask R-CNN trained on round and angular shapes (3 classes with the background)."""
     output = tmp_path_factory.mktemp("pretrained")
@@ -158,11 +150,11 @@ def fine_tuned(pretrained, shapes, tmp_path_factory) -> tuple[str, dict[str, flo
 
 
 @pytest.fixture(scope="module")
-def resnet50_shapes(shapes, standin_backbone, tmp_path_factory) -> dict:
+def resnet50_shapes(shapes, standin_resnet50, tmp_path_factory) -> dict:
     """maskrcnn_resnet50_fpn trained on the four shapes from the stand-in backbone (16 iterations, frozen stages: a
     model that detects): its last checkpoint, as torch.load reads it (in memory: two files of 340 MB unwritten)."""
     output = tmp_path_factory.mktemp("resnet50_shapes")
-    _, _, checkpoint = _fine_tune(shapes, output, "--weights-backbone", standin_backbone,
+    _, _, checkpoint = _fine_tune(shapes, output, "--weights-backbone", standin_resnet50,
                                   "--trainable-backbone-layers", "0", "--lr", "0.0005")  # fmt: skip
     return checkpoint
 
@@ -383,14 +375,14 @@ UPSTREAM_COMMANDS = {  # references/detection/README.md, after "torchrun --nproc
 
 
 @pytest.fixture(scope="module")
-def upstream_cache(standin_backbone, tmp_path_factory) -> Path:
+def upstream_cache(standin_resnet50, tmp_path_factory) -> Path:
     """Stand-in files for the backbones upstream's README names, in a torch hub cache of their own (ResNet-50's is
     the stand-in backbone, linked)."""
     import torchvision
 
     folder = tmp_path_factory.mktemp("torch_home") / "hub" / "checkpoints"
     folder.mkdir(parents=True)
-    os.link(standin_backbone, folder / "resnet50-0676ba61.pth")
+    os.link(standin_resnet50, folder / "resnet50-0676ba61.pth")
     torch.save(torchvision.models.mobilenet_v3_large().state_dict(), folder / "mobilenet_v3_large-8738ca79.pth")
     vgg = {k: v for k, v in torchvision.models.vgg16().state_dict().items() if k.startswith("features.")}
     torch.save(vgg, folder / "vgg16_features-amdegroot-88682ab5.pth")
