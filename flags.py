@@ -102,6 +102,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="copy-paste objects between a batch's images (with lsj)")  # fmt: skip
     add("--sync-bn", action="store_true", resume=TRAINING, help="use SyncBatchNorm when distributed")
     add("--test-only", action="store_true", resume=NEVER, help="only evaluate (the model from --resume or --weights)")
+    add("--onnx", default=None, resume=NEVER, metavar="MODEL_ONNX",
+        help="with --test-only: evaluate this file that export.py wrote (ONNX Runtime, on the CPU) instead of weights")
     add("--use-deterministic-algorithms", action="store_true", resume=TRAINING, help="force deterministic algorithms")
     add("--world-size", default=1, type=int, resume=NEVER, help="number of distributed processes")
     add("--dist-url", default="env://", resume=NEVER, help="url used to set up distributed training")
@@ -162,12 +164,23 @@ def resume_policies(parser: argparse.ArgumentParser) -> dict[str, str]:
 RESERVED_MODEL_KWARGS = {"num_classes", "num_keypoints", "weights", "weights_backbone"}
 
 
+def _validate_onnx(args: argparse.Namespace) -> None:
+    if args.onnx is None:
+        return
+    if not args.test_only:
+        raise errors.UsageError("--onnx: an exported file only evaluates; add --test-only (training needs weights)")
+    given = [flag for flag, value in (("--resume", args.resume), ("--weights", args.weights)) if value]
+    if given:
+        raise errors.UsageError(f"--onnx: evaluates the exported file alone; leave out {given[0]}")
+
+
 def validate(args: argparse.Namespace) -> None:
     """Catch flag values that would otherwise fail deep inside a run, with a traceback."""
     models.check_model_name(args.model)
     if args.model.startswith("keypointrcnn") and args.dataset != "coco_kp":
         raise errors.UsageError(f"--model: {args.model} needs keypoint annotations; add --dataset coco_kp")
     _validate_own_data(args)
+    _validate_onnx(args)
     reserved = sorted(set(dict(args.model_kwargs)) & RESERVED_MODEL_KWARGS)
     if reserved:
         raise errors.UsageError(

@@ -437,7 +437,11 @@ def unpasted_masks(model: torch.nn.Module) -> Iterator[None]:
     """Within this block, a torchvision Mask R-CNN in eval mode returns its mask probabilities
     unpasted: "raw_masks" (N, 1, 28, 28) and the original "image_size" instead of full-size "masks".
     CocoEvaluator.update pastes and encodes them (paste_masks_to_rles). The model is restored on
-    exit, even after an exception."""
+    exit, even after an exception. A deployed model (deployed.OnnxModel) does it by its own method."""
+    if hasattr(model, "returning_unpasted_masks"):
+        with model.returning_unpasted_masks():
+            yield
+        return
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         model = model.module
     transform = model.transform

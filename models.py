@@ -29,7 +29,7 @@ from torchvision.models.detection import KeypointRCNN, MaskRCNN
 
 import errors
 import weights
-from checkpoint import Checkpoint, load_file
+from checkpoint import Checkpoint, load_file, read_model_file
 from labels import Classes
 
 DEFAULT_MODEL = "maskrcnn_resnet50_fpn"
@@ -283,7 +283,10 @@ def build_model_or_explain(spec: ModelSpec, num_classes: int, **build_options) -
 
 
 def iou_types_of(model: torch.nn.Module) -> list[str]:
-    """What a torchvision detection model predicts: boxes always, masks and keypoints by model class."""
+    """What a torchvision detection model predicts: boxes always, masks and keypoints by model class (a deployed
+    model, deployed.OnnxModel, says it)."""
+    if hasattr(model, "iou_types"):
+        return list(model.iou_types)
     model = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     iou_types = ["bbox"]
     if isinstance(model, MaskRCNN):
@@ -478,3 +481,23 @@ def model_from_checkpoint(
     )
     load_whole_model(model, spec, checkpoint, path, flag)
     return model, classes
+
+
+def load_trained_model(
+    value: str, device: torch.device, model_name: str | None = None, flag: str = "--checkpoint"
+) -> tuple[torch.nn.Module, Classes]:
+    """The model a weights file (or torchvision enum) holds, in eval mode, and its classes (label_to_category_id,
+    categories, keypoints); `model_name` builds a file that records no model (predict.py, export.py)."""
+    model, classes, _ = trained_model_named(value, device, model_name, flag)
+    return model, classes
+
+
+def trained_model_named(
+    value: str, device: torch.device, model_name: str | None = None, flag: str = "--checkpoint"
+) -> tuple[torch.nn.Module, Classes, str]:
+    """As load_trained_model, with the architecture's builder name (what --model calls it)."""
+    path = weights.resolve(value, flag).path
+    checkpoint = read_model_file(path, flag)
+    model, classes = model_from_checkpoint(checkpoint, path, flag, model_name)
+    name = checkpoint.args.get("model") or model_name or DEFAULT_MODEL
+    return model.to(device).eval(), classes, name

@@ -2,6 +2,7 @@ r"""Run a model on image files or folders, or look at an annotation file's label
 
     python predict.py --checkpoint output/demo/checkpoint.pth data/synthetic/val2017 --output-dir output/demo/pictures
     python predict.py --ground-truth data/synthetic/annotations/instances_val2017.json data/synthetic/val2017
+    python predict.py --onnx output/demo/model.onnx data/synthetic/val2017 --output-dir output/demo/pictures_onnx
 
 Each picture shows the detections scoring at least --score-thresh: masks, boxes, class names and
 scores (and keypoints, for a keypoint model), drawn with torchvision.utils, every label inside the picture.
@@ -29,17 +30,15 @@ from torchvision.utils import draw_bounding_boxes, draw_keypoints, draw_segmenta
 
 import annotations
 import coco_eval
+import deployed
 import distributed
 import errors
 import files
-import weights
 from annotations import AnnotationTable
-from checkpoint import read_model_file
 from errors import DataError
 from images import IMAGE_READ_ERRORS, UnreadableImage, images_to_device, read_rgb
-from labels import Classes
 from masks import MASK_THRESHOLD, SEGMENTATION_ERRORS, decode_masks
-from models import DEFAULT_MODEL, check_model_name, iou_types_of, model_from_checkpoint
+from models import DEFAULT_MODEL, check_model_name, iou_types_of, load_trained_model
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 # Distinct colours, one per class (label modulo their number).
@@ -61,6 +60,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="weights: a checkpoint or model_{epoch}.pth written by train.py, a torchvision reference checkpoint, a "
         "torchvision state dict, or a torchvision enum such as MaskRCNN_ResNet50_FPN_Weights.COCO_V1 (hub cache); "
         "needed unless --ground-truth")  # fmt: skip
+    add("--onnx", default=None, metavar="MODEL_ONNX",
+        help="instead of --checkpoint: a model.onnx that export.py wrote, run with ONNX Runtime on the CPU")
+    add("--threads", default=None, type=int, metavar="N", help="--onnx: ONNX Runtime's threads (default: all cores)")
     add("--ground-truth", default=None, metavar="ANNOTATIONS",
         help="a COCO annotation file: draw its masks, boxes and names (beside predictions, given a model)")  # fmt: skip
     add("--model", default=None, help=f"the architecture of a file that does not record one (default {DEFAULT_MODEL})")
@@ -149,16 +151,6 @@ def read_image(path: Path, expected_size: tuple[int, int] | None = None, listed_
 
 
 # ----------------------------------------------------------------------------- model
-
-
-def load_trained_model(
-    value: str, device: torch.device, model_name: str | None = None
-) -> tuple[torch.nn.Module, Classes]:
-    """The model a weights file (or torchvision enum) holds, in eval mode, and its classes (label_to_category_id,
-    categories, keypoints); `model_name` builds a file that records no model."""
-    path = weights.resolve(value, "--checkpoint").path
-    model, classes = model_from_checkpoint(read_model_file(path, "--checkpoint"), path, "--checkpoint", model_name)
-    return model.to(device).eval(), classes
 
 
 # ----------------------------------------------------------------------------- pictures and results
@@ -329,8 +321,10 @@ def _picture_path(output_dir: Path, image: Path, taken: set[str]) -> Path:
 
 
 def _check_flags(args: argparse.Namespace) -> None:
-    if args.checkpoint is None and args.ground_truth is None:
+    if args.checkpoint is None and args.onnx is None and args.ground_truth is None:
         raise errors.UsageError("pass --checkpoint FILE to draw a model's predictions, or --ground-truth ANNOTATIONS")
+    if args.checkpoint is not None and args.onnx is not None:
+        raise errors.UsageError("--onnx: pass either --checkpoint or --onnx, not both")
     if not 0 <= args.score_thresh <= 1:
         raise errors.UsageError(f"--score-thresh: must be between 0 and 1, got {args.score_thresh}")
     if args.max_images is not None and args.max_images < 1:
@@ -352,10 +346,15 @@ def _image_ids(images: list[Path], ann_file: str | None, reader: annotations.Ann
 
 
 class _Model:
-    """The model of --checkpoint, and what turns its outputs into results entries and pictures."""
+    """The model of --checkpoint (or the file of --onnx, under ONNX Runtime), and what turns its outputs into results
+    entries and pictures."""
 
     def __init__(self, args: argparse.Namespace, device: torch.device):
-        self.model, self.classes = load_trained_model(args.checkpoint, device, args.model)
+        if args.onnx is not None:
+            self.model = deployed.OnnxModel(args.onnx, "--onnx", threads=args.threads)
+            self.classes, device = self.model.classes, torch.device("cpu")
+        else:
+            self.model, self.classes = load_trained_model(args.checkpoint, device, args.model)
         self.device = device
         self.names, self.iou_types = self.classes.names(), iou_types_of(self.model)
         self.labels = self.classes.category_labels()
@@ -386,7 +385,7 @@ def predict(args: argparse.Namespace) -> Path:
         image_ids = _image_ids(images, args.annotations, reader)
     for path in images:  # a file that is no image stops the run now, not after the pictures before it
         check_image(path)
-    model = _Model(args, torch.device(args.device)) if args.checkpoint is not None else None
+    model = _Model(args, torch.device(args.device)) if args.checkpoint or args.onnx else None
     if ground_truth is not None and model is not None:
         ground_truth.use_labels(model.classes.label_to_category_id)
     output_dir.mkdir(parents=True, exist_ok=True)

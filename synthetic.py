@@ -291,6 +291,13 @@ def draw_split(
     return images, annotations
 
 
+def shapes_images(count: int, seed: int = 0) -> list[Image.Image]:
+    """`count` RGB images of the default dataset's kind (its sizes, 1-4 shapes each), without their annotations:
+    export.py's verification images when no data is given."""
+    images, _ = draw_split(count, random.Random(seed), 1, 1, _make_image)
+    return [picture.convert("RGB") for _, picture in images]
+
+
 def write_shapes_split(
     root: Path, split: str, num_images: int, rng: random.Random, first_image_id: int, first_ann_id: int
 ) -> list[dict]:

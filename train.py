@@ -26,6 +26,7 @@ import torch
 
 import annotations
 import checkpoint as ckpt
+import deployed
 import distributed
 import errors
 import flags
@@ -51,6 +52,7 @@ class Inputs:
     pretrained: ckpt.Checkpoint | None  # --weights
     resumed: ckpt.Checkpoint | None  # --resume
     backbone: models.Backbone | None
+    exported: deployed.OnnxModel | None  # --onnx: the exported model, which --test-only evaluates instead
 
 
 def _read_model_files(args: argparse.Namespace) -> tuple[ckpt.Checkpoint | None, ckpt.Checkpoint | None]:
@@ -106,9 +108,11 @@ def _data_seed(args: argparse.Namespace, resumed: ckpt.Checkpoint | None) -> int
 
 
 def _trained_label_mapping(
-    args: argparse.Namespace, pretrained: ckpt.Checkpoint | None, resumed: ckpt.Checkpoint | None
+    args: argparse.Namespace, pretrained: ckpt.Checkpoint | None, resumed: ckpt.Checkpoint | None, exported=None
 ) -> list[int] | None:
     """The labels a trained model already has, when this run must keep them: resuming, or evaluating it."""
+    if exported is not None:
+        return exported.classes.label_to_category_id
     source = resumed if resumed is not None else (pretrained if args.test_only else None)
     return None if source is None or source.classes is None else source.classes.label_to_category_id
 
@@ -228,7 +232,8 @@ def _set_up(args: argparse.Namespace, typed: set[str]) -> Inputs:
         reference = resumed.source == "torchvision reference"
         args, restored = flags.restore_recorded(args, resumed.args, typed, args.resume, reference)
         flags.validate(args)
-    backbone = models.load_backbone(args) if resumed is None or args.test_only else None
+    exported = deployed.OnnxModel(args.onnx, "--onnx") if args.onnx else None
+    backbone = models.load_backbone(args) if exported is None and (resumed is None or args.test_only) else None
     _make_output_dir(args)
     processes = distributed.init_distributed_mode(args)
     if args.output_dir and distributed.is_main_process():
@@ -241,12 +246,12 @@ def _set_up(args: argparse.Namespace, typed: set[str]) -> Inputs:
         _seed_everything(args.seed + processes.rank)
     if args.use_deterministic_algorithms:
         torch.use_deterministic_algorithms(True)
-    return Inputs(args, processes, pretrained, resumed, backbone)
+    return Inputs(args, processes, pretrained, resumed, backbone, exported)
 
 
 def _test_only(inputs: Inputs, model: torch.nn.Module, loader: Iterable, device, make_evaluator) -> int:
     """--test-only: evaluate the model once (its detections to predictions.json with --save-predictions)."""
-    if inputs.pretrained is None and inputs.resumed is None:
+    if inputs.pretrained is None and inputs.resumed is None and inputs.exported is None:
         print("Warning: --test-only without --resume or --weights evaluates an untrained model")
     torch.backends.cudnn.deterministic = True
     evaluator = evaluate(model, loader, device, evaluator=make_evaluator(model, loader))
@@ -287,12 +292,14 @@ def main(args: argparse.Namespace, typed: set[str] | None = None, *, evaluators:
     make_evaluator = evaluators or coco_evaluators(args.eval_backend)
 
     print("Loading data")
-    mapping = _trained_label_mapping(args, inputs.pretrained, inputs.resumed)
+    mapping = _trained_label_mapping(args, inputs.pretrained, inputs.resumed, inputs.exported)
     min_classes = _trained_num_classes(args, inputs.pretrained, inputs.resumed)
     dataset_train, dataset_test = load_datasets(args, mapping, min_classes)
     loaders = build_data_loaders(args, dataset_train, dataset_test, device, _data_seed(args, inputs.resumed))
     classes = (dataset_train or dataset_test).classes  # the training split's: what the model learns
 
+    if inputs.exported is not None:  # --test-only --onnx: the exported file, evaluated as weights would be
+        return _test_only(inputs, inputs.exported, loaders[3], torch.device("cpu"), make_evaluator)
     print("Creating model")
     model, model_without_ddp = _build_model(inputs, classes, device)
     _load_whole_model(inputs, model_without_ddp)
