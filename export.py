@@ -91,7 +91,7 @@ class Agreement:
     size: tuple[int, int]
     eager: int  # detections
     onnx: int
-    box_px: float = 0.0  # largest coordinate difference of matched detections
+    box_px: float = 0.0  # largest coordinate difference of matched detections' boxes (and keypoints' x, y)
     score: float = 0.0
     mask_iou: float = 1.0  # smallest, of matched detections' thresholded masks
     unmatched: int = 0  # detections of one side only
@@ -139,6 +139,9 @@ def compare(name: str, eager: dict, onnx: dict, size: tuple[int, int]) -> Agreem
     agreement.unmatched_score = max((float(scores.max()) for scores in alone if len(scores)), default=0.0)
     if len(e):
         agreement.box_px = float((eager["boxes"][e] - onnx["boxes"][o]).abs().max())
+        if "keypoints" in eager:
+            keypoints = (eager["keypoints"][e, :, :2] - onnx["keypoints"][o, :, :2]).abs().max()
+            agreement.box_px = max(agreement.box_px, float(keypoints))
         agreement.score = float((eager["scores"][e] - onnx["scores"][o]).abs().max())
         if "masks" in eager:
             agreement.mask_iou = min(_mask_iou(eager["masks"][i], onnx["masks"][j]) for i, j in zip(e, o))
@@ -157,7 +160,7 @@ def verify(model: torch.nn.Module, onnx_model: deployed.OnnxModel, images: list)
 
 
 def print_table(agreements: list[Agreement]) -> None:
-    print("| image | size | detections eager / ONNX | of one side only (best score) | max box diff (px) | "
+    print("| image | size | detections eager / ONNX | of one side only (best score) | max box / keypoint diff (px) | "
           "max score diff | min mask IoU | ok |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
     for a in agreements:

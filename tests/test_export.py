@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 from pycocotools import mask as mask_utils
 from torchvision.transforms.v2 import functional as F
 
@@ -21,6 +22,7 @@ import export
 import predict
 from conftest import TINY_MODEL, run_train
 from images import read_rgb
+from labels import Classes
 from models import load_trained_model
 
 onnx = pytest.importorskip("onnx")  # optional extras (requirements-extras.txt): their tests skip without them
@@ -90,6 +92,27 @@ def test_onnx_runtime_agrees_with_eager_on_other_sizes_and_aspect_ratios(trained
     agreement = _agreement(model, onnx_model, image, "resized")
     assert agreement.eager > 0
     assert agreement.within_tolerances(), agreement
+
+
+@pytest.mark.parametrize("name, outputs", [
+    ("fasterrcnn_tiny_fpn", ["boxes", "labels", "scores"]),
+    ("keypointrcnn_tiny_fpn", ["boxes", "labels", "scores", "keypoints", "keypoints_scores"]),
+])  # fmt: skip
+def test_box_only_and_keypoint_models_export_and_agree(tmp_path, name, outputs):
+    """Their graphs have the outputs their models have (untrained weights, the five best detections of one image)."""
+    torch.manual_seed(0)
+    options = {"num_keypoints": 4} if name.startswith("keypoint") else {}
+    model = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=3, min_size=96,
+                                         max_size=128, box_detections_per_img=5, **options).eval()  # fmt: skip
+    keypoint_names = ["k1", "k2", "k3", "k4"] if options else []
+    classes = Classes([0, 1, 2], [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}], keypoint_names)
+    path = tmp_path / "model.onnx"
+    deployed.export_onnx(model, torch.rand(3, 90, 120), path, deployed.metadata_for(model, name, classes, "test"))
+    onnx_model = deployed.OnnxModel(path)
+    assert onnx_model.outputs == outputs and onnx_model.classes == classes
+    agreement = _agreement(model, onnx_model, torch.rand(3, 100, 140), "random")
+    assert agreement.eager == 5 and agreement.unmatched <= 2  # the fifth best may tie with the sixth
+    assert agreement.box_px <= export.BOX_TOLERANCE_PX and agreement.score <= export.SCORE_TOLERANCE
 
 
 def test_an_image_with_no_detections_gives_empty_outputs_of_the_right_shapes(exported):
