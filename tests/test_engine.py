@@ -41,10 +41,10 @@ SMALL_RCNN = dict(
 )
 
 
-def _model(num_classes: int) -> torch.nn.Module:
+def _model(num_classes: int, name: str = "maskrcnn_resnet50_fpn") -> torch.nn.Module:
     torch.manual_seed(0)
     return torchvision.models.get_model(
-        "maskrcnn_resnet50_fpn", weights=None, weights_backbone=None, num_classes=num_classes, **SMALL_RCNN
+        name, weights=None, weights_backbone=None, num_classes=num_classes, **SMALL_RCNN
     )
 
 
@@ -259,7 +259,7 @@ def test_evaluate_pastes_masks_as_the_model_does_and_backends_agree(synthetic_ro
     dataset = get_coco(synthetic_root, "val", get_transform(train=False))
     # batches of one, as the one-image forward below
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=utils.collate_fn)
-    model = _model(dataset.num_classes)
+    model = _model(dataset.num_classes, "maskrcnn_tiny_fpn")  # the pasting is the heads' and transform's, not R50's
     with torch.no_grad():  # spread the untrained mask logits, so that probabilities are not all near 0.5
         model.roi_heads.mask_predictor.mask_fcn_logits.weight.mul_(30)
     evaluator = evaluate(model, loader, torch.device("cpu"))

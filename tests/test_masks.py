@@ -223,7 +223,7 @@ def test_size_groups_cover_every_crop_once_with_bounded_padding():
 def tiny_mask_rcnn() -> torch.nn.Module:
     torch.manual_seed(0)
     model = torchvision.models.get_model(
-        "maskrcnn_resnet50_fpn",
+        "maskrcnn_tiny_fpn",  # the tests' small Mask R-CNN (tests/tiny_models.py): the same heads and transform
         weights=None,
         weights_backbone=None,
         num_classes=3,
