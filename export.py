@@ -113,19 +113,14 @@ def match_detections(eager: dict, onnx: dict) -> tuple[torch.Tensor, torch.Tenso
     SAME_DETECTION_IOU alike, each detection in one pair at most, the closest pairs first."""
     overlap = box_iou(eager["boxes"], onnx["boxes"])
     overlap[eager["labels"][:, None] != onnx["labels"][None, :]] = -1
-    pairs = [(i, j) for i, j in torch.nonzero(overlap >= SAME_DETECTION_IOU).tolist()]
-    pairs.sort(key=lambda p: -float(overlap[p]))
-    taken_e, taken_o, kept = set(), set(), []
-    for i, j in pairs:
-        if i not in taken_e and j not in taken_o:
-            taken_e.add(i), taken_o.add(j), kept.append((i, j))
-    kept.sort()
-    e, o = (
-        (torch.tensor(side, dtype=torch.int64) for side in zip(*kept))
-        if kept
-        else (torch.zeros(0, dtype=torch.int64),) * 2
-    )
-    return e, o
+    candidates = sorted(torch.nonzero(overlap >= SAME_DETECTION_IOU).tolist(), key=lambda p: -float(overlap[tuple(p)]))
+    paired_e, paired_o = {}, set()  # eager index -> ONNX index
+    for i, j in candidates:
+        if i not in paired_e and j not in paired_o:
+            paired_e[i] = j
+            paired_o.add(j)
+    e = torch.tensor(sorted(paired_e), dtype=torch.int64)
+    return e, torch.tensor([paired_e[i] for i in e.tolist()], dtype=torch.int64)
 
 
 def compare(name: str, eager: dict, onnx: dict, size: tuple[int, int]) -> Agreement:
