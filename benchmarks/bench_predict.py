@@ -18,6 +18,7 @@ compared in the same passes (--levels; --trials adds trial exports of changes to
 profiled (--no-profile skips it): where each engine's time goes, by operator.
 
     python benchmarks/bench_predict.py                                    # both sizes, 1 and 2 threads (~4 min)
+    python benchmarks/bench_predict.py --trials                           # and the trial exports (~4.5 min)
     python benchmarks/bench_predict.py --sizes demo --threads 1 --repeats 1 --images 1 --no-profile   # smoke run
 """
 
@@ -230,6 +231,34 @@ def images_per_second(predict: Callable, images: list[torch.Tensor]) -> float:
     return len(images) / (time.perf_counter() - start)
 
 
+class OtherLoad:
+    """The CPU time other processes took while the block ran, in cores on average (Linux: /proc/stat's busy time less
+    this process's own); None where /proc/stat is missing. On a shared machine a row with other load is noise: a
+    2-thread eager pass slows by 4x or more when another process takes one of 2 cores."""
+
+    def __enter__(self) -> "OtherLoad":
+        self.cores = None
+        self._start = self._sample()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        end = self._sample()
+        if self._start and end:
+            (busy0, own0, wall0), (busy1, own1, wall1) = self._start, end
+            self.cores = max(0.0, (busy1 - busy0) - (own1 - own0)) / (wall1 - wall0)
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        busy = sum(fields[:8]) - fields[3] - fields[4]  # all but idle and iowait (guest time is in user already)
+        own = os.times()
+        return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system, time.monotonic()
+
+
 def race(paths: dict[str, Callable], images: list[torch.Tensor], repeats: int) -> dict[str, float]:
     """Median images/s of each path over `repeats` passes, the paths taking turns (each pass starting one later)."""
     names = list(paths)
@@ -321,12 +350,12 @@ def print_profile(eager: tuple[float, dict], onnx: tuple[float, dict], threads: 
 # ----------------------------------------------------------------------------- main
 
 
-def _row(size: Size, threads: int, rates: dict[str, float]) -> str:
+def _row(size: Size, threads: int, rates: dict[str, float], other: float | None) -> str:
     base, eager, onnx = rates["upstream"], rates["ours eager"], rates["ONNX Runtime"]
     met = "yes" if onnx / base >= GOAL else "NO"
     return (
         f"| {size.label} | {threads} | {size.detections} | {base:.3g} | {eager:.3g} | {onnx:.3g} | "
-        f"{eager / base:.2f}x | {onnx / base:.2f}x | {met} |"
+        f"{eager / base:.2f}x | {onnx / base:.2f}x | {met} | {'?' if other is None else f'{other:.2f}'} |"
     )
 
 
@@ -387,8 +416,9 @@ def measure_size(key: str, args: argparse.Namespace, folder: str, results: Resul
                     len(args.levels), ("graph optimisation 'all' (the table's ONNX Runtime)", "ONNX Runtime")
                 )
         notes = warm_up(paths, images, size.detections)
-        rates = race(paths, images, repeats)
-        results.rows.append(_row(size, threads, rates))
+        with OtherLoad() as other:
+            rates = race(paths, images, repeats)
+        results.rows.append(_row(size, threads, rates, other.cores))
         print(results.rows[-1], flush=True)
         found = (f"{name} {n}/{size.detections} found, {same} with its RLE" for name, (n, same) in notes.items())
         results.checks.append(f"{key}, {threads} thread(s): " + ", ".join(list(found)[1:]))
@@ -416,10 +446,11 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(initial_threads)
     print("\nImages/s, median of the passes (upstream: torchvision's model call with its pasting, then pycocotools "
           "mask by mask; ours: unpasted masks, masks.paste_masks_to_rles; ONNX Runtime: deployed.OnnxModel, then the "
-          f"same). Goal: ONNX Runtime >= {GOAL:g}x upstream.\n")  # fmt: skip
+          f"same). Goal: ONNX Runtime >= {GOAL:g}x upstream. Other load: the CPU other processes took during the "
+          "timed passes, in cores on average (above ~0.1 the row is noise).\n")  # fmt: skip
     print("| size | threads | detections | upstream (img/s) | ours eager (img/s) | ONNX Runtime (img/s) | "
-          "ours / upstream | ONNX / upstream | goal met? |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+          "ours / upstream | ONNX / upstream | goal met? | other load (cores) |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(results.rows))
     print("\nThe same detections? (warm-up, first image; found: upstream has one of the same label and box within "
           "0.01 px) " + "; ".join(results.checks))  # fmt: skip
