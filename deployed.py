@@ -13,7 +13,9 @@ The file's contract, written down here once:
 
 The graph resizes images as the eager model does to the pixel: torchvision's traced resize computes its scale in
 float32, which gives 159 rows where eager Python gets 160 (an image of 200 x 90 at --max-size 160); the export
-computes the size in float64 as eager does (`_resize_as_eager`).
+computes the size in float64 as eager does (`_resize_as_eager`). Two more changes to torchvision's traced code make
+ONNX Runtime fast, not different: NMS per class as eager runs it (`_nms_per_group`), and the RoI pooler's levels
+merged by one gather (`_merge_levels_by_gather`).
 """
 
 import contextlib
@@ -25,8 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 from torch.onnx import operators
 from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.ops import boxes as box_ops
+from torchvision.ops import poolers
 
 import errors
 from labels import Classes
@@ -40,8 +45,21 @@ INPUT = "image"
 OUTPUTS_BY_IOU_TYPE = {"bbox": ["boxes", "labels", "scores"], "segm": ["mask_probs"],
                        "keypoints": ["keypoints", "keypoints_scores"]}  # fmt: skip
 EAGER_OUTPUT = {"mask_probs": "raw_masks"}  # the graph's name for what unpasted_masks(model) returns
+RUNTIMES = {  # --onnx-runtime: what runs the file on the CPU (benchmarks/README.md has their speeds)
+    "onnxruntime": "ONNX Runtime, fp32 (the default; export.py verifies the file with it)",
+    "openvino": "OpenVINO's CPU plugin, fp32 (pip install openvino)",
+    "openvino-bf16": "OpenVINO's CPU plugin, bfloat16 where the cores have it (AVX-512 BF16, AMX): faster, and "
+    "its AP differs from fp32's (README, Deploy)",
+}
+RUNTIME_HELP = "--onnx: what runs the file: " + "; ".join(f"{name}: {what}" for name, what in RUNTIMES.items())
 SIZE_SETTINGS = ["min_size", "max_size", "image_mean", "image_std", "box_detections_per_img", "box_score_thresh",
                  "box_nms_thresh", "rpn_pre_nms_top_n_test", "rpn_post_nms_top_n_test"]  # fmt: skip
+
+
+def check_runtime_flag(onnx: str | None, runtime: str) -> None:
+    """--onnx-runtime (train.py, predict.py) names what runs an --onnx file: refused without one."""
+    if onnx is None and runtime != "onnxruntime":
+        raise errors.UsageError("--onnx-runtime: runs an exported file; add --onnx model.onnx")
 
 
 def output_names(iou_types: list[str]) -> list[str]:
@@ -94,6 +112,70 @@ def _exact_resize(model: torch.nn.Module) -> Iterator[None]:
         del transform.resize
 
 
+@contextlib.contextmanager
+def _nms_per_group(model: torch.nn.Module) -> Iterator[None]:
+    """While tracing, torchvision's batched_nms as one NMS per group, unrolled over the model's groups (the RPN's
+    feature levels, the box head's classes), as eager runs it on many boxes (_batched_nms_vanilla).
+
+    torchvision's tracing choice is one NMS over every group's boxes offset apart (_batched_nms_coordinate_trick),
+    which ONNX Runtime's NonMaxSuppression runs in time that grows with the boxes times the boxes kept: 2.2 s of a
+    5.6 s COCO-size image with 90 classes x 1000 candidates, against 0.07 s per group (benchmarks/README.md).
+    torchvision's own per-group loop does not export (torch.unique's loop becomes an ONNX If the exporter cannot
+    type), so the loop is unrolled over a count the model fixes: an empty group costs one NonZero."""
+    original = box_ops.batched_nms
+    groups: list[int] = []  # the group count of the call in progress
+
+    def per_group(boxes, scores, idxs, iou_threshold):
+        if not torchvision._is_tracing() or not groups:
+            return original(boxes, scores, idxs, iou_threshold)
+        keeps = []
+        for group in range(groups[-1]):
+            (members,) = torch.where(idxs == group)
+            keeps.append(members[torchvision.ops.nms(boxes[members], scores[members], iou_threshold)])
+        keep = torch.cat(keeps)
+        return keep[scores[keep].sort(descending=True)[1]]
+
+    def counting(method, count: int):
+        def call(*args, **kwargs):
+            groups.append(count)
+            try:
+                return method(*args, **kwargs)
+            finally:
+                groups.pop()
+
+        return call
+
+    rpn, heads = model.rpn, model.roi_heads
+    rpn.filter_proposals = counting(rpn.filter_proposals, len(rpn.anchor_generator.sizes))
+    heads.postprocess_detections = counting(heads.postprocess_detections, heads.box_predictor.cls_score.out_features)
+    box_ops.batched_nms = per_group
+    try:
+        yield
+    finally:
+        box_ops.batched_nms = original
+        del rpn.filter_proposals, heads.postprocess_detections
+
+
+def _merge_levels_by_gather(levels: torch.Tensor, unmerged_results: list[torch.Tensor]) -> torch.Tensor:
+    """MultiScaleRoIAlign's traced merge of its levels' features back into the boxes' order, as one gather.
+    torchvision's (poolers._onnx_merge_levels) writes each level into a zero tensor of every box's features with
+    a ScatterElements, a slow kernel in ONNX Runtime (about 0.5 s of a COCO-size image)."""
+    order = torch.cat([torch.where(levels == level)[0] for level in range(len(unmerged_results))])
+    return torch.cat(unmerged_results)[torch.argsort(order)]
+
+
+@contextlib.contextmanager
+def _graph_for_onnx_runtime(model: torch.nn.Module) -> Iterator[None]:
+    """Every change the export makes to torchvision's traced code: eager's resize, NMS per group, the gather merge."""
+    original_merge = poolers._onnx_merge_levels
+    poolers._onnx_merge_levels = _merge_levels_by_gather
+    try:
+        with _exact_resize(model), _nms_per_group(model):
+            yield
+    finally:
+        poolers._onnx_merge_levels = original_merge
+
+
 def size_settings(model: torch.nn.Module) -> dict:
     """The model's size settings, as builder keyword arguments (torchvision's names)."""
     transform, rpn, heads = model.transform, model.rpn, model.roi_heads
@@ -113,7 +195,7 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, metad
 
     graph = ExportGraph(model)
     dynamic = {INPUT: {1: "height", 2: "width"}} | {name: {0: "detections"} for name in graph.outputs}
-    with _exact_resize(model), warnings.catch_warnings(), torch.no_grad():
+    with _graph_for_onnx_runtime(model), warnings.catch_warnings(), torch.no_grad():
         # The tracer warns about every Python int it meets in torchvision's code; torchvision wrote those paths
         # for ONNX (torchvision._is_tracing()), and the verification that follows checks the result.
         warnings.simplefilter("ignore")
@@ -157,14 +239,20 @@ def _session_options(threads: int | None, optimization: str):
 
 
 class OnnxModel:
-    """An exported file under ONNX Runtime on the CPU, called as a torchvision detection model in eval mode: a list of
-    (3, H, W) float images in, a list of dicts out ("masks" (N, 1, H, W) pasted as torchvision pastes them; inside
-    returning_unpasted_masks(), "raw_masks" and "image_size" as masks.unpasted_masks gives them)."""
+    """An exported file on the CPU (under ONNX Runtime, or OpenVINO: RUNTIMES), called as a torchvision detection model
+    in eval mode: a list of (3, H, W) float images in, a list of dicts out ("masks" (N, 1, H, W) pasted as torchvision
+    pastes them; inside returning_unpasted_masks(), "raw_masks" and "image_size" as masks.unpasted_masks gives them)."""
 
-    def __init__(self, path: str | Path, flag: str = "--onnx", threads: int | None = None, optimization: str = "all"):
+    def __init__(self, path: str | Path, flag: str = "--onnx", threads: int | None = None, optimization: str = "all",
+                 runtime: str = "onnxruntime"):  # fmt: skip
         self.path = Path(path)
-        session, metadata = _open(self.path, flag, threads, optimization)
-        self.session, self.metadata = session, metadata
+        if not self.path.is_file():
+            raise errors.UsageError(f"{flag}: no file {path}; pass the model.onnx that export.py wrote")
+        if runtime == "onnxruntime":
+            session, metadata = _open_onnxruntime(self.path, flag, threads, optimization)
+        else:
+            session, metadata = _OpenVinoSession.open(self.path, flag, threads, runtime.removeprefix("openvino"))
+        self.session, self.metadata, self.runtime = session, metadata, runtime
         self.model_name = metadata["model"]
         self.iou_types = json.loads(metadata["iou_types"])
         self.classes = Classes(**json.loads(metadata["classes"]))
@@ -199,32 +287,70 @@ class OnnxModel:
         return prediction
 
 
-def _open(path: Path, flag: str, threads: int | None, optimization: str):
-    """An ONNX Runtime session of `path` and its metadata; a UsageError naming `flag` when it is not a file
-    export.py wrote."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise errors.UsageError(f"{flag}: needs onnxruntime; pip install -r requirements-extras.txt") from None
-    if not path.is_file():
-        raise errors.UsageError(f"{flag}: no file {path}; pass the model.onnx that export.py wrote")
-    try:
-        session = ort.InferenceSession(str(path), _session_options(threads, optimization), ["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - ORT raises its own exception types for every kind of bad file
-        raise errors.UsageError(
-            f"{flag}: {path} is not an ONNX model ONNX Runtime can load ({errors.short_reason(e)}); pass the "
-            "model.onnx that export.py wrote"
-        ) from None
-    metadata = session.get_modelmeta().custom_metadata_map
+def _not_onnx(flag: str, path: Path, runtime: str, error: Exception) -> errors.UsageError:
+    return errors.UsageError(
+        f"{flag}: {path} is not an ONNX model {runtime} can load ({errors.short_reason(error)}); pass the model.onnx "
+        "that export.py wrote"
+    )
+
+
+def _check_contract(flag: str, path: Path, metadata: dict[str, str], inputs: list[str], outputs: list[str]) -> None:
+    """A UsageError naming `flag` unless the file's metadata, input and outputs are those export.py writes."""
     if metadata.get(FORMAT_KEY) != FORMAT_VERSION:
         raise errors.UsageError(
             f"{flag}: {path} is an ONNX model, but not one export.py wrote (its metadata has no {FORMAT_KEY} "
             f"{FORMAT_VERSION}); export your checkpoint with export.py"
         )
     expected = output_names(json.loads(metadata["iou_types"]))
-    actual = [o.name for o in session.get_outputs()]
-    if actual != expected or [i.name for i in session.get_inputs()] != [INPUT]:
+    if outputs != expected or inputs != [INPUT]:
         raise errors.UsageError(
-            f"{flag}: {path} has outputs {actual}, but its metadata says {expected}; export it again with export.py"
+            f"{flag}: {path} has outputs {outputs}, but its metadata says {expected}; export it again with export.py"
         )
+
+
+def _open_onnxruntime(path: Path, flag: str, threads: int | None, optimization: str):
+    """An ONNX Runtime session of `path` and its metadata; a UsageError naming `flag` when it is not a file
+    export.py wrote."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise errors.UsageError(f"{flag}: needs onnxruntime; pip install -r requirements-extras.txt") from None
+    try:
+        session = ort.InferenceSession(str(path), _session_options(threads, optimization), ["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - ORT raises its own exception types for every kind of bad file
+        raise _not_onnx(flag, path, "ONNX Runtime", e) from None
+    metadata = session.get_modelmeta().custom_metadata_map
+    inputs, outputs = [i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()]
+    _check_contract(flag, path, metadata, inputs, outputs)
     return session, metadata
+
+
+class _OpenVinoSession:
+    """The file compiled by OpenVINO's CPU plugin, behind the one method of an ONNX Runtime session OnnxModel calls."""
+
+    @classmethod
+    def open(cls, path: Path, flag: str, threads: int | None, precision: str) -> tuple["_OpenVinoSession", dict]:
+        try:
+            import openvino
+        except ImportError:
+            raise errors.UsageError("--onnx-runtime: openvino is not installed; pip install openvino") from None
+        core = openvino.Core()
+        try:
+            model = core.read_model(str(path))
+        except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError and its own types for bad files
+            raise _not_onnx(flag, path, "OpenVINO", e) from None
+        framework = model.get_rt_info()["framework"] if model.has_rt_info(["framework"]) else {}  # ONNX metadata_props
+        metadata = {key: value.astype(str) for key, value in framework.items()}
+        inputs, outputs = [i.get_any_name() for i in model.inputs], [o.get_any_name() for o in model.outputs]
+        _check_contract(flag, path, metadata, inputs, outputs)
+        config = {"INFERENCE_PRECISION_HINT": precision.removeprefix("-") or "f32"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        return cls(core.compile_model(model, "CPU", config)), metadata
+
+    def __init__(self, compiled):
+        self.compiled, self.request = compiled, compiled.create_infer_request()
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        results = self.request.infer(feeds)
+        return [np.array(results[self.compiled.output(name)]) for name in names]

@@ -17,6 +17,7 @@ import torch
 
 import annotations
 import coco_eval
+import deployed
 import distributed
 import errors
 import metrics_log
@@ -104,6 +105,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--test-only", action="store_true", resume=NEVER, help="only evaluate (the model from --resume or --weights)")
     add("--onnx", default=None, resume=NEVER, metavar="MODEL_ONNX",
         help="with --test-only: evaluate this file export.py wrote (ONNX Runtime, CPU) instead of weights")  # fmt: skip
+    add("--onnx-runtime", default="onnxruntime", choices=list(deployed.RUNTIMES), resume=NEVER,
+        help=deployed.RUNTIME_HELP)  # fmt: skip
     add("--use-deterministic-algorithms", action="store_true", resume=TRAINING, help="force deterministic algorithms")
     add("--world-size", default=1, type=int, resume=NEVER, help="number of distributed processes")
     add("--dist-url", default="env://", resume=NEVER, help="url used to set up distributed training")
@@ -166,6 +169,7 @@ RESERVED_MODEL_KWARGS = {"num_classes", "num_keypoints", "weights", "weights_bac
 
 def _validate_onnx(args: argparse.Namespace) -> None:
     if args.onnx is None:
+        deployed.check_runtime_flag(args.onnx, args.onnx_runtime)
         return
     if not args.test_only:
         raise errors.UsageError("--onnx: an exported file only evaluates; add --test-only (training needs weights)")

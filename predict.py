@@ -62,7 +62,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "needed unless --ground-truth")  # fmt: skip
     add("--onnx", default=None, metavar="MODEL_ONNX",
         help="instead of --checkpoint: a model.onnx export.py wrote, run with ONNX Runtime on the CPU")  # fmt: skip
-    add("--threads", default=None, type=int, metavar="N", help="--onnx: ONNX Runtime's threads (default: all cores)")
+    add("--onnx-runtime", default="onnxruntime", choices=list(deployed.RUNTIMES), help=deployed.RUNTIME_HELP)
+    add("--threads", default=None, type=int, metavar="N", help="--onnx: the runtime's threads (default: all cores)")
     add("--ground-truth", default=None, metavar="ANNOTATIONS",
         help="a COCO annotation file: draw its masks, boxes and names (beside predictions, given a model)")  # fmt: skip
     add("--model", default=None, help=f"the architecture of a file that does not record one (default {DEFAULT_MODEL})")
@@ -325,6 +326,7 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise errors.UsageError("pass --checkpoint FILE to draw a model's predictions, or --ground-truth ANNOTATIONS")
     if args.checkpoint is not None and args.onnx is not None:
         raise errors.UsageError("--onnx: pass either --checkpoint or --onnx, not both")
+    deployed.check_runtime_flag(args.onnx, args.onnx_runtime)
     if not 0 <= args.score_thresh <= 1:
         raise errors.UsageError(f"--score-thresh: must be between 0 and 1, got {args.score_thresh}")
     if args.max_images is not None and args.max_images < 1:
@@ -351,7 +353,7 @@ class _Model:
 
     def __init__(self, args: argparse.Namespace, device: torch.device):
         if args.onnx is not None:
-            self.model = deployed.OnnxModel(args.onnx, "--onnx", threads=args.threads)
+            self.model = deployed.OnnxModel(args.onnx, "--onnx", threads=args.threads, runtime=args.onnx_runtime)
             self.classes, device = self.model.classes, torch.device("cpu")
         else:
             self.model, self.classes = load_trained_model(args.checkpoint, device, args.model)

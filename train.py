@@ -232,7 +232,7 @@ def _set_up(args: argparse.Namespace, typed: set[str]) -> Inputs:
         reference = resumed.source == "torchvision reference"
         args, restored = flags.restore_recorded(args, resumed.args, typed, args.resume, reference)
         flags.validate(args)
-    exported = deployed.OnnxModel(args.onnx, "--onnx") if args.onnx else None
+    exported = deployed.OnnxModel(args.onnx, "--onnx", runtime=args.onnx_runtime) if args.onnx else None
     backbone = models.load_backbone(args) if exported is None and (resumed is None or args.test_only) else None
     _make_output_dir(args)
     processes = distributed.init_distributed_mode(args)

@@ -14,11 +14,13 @@ box_detections_per_img detections. Sizes: "demo" (the demo's images, 128x96, 96x
 max_size 128, 30 detections) and "coco" (640x480 images the model resizes to 800x1066 with the default 800/1333, 100
 detections). Each path is warmed up untimed, then the paths take turns, a pass over the images each, --repeats times;
 the table gives the median images/s and the ratios to upstream. At COCO size the ORT graph optimisation levels are
-compared in the same passes (--levels; --trials adds trial exports of changes to the graph) and one image is
-profiled (--no-profile skips it): where each engine's time goes, by operator.
+compared in the same passes (--levels); --variants adds, at every size and thread count, the export of torchvision's
+traced code without deployed.py's changes (NMS per class, the gather merge) and OpenVINO's CPU plugin on the exported
+file in f32 and bf16 (deployed.OnnxModel's runtimes "openvino", "openvino-bf16"; when openvino is installed). One
+COCO-size image is profiled (--no-profile skips it): where each engine's time goes, by operator.
 
     python benchmarks/bench_predict.py                                    # both sizes, 1 and 2 threads (~4 min)
-    python benchmarks/bench_predict.py --trials                           # and the trial exports (~4.5 min)
+    python benchmarks/bench_predict.py --variants                         # and the variants (~6 min)
     python benchmarks/bench_predict.py --sizes demo --threads 1 --repeats 1 --images 1 --no-profile   # smoke run
 """
 
@@ -26,6 +28,7 @@ import argparse
 import collections
 import contextlib
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -44,8 +47,6 @@ import torch
 import torchvision
 import torchvision.transforms.functional as F
 from pycocotools import mask as mask_utils
-from torchvision.ops import boxes as box_ops
-from torchvision.ops import poolers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -123,53 +124,15 @@ def export(model: torch.nn.Module, example: torch.Tensor, folder: str, name: str
 
 
 @contextlib.contextmanager
-def per_class_nms():
-    """A trial export, not deployed.py's: while tracing, torchvision's batched_nms runs one NMS per class (per level
-    in the RPN), as eager does with many boxes (_batched_nms_vanilla), instead of its tracing choice, one NMS over
-    every class's boxes offset apart (_batched_nms_coordinate_trick: 90 x 1000 candidates at once in the box head)."""
-    original = box_ops.batched_nms
-
-    def per_group(boxes, scores, idxs, iou_threshold):
-        if not torchvision._is_tracing():
-            return original(boxes, scores, idxs, iou_threshold)
-        keeps = []
-        # the group count is fixed at trace time: here every class is present (box_score_thresh 0); an export for
-        # any input would take the model's num_classes and the RPN's level count instead
-        for group in range(int(idxs.max()) + 1):
-            (members,) = torch.where(idxs == group)
-            keeps.append(members[torchvision.ops.nms(boxes[members], scores[members], iou_threshold)])
-        keep = torch.cat(keeps)
-        return keep[scores[keep].argsort(descending=True)]
-
-    box_ops.batched_nms = per_group
+def torchvision_traced_code():
+    """The export before deployed.py's changes to torchvision's traced code for ONNX Runtime: one NMS over every
+    class's boxes offset apart, the RoI levels merged by ScatterElements (the resize stays eager's)."""
+    original = deployed._graph_for_onnx_runtime
+    deployed._graph_for_onnx_runtime = deployed._exact_resize
     try:
         yield
     finally:
-        box_ops.batched_nms = original
-
-
-@contextlib.contextmanager
-def gather_merge():
-    """A trial export, not deployed.py's: MultiScaleRoIAlign's levels merged back into the boxes' order by one gather
-    (the levels' results concatenated, then indexed by the inverse of their order) instead of torchvision's ONNX
-    merge (poolers._onnx_merge_levels: a zero tensor of every box's features and one ScatterElements per level)."""
-    original = poolers._onnx_merge_levels
-
-    def merge(levels: torch.Tensor, unmerged_results: list[torch.Tensor]) -> torch.Tensor:
-        order = torch.cat([torch.where(levels == level)[0] for level in range(len(unmerged_results))])
-        return torch.cat(unmerged_results)[torch.argsort(order)]
-
-    poolers._onnx_merge_levels = merge
-    try:
-        yield
-    finally:
-        poolers._onnx_merge_levels = original
-
-
-TRIALS = {  # --trials: name -> the context managers its export runs under
-    "NMS per class": [per_class_nms],
-    "NMS per class, RoI levels merged by a gather": [per_class_nms, gather_merge],
-}
+        deployed._graph_for_onnx_runtime = original
 
 
 # ----------------------------------------------------------------------------- the three paths: image to RLEs
@@ -359,6 +322,22 @@ def _row(size: Size, threads: int, rates: dict[str, float], other: float | None)
     )
 
 
+def variant_paths(paths: dict, model, example: torch.Tensor, path: Path, threads: int, folder: str) -> list[tuple]:
+    """--variants: adds their paths to `paths`; returns their (table text, path name)."""
+    with torchvision_traced_code():
+        before = export(model, example, folder, "torchvision_traced.onnx")
+    paths["traced"] = ours(deployed.OnnxModel(before, threads=threads))
+    variants = [("ONNX Runtime, torchvision's traced code (no NMS per class, no gather merge)", "traced")]
+    if importlib.util.find_spec("openvino") is None:
+        print("OpenVINO is not installed (pip install openvino): its rows are left out")
+        return variants
+    for precision in ("f32", "bf16"):
+        runtime = "openvino" if precision == "f32" else f"openvino-{precision}"
+        paths[f"OpenVINO {precision}"] = ours(deployed.OnnxModel(path, threads=threads, runtime=runtime))
+        variants.append((f"OpenVINO {metadata.version('openvino')}, CPU plugin, {precision}", f"OpenVINO {precision}"))
+    return variants
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", choices=list(SIZES), default=list(SIZES))
@@ -370,9 +349,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--levels", nargs="*", default=["basic", "extended"], choices=["none", "basic", "extended"],
                         help="ORT graph optimisation levels timed beside 'all' at COCO size with the most threads "
                         "(none given: skip)")  # fmt: skip
-    parser.add_argument("--trials", action="store_true",
-                        help="also time there the trial exports of TRIALS (not deployed.py's: per_class_nms, "
-                        "gather_merge)")  # fmt: skip
+    parser.add_argument(
+        "--variants",
+        action="store_true",
+        help="also time, at every size and thread count, the export of torchvision's traced code "
+        "without deployed.py's changes, and OpenVINO (f32, bf16) on the file when it is installed",
+    )
     parser.add_argument("--no-profile", action="store_true", help="skip the per-operator profile at COCO size")
     return parser.parse_args(argv)
 
@@ -381,8 +363,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 class Results:
     rows: list[str]
     checks: list[str]
-    variants: list[str]  # rows of the ORT variants table
-    variants_threads: int = 0
+    variants: list[str]  # rows of the variants table
     profile: tuple | None = None
 
 
@@ -403,18 +384,11 @@ def measure_size(key: str, args: argparse.Namespace, folder: str, results: Resul
             for level in args.levels:
                 name = f"ORT '{level}'"
                 paths[name] = ours(deployed.OnnxModel(path, threads=threads, optimization=level))
-                variants.append((f"graph optimisation '{level}'", name))
-            for number, (trial, changes) in enumerate(TRIALS.items() if args.trials else []):
-                with contextlib.ExitStack() as stack:
-                    for change in changes:
-                        stack.enter_context(change())
-                    trial_path = export(model, images[0], folder, f"trial{number}.onnx")
-                paths[trial] = ours(deployed.OnnxModel(trial_path, threads=threads))
-                variants.append((f"'all', trial export: {trial} (not deployed.py's)", trial))
-            if variants:
-                variants.insert(
-                    len(args.levels), ("graph optimisation 'all' (the table's ONNX Runtime)", "ONNX Runtime")
-                )
+                variants.append((f"ONNX Runtime, graph optimisation '{level}'", name))
+        if args.variants:
+            variants += variant_paths(paths, model, images[0], path, threads, folder)
+        if variants:
+            variants.insert(0, ("ONNX Runtime, graph optimisation 'all' (the table's)", "ONNX Runtime"))
         notes = warm_up(paths, images, size.detections)
         with OtherLoad() as other:
             rates = race(paths, images, repeats)
@@ -423,8 +397,10 @@ def measure_size(key: str, args: argparse.Namespace, folder: str, results: Resul
         found = (f"{name} {n}/{size.detections} found, {same} with its RLE" for name, (n, same) in notes.items())
         results.checks.append(f"{key}, {threads} thread(s): " + ", ".join(list(found)[1:]))
         for text, name in variants:
-            results.variants.append(f"| {text} | {rates[name]:.3g} | {rates[name] / rates['upstream']:.2f}x |")
-            results.variants_threads = threads
+            results.variants.append(
+                f"| {key} | {threads} | {text} | {rates[name]:.3g} | "
+                f"{rates[name] / rates['upstream']:.2f}x | {notes[name][0]}/{size.detections} |"
+            )
     if key == "coco" and not args.no_profile:
         torch.set_num_threads(max(args.threads))
         results.profile = (eager_profile(model, images[0]), ort_profile(path, max(args.threads), images[0], folder))
@@ -455,10 +431,10 @@ def main(argv: list[str] | None = None) -> None:
     print("\nThe same detections? (warm-up, first image; found: upstream has one of the same label and box within "
           "0.01 px) " + "; ".join(results.checks))  # fmt: skip
     if results.variants:
-        print(f"\nONNX Runtime variants, COCO size, {results.variants_threads} threads, in the same passes as that "
-              "row:\n")  # fmt: skip
-        print("| ONNX Runtime | images/s | / upstream |")
-        print("|---|---|---|")
+        print("\nVariants of the deployed path, in the same passes as the table's row of their size and threads "
+              "(found: of its detections, those upstream has too, as above):\n")  # fmt: skip
+        print("| size | threads | deployed path | images/s | / upstream | found |")
+        print("|---|---|---|---|---|---|")
         print("\n".join(results.variants))
     if results.profile:
         print_profile(*results.profile, max(args.threads))
