@@ -1,5 +1,5 @@
-"""The deployed model: a torchvision R-CNN exported to ONNX (export.py writes it), and ONNX Runtime running the file as
-the eager model runs (predict.py --onnx, train.py --test-only --onnx).
+"""The deployed model: a torchvision R-CNN exported to ONNX (export.py writes it), and ONNX Runtime or OpenVINO
+(RUNTIMES) running the file as the eager model runs (predict.py --onnx, train.py --test-only --onnx).
 
 The file's contract, written down here once:
 - input "image": float32 (3, H, W), RGB in [0, 1], any H and W (what predict.py gives the eager model);

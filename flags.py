@@ -104,7 +104,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--sync-bn", action="store_true", resume=TRAINING, help="use SyncBatchNorm when distributed")
     add("--test-only", action="store_true", resume=NEVER, help="only evaluate (the model from --resume or --weights)")
     add("--onnx", default=None, resume=NEVER, metavar="MODEL_ONNX",
-        help="with --test-only: evaluate this file export.py wrote (ONNX Runtime, CPU) instead of weights")  # fmt: skip
+        help="with --test-only: evaluate this file export.py wrote (on the CPU) instead of weights")  # fmt: skip
     add("--onnx-runtime", default="onnxruntime", choices=list(deployed.RUNTIMES), resume=NEVER,
         help=deployed.RUNTIME_HELP)  # fmt: skip
     add("--use-deterministic-algorithms", action="store_true", resume=TRAINING, help="force deterministic algorithms")

@@ -61,7 +61,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "torchvision state dict, or a torchvision enum such as MaskRCNN_ResNet50_FPN_Weights.COCO_V1 (hub cache); "
         "needed unless --ground-truth")  # fmt: skip
     add("--onnx", default=None, metavar="MODEL_ONNX",
-        help="instead of --checkpoint: a model.onnx export.py wrote, run with ONNX Runtime on the CPU")  # fmt: skip
+        help="instead of --checkpoint: a model.onnx export.py wrote, run on the CPU (--onnx-runtime)")  # fmt: skip
     add("--onnx-runtime", default="onnxruntime", choices=list(deployed.RUNTIMES), help=deployed.RUNTIME_HELP)
     add("--threads", default=None, type=int, metavar="N", help="--onnx: the runtime's threads (default: all cores)")
     add("--ground-truth", default=None, metavar="ANNOTATIONS",
