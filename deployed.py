@@ -251,7 +251,8 @@ class OnnxModel:
         if runtime == "onnxruntime":
             session, metadata = _open_onnxruntime(self.path, flag, threads, optimization)
         else:
-            session, metadata = _OpenVinoSession.open(self.path, flag, threads, runtime.removeprefix("openvino"))
+            precision = "bf16" if runtime == "openvino-bf16" else "f32"
+            session, metadata = _OpenVinoSession.open(self.path, flag, threads, precision)
         self.session, self.metadata, self.runtime = session, metadata, runtime
         self.model_name = metadata["model"]
         self.iou_types = json.loads(metadata["iou_types"])
@@ -343,7 +344,7 @@ class _OpenVinoSession:
         metadata = {key: value.astype(str) for key, value in framework.items()}
         inputs, outputs = [i.get_any_name() for i in model.inputs], [o.get_any_name() for o in model.outputs]
         _check_contract(flag, path, metadata, inputs, outputs)
-        config = {"INFERENCE_PRECISION_HINT": precision.removeprefix("-") or "f32"}
+        config = {"INFERENCE_PRECISION_HINT": precision}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         return cls(core.compile_model(model, "CPU", config)), metadata
