@@ -7,7 +7,7 @@ import io
 import json
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,15 @@ QUIRKY_CATEGORIES = [
     {"id": 3, "name": "car", "supercategory": "thing"},
     {"id": 44, "name": "bottle", "supercategory": "thing"},
 ]
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored() -> Iterator[None]:
+    """torch's thread count as it was before each test: the benchmarks that tests run in-process set it (to 1, for
+    steady timings), and every later in-process test would otherwise run on one core."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
