@@ -17,6 +17,9 @@ What each kind of error costs (TIDE's question, answered from these curves): the
 curve to the next (ERROR_COSTS): fixing every localisation error (C50 -> Loc), similar-class confusion (Loc -> Sim),
 other-class confusion (Sim -> Oth), background detection (Oth -> BG) and missed object (BG -> FN).
 
+The confusion matrix (`confusion_matrix`): objects by category against detections by category, plus background,
+at a stated IoU and score threshold.
+
 Uses pycocotools' COCO and COCOeval (the definition's own code), whatever backend the evaluation ran on.
 """
 
@@ -26,6 +29,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
+from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
@@ -122,3 +126,64 @@ def analyze(gt_data: dict, detections: list[dict], iou_type: str) -> Analysis:
     curves["BG"] = np.where(has_gt, (curves["Oth"] > 0).astype(float), -1.0)
     curves["FN"] = np.where(has_gt, np.ones_like(curves["Oth"]), -1.0)
     return Analysis(iou_type, category_ids, curves)
+
+
+# ----------------------------------------------------------------------------- the confusion matrix
+
+
+@dataclass
+class ConfusionMatrix:
+    """counts[i, j]: objects of category_ids[i] detected as category_ids[j]; the last row and column are background:
+    counts[-1, j] detections of j on no object (false positives), counts[i, -1] objects of i no detection found."""
+
+    category_ids: list[int]
+    counts: np.ndarray
+    iou_threshold: float
+    score_threshold: float
+
+
+def _image_ious(detections: list[dict], objects: list[dict], iou_type: str) -> np.ndarray:
+    """IoU of each detection (rows) with each object; intersection over the detection's area for a crowd region."""
+    if not detections or not objects:
+        return np.zeros((len(detections), len(objects)))
+    key = "bbox" if iou_type == "bbox" else "segmentation"
+    crowd = [int(o.get("iscrowd", 0)) for o in objects]
+    return np.asarray(mask_utils.iou([d[key] for d in detections], [o[key] for o in objects], crowd))
+
+
+def confusion_matrix(gt_data: dict, detections: list[dict], iou_type: str = "bbox", iou_threshold: float = 0.5,
+                     score_threshold: float = 0.5) -> ConfusionMatrix:  # fmt: skip
+    """Objects against detections scoring at least `score_threshold`, image by image: each detection, best score
+    first, takes the unmatched object of its own category it overlaps most at IoU >= `iou_threshold`, else the
+    unmatched object of any category it overlaps most; one on a crowd region (its area covered that much) counts
+    nowhere, as in COCO's evaluation; the rest are background."""
+    category_ids = sorted(c["id"] for c in gt_data["categories"])
+    index = {category_id: i for i, category_id in enumerate(category_ids)}
+    background = len(category_ids)
+    counts = np.zeros((background + 1, background + 1), dtype=np.int64)
+    coco = _quiet_index(gt_data)
+    by_image: dict[int, list[dict]] = {}
+    for detection in detections:
+        if detection["score"] >= score_threshold:
+            by_image.setdefault(detection["image_id"], []).append(detection)
+    for image_id in coco.getImgIds():
+        objects = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
+        if iou_type == "segm":
+            objects = [{**o, "segmentation": coco.annToRLE(o)} for o in objects]
+        found = sorted(by_image.get(image_id, []), key=lambda d: -d["score"])
+        ious = _image_ious(found, objects, iou_type)
+        taken = [bool(o.get("iscrowd", 0)) for o in objects]  # a crowd region is never an object to find
+        for d, detection in enumerate(found):
+            column = index[detection["category_id"]]
+            candidates = [(o["category_id"] != detection["category_id"], -ious[d, j], j) for j, o in enumerate(objects)
+                          if not taken[j] and ious[d, j] >= iou_threshold]  # fmt: skip
+            if candidates:
+                j = min(candidates)[2]
+                taken[j] = True
+                counts[index[objects[j]["category_id"]], column] += 1
+            elif not any(o.get("iscrowd", 0) and ious[d, j] >= iou_threshold for j, o in enumerate(objects)):
+                counts[background, column] += 1
+        for j, o in enumerate(objects):
+            if not taken[j]:
+                counts[index[o["category_id"]], background] += 1
+    return ConfusionMatrix(category_ids, counts, iou_threshold, score_threshold)

@@ -117,3 +117,43 @@ def test_c75_and_c50_are_the_standard_ap75_and_ap50(synthetic_root, iou_type):
     assert abs(result.ap("C50") - stats[1]) <= 1e-9 and abs(result.ap("C75") - stats[2]) <= 1e-9
     stages = [result.ap(stage) for stage in analysis.STAGES]
     assert stages == sorted(stages) and stages[-1] == 1.0  # each curve counts fewer errors than the one before
+
+
+def test_the_confusion_matrix_counts_each_object_and_detection_once_in_its_cell():
+    crowd = {"id": 99, "image_id": 3, "category_id": 3, "bbox": [0.0, 0.0, 50.0, 50.0], "area": 2500.0, "iscrowd": 1}
+    gt = _ground_truth([(1, 1, BOX), (1, 2, ELSEWHERE), (2, 1, BOX), (2, 3, ELSEWHERE)])
+    gt["annotations"].append(crowd)
+    detections = _detections([
+        (1, 1, BOX, 0.9),  # image 1's cat, found
+        (1, 1, ELSEWHERE, 0.8),  # image 1's dog, taken for a cat
+        (1, 1, BOX, 0.7),  # a duplicate on the cat, already found: background
+        (2, 2, [0.0, 60.0, 20.0, 20.0], 0.9),  # a dog on nothing: background
+        (2, 3, ELSEWHERE, 0.3),  # image 2's car, found below the score threshold: the car is missed
+        (3, 1, [5.0, 5.0, 20.0, 20.0], 0.9),  # inside the crowd region: counts nowhere
+    ])  # fmt: skip
+    # image 2's cat: no detection; rows: objects (cat, dog, car, background), columns: detections
+    result = analysis.confusion_matrix(gt, detections, "bbox", iou_threshold=0.5, score_threshold=0.5)
+    assert result.category_ids == [1, 2, 3]
+    expected = np.array([[1, 0, 0, 1], [1, 0, 0, 0], [0, 0, 0, 1], [1, 1, 0, 0]])
+    np.testing.assert_array_equal(result.counts, expected)
+    lower = analysis.confusion_matrix(gt, detections, "bbox", iou_threshold=0.5, score_threshold=0.2)
+    assert lower.counts[2, 2] == 1 and lower.counts[2, 3] == 0  # the car found at 0.3
+
+
+def test_the_segm_confusion_matrix_matches_masks(synthetic_root):
+    """Each object's own mask as a detection of its category: the diagonal holds every non-crowd object."""
+    gt = json.loads((synthetic_root / "annotations" / "instances_val2017.json").read_text())
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = gt
+        coco.createIndex()
+    detections = []
+    for annotation in gt["annotations"]:
+        rle = coco.annToRLE(annotation)
+        counts = rle["counts"] if isinstance(rle["counts"], str) else rle["counts"].decode()
+        detections.append({"image_id": annotation["image_id"], "category_id": annotation["category_id"],
+                           "score": 0.9, "segmentation": {"size": rle["size"], "counts": counts}})  # fmt: skip
+    result = analysis.confusion_matrix(gt, detections, "segm")
+    per_category = [sum(1 for a in gt["annotations"] if a["category_id"] == c and not a.get("iscrowd"))
+                    for c in result.category_ids]  # fmt: skip
+    assert list(np.diag(result.counts)[:-1]) == per_category and result.counts.sum() == sum(per_category)
