@@ -253,7 +253,7 @@ class OnnxModel:
         else:
             precision = "bf16" if runtime == "openvino-bf16" else "f32"
             session, metadata = _OpenVinoSession.open(self.path, flag, threads, precision)
-        self.session, self.metadata, self.runtime = session, metadata, runtime
+        self.session, self.metadata = session, metadata
         self.model_name = metadata["model"]
         self.iou_types = json.loads(metadata["iou_types"])
         self.classes = Classes(**json.loads(metadata["classes"]))

@@ -331,10 +331,9 @@ def variant_paths(paths: dict, model, example: torch.Tensor, path: Path, threads
     if importlib.util.find_spec("openvino") is None:
         print("OpenVINO is not installed (pip install openvino): its rows are left out")
         return variants
-    for precision in ("f32", "bf16"):
-        runtime = "openvino" if precision == "f32" else f"openvino-{precision}"
-        paths[f"OpenVINO {precision}"] = ours(deployed.OnnxModel(path, threads=threads, runtime=runtime))
-        variants.append((f"OpenVINO {metadata.version('openvino')}, CPU plugin, {precision}", f"OpenVINO {precision}"))
+    for runtime, precision in (("openvino", "f32"), ("openvino-bf16", "bf16")):
+        paths[runtime] = ours(deployed.OnnxModel(path, threads=threads, runtime=runtime))
+        variants.append((f"OpenVINO {metadata.version('openvino')}, CPU plugin, {precision}", runtime))
     return variants
 
 
