@@ -21,10 +21,12 @@ from typing import Any
 
 import torch
 
+import analysis
 import checkpoint as ckpt
 import distributed
 import files
 import metrics_log
+import reporting
 import utils
 from coco_eval import DEFAULT_BACKEND, CocoEvaluator, Evaluator
 from coco_utils import base_dataset, get_coco_api_from_dataset
@@ -192,6 +194,32 @@ def evaluation_record(metrics: dict[str, dict[str, float]], epoch: int, global_i
     """The metrics.jsonl record of an evaluation after `epoch` (`global_iteration` iterations trained): the
     evaluator's numbers (Evaluator.summarize(): each IoU type's, by name)."""
     return {"type": "eval", "epoch": epoch, "global_iteration": global_iteration, **metrics, "timestamp": time.time()}
+
+
+def run_record(recorded_flags: dict[str, Any], command: list[str] | None) -> dict:
+    """The metrics.jsonl record of one train.py invocation, written first: its command line (None when main() was
+    called from Python) and its flags as recorded (flags.as_recorded)."""
+    return {"type": "run", "command": command, "flags": recorded_flags, "timestamp": time.time()}
+
+
+def test_record(metrics: dict[str, dict[str, float]], weights: str | None, epoch: int | None) -> dict:
+    """The metrics.jsonl record of a --test-only evaluation of `weights` (the file, trained `epoch` epochs if known)."""
+    return {"type": "test", "weights": weights, "epoch": epoch, **metrics, "timestamp": time.time()}
+
+
+def analysis_record(evaluator: Evaluator, data_loader: Iterable, of: str, epoch: int | None) -> dict | None:
+    """The metrics.jsonl record of the error analysis of an evaluation (`of` "eval" after `epoch`, or "test"):
+    analysis.analyze_evaluation of its detections against its ground truth. None for an evaluator without a COCO
+    ground truth (a custom Evaluator) or a model whose IoU types have no analysis (keypoints)."""
+    coco_gt = getattr(evaluator, "coco_gt", None)
+    if coco_gt is None:
+        return None
+    folder = getattr(base_dataset(data_loader.dataset), "img_folder", None)
+    iou_types = getattr(evaluator, "iou_types", [])
+    body = analysis.analyze_evaluation(coco_gt.dataset, evaluator.detections(), iou_types, folder)
+    if body is None:
+        return None
+    return {"type": "analysis", "of": of, "epoch": epoch, **body, "timestamp": time.time()}
 
 
 def train_one_epoch(
@@ -390,6 +418,7 @@ def train_epochs(run: Run) -> int:
     print(f"Training time {time.strftime('%H:%M:%S', time.gmtime(time.time() - start_time))}")
     if evaluated:
         print(_summary(evaluated, path, args))
+    write_report(args)
     return 0
 
 
@@ -399,7 +428,52 @@ def _evaluate_epoch(run: Run, metrics: metrics_log.MetricsWriter, epoch: int, it
     evaluator = evaluate(run.model_without_ddp, run.data_loader_test, run.device, evaluator=evaluator)
     metrics.write(evaluation_record(evaluator.metrics, epoch, global_iteration=(epoch + 1) * iters_per_epoch))
     save_predictions(run.args, evaluator, f"predictions_{epoch}.json")
+    if epoch == run.args.epochs - 1 and reporting_due(run.args):
+        write_analysis(metrics, evaluator, run.data_loader_test, "eval", epoch)
     return evaluator.metrics
+
+
+def reporting_due(args: argparse.Namespace) -> bool:
+    """Whether this process analyses the last evaluation and writes report.html: rank 0, with --output-dir, without
+    --no-report."""
+    return bool(args.output_dir) and not args.no_report and distributed.is_main_process()
+
+
+def write_analysis(metrics: metrics_log.MetricsWriter, evaluator: Evaluator, data_loader: Iterable, of: str,
+                   epoch: int | None) -> None:  # fmt: skip
+    """The analysis record of an evaluation, into metrics.jsonl (it costs about two more COCO evaluations)."""
+    start = time.time()
+    record = analysis_record(evaluator, data_loader, of, epoch)
+    if record is not None:
+        metrics.write(record)
+        print(f"Error analysis: {time.time() - start:.1f} s")
+
+
+def record_run(args: argparse.Namespace, recorded_flags: dict[str, Any], command: list[str] | None) -> None:
+    """The run record of this invocation, into --output-dir's metrics.jsonl (rank 0)."""
+    with metrics_log.MetricsWriter(args.output_dir) as metrics:
+        metrics.write(run_record(recorded_flags, command))
+
+
+def finish_test_only(args: argparse.Namespace, evaluator: Evaluator, data_loader: Iterable, weights: str | None,
+                     epoch: int | None) -> None:  # fmt: skip
+    """After a --test-only evaluation: its test record and analysis record into metrics.jsonl, then report.html."""
+    with metrics_log.MetricsWriter(args.output_dir) as metrics:
+        metrics.write(test_record(evaluator.metrics, weights, epoch))
+        if reporting_due(args):
+            write_analysis(metrics, evaluator, data_loader, "test", epoch)
+    write_report(args)
+
+
+def write_report(args: argparse.Namespace) -> None:
+    """report.html in --output-dir, from what the run recorded (reporting.write_report); a failure to write it is
+    said in one line and never fails the run, whose checkpoints and metrics are written already."""
+    if not reporting_due(args):
+        return
+    try:
+        print(f"Report: {reporting.write_report(Path(args.output_dir))}")
+    except (reporting.RecordsError, OSError) as e:
+        print(f"Warning: report.html not written: {e}")
 
 
 def _summary(evaluated: list[tuple[int, dict]], latest: Path | None, args: argparse.Namespace) -> str:

@@ -142,6 +142,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="COCO scoring (same numbers)")  # fmt: skip
     add("--skip-bad-images", action="store_true", resume=FREE,
         help="log and skip missing or unreadable training images instead of stopping")  # fmt: skip
+    add(
+        "--no-report",
+        action="store_true",
+        resume=FREE,
+        help="skip the error analysis of the last evaluation (about two more COCO evaluations) and report.html",
+    )
     add("--save-predictions", action="store_true", resume=FREE,
         help="write each evaluation's detections to <output-dir>/predictions_*.json")  # fmt: skip
     # Your own data: any annotation file and image folder per split, instead of --data-path's 2017 layout.

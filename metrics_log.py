@@ -1,5 +1,15 @@
 """The run's metrics log: records appended to metrics.jsonl (JSON Lines, crash-safe) and, optionally, the same numbers
-as TensorBoard scalars. Only rank 0 writes."""
+as TensorBoard scalars. Only rank 0 writes.
+
+The records, each a JSON object with a "type" and a "timestamp" (engine.py builds them; plots.py reads them back):
+  run       first, once per train.py invocation: "command" (its argv, null from Python) and "flags" (as recorded)
+  train     every --print-freq iterations: epoch, iteration, global_iteration, lr, loss, losses and timings
+  eval      after an epoch's evaluation: epoch, global_iteration and the evaluator's numbers by group (bbox, segm...)
+  test      a --test-only evaluation: "weights" (the file), its "epoch" if known, and the numbers as in eval
+  analysis  the error analysis of the last epoch's evaluation ("of": "eval") or of --test-only's ("test"):
+            analysis.analyze_evaluation's numbers, confusion matrices and worst images
+Only train and eval records go to TensorBoard.
+"""
 
 import json
 import math
@@ -83,12 +93,15 @@ class TensorBoardWriter:
     since this run logs those steps again."""
 
     BOOKKEEPING = ("type", "epoch", "iteration", "global_iteration", "timestamp")
+    TYPES = ("train", "eval")  # the others hold no scalars to plot against training's steps
 
     def __init__(self, log_dir: str | Path, first_step: int = 0):
         self.log_dir, self.first_step = Path(log_dir), first_step
         self._writer = None
 
     def write(self, record: dict) -> None:
+        if record["type"] not in self.TYPES:
+            return
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter  # imported here: tensorboard is an optional extra
 

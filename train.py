@@ -28,6 +28,7 @@ import annotations
 import checkpoint as ckpt
 import deployed
 import distributed
+import engine
 import errors
 import flags
 import models
@@ -256,6 +257,9 @@ def _test_only(inputs: Inputs, model: torch.nn.Module, loader: Iterable, device,
     torch.backends.cudnn.deterministic = True
     evaluator = evaluate(model, loader, device, evaluator=make_evaluator(model, loader))
     save_predictions(inputs.args, evaluator, "predictions.json")
+    args, trained = inputs.args, inputs.resumed or inputs.pretrained
+    engine.finish_test_only(args, evaluator, loader, args.resume or args.weights or args.onnx,
+                            trained.epoch if trained is not None else None)  # fmt: skip
     return 0
 
 
@@ -282,10 +286,12 @@ def _training_run(inputs: Inputs, model, model_without_ddp, classes: Classes, sa
                start_epoch, first_iteration, unevaluated)  # fmt: skip
 
 
-def main(args: argparse.Namespace, typed: set[str] | None = None, *, evaluators: EvaluatorFactory | None = None) -> int:
+def main(args: argparse.Namespace, typed: set[str] | None = None, *, evaluators: EvaluatorFactory | None = None,
+         command: list[str] | None = None) -> int:  # fmt: skip
     """Train (or only evaluate); returns the exit status: 0, or 128 + the signal that stopped training. `typed` are
     the flags the command line gave (cli() knows them); a resumed run takes the others from its checkpoint.
-    `evaluators` makes the evaluator of each evaluation (engine.EvaluatorFactory; default COCO's, --eval-backend)."""
+    `evaluators` makes the evaluator of each evaluation (engine.EvaluatorFactory; default COCO's, --eval-backend).
+    `command` is the command line, for the run's record in metrics.jsonl (cli() passes it)."""
     typed = flags.typed_by_value(args, get_args_parser()) if typed is None else typed
     inputs = _set_up(args, typed)
     args, device = inputs.args, torch.device(inputs.processes.device)
@@ -298,6 +304,7 @@ def main(args: argparse.Namespace, typed: set[str] | None = None, *, evaluators:
     loaders = build_data_loaders(args, dataset_train, dataset_test, device, _data_seed(args, inputs.resumed))
     classes = (dataset_train or dataset_test).classes  # the training split's: what the model learns
 
+    engine.record_run(args, flags.as_recorded(args, inputs.processes.world_size), command)
     if inputs.exported is not None:  # --test-only --onnx: the exported file, evaluated as weights would be
         return _test_only(inputs, inputs.exported, loaders[3], torch.device("cpu"), make_evaluator)
     print("Creating model")
@@ -319,7 +326,7 @@ def cli(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help, or a one-line argparse error (already written)
         return int(e.code or 0)
     try:
-        return main(args, flags.typed_flags(parser, argv))
+        return main(args, flags.typed_flags(parser, argv), command=["train.py", *argv])
     except KeyboardInterrupt:  # before training started (in training, a first Ctrl-C stops after the iteration)
         print("error: interrupted (Ctrl-C) before training started; nothing was saved", file=sys.stderr)
         return 128 + signal.SIGINT

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import curves
+import plots
 
 C0, C1, C2 = (31, 119, 180), (255, 127, 14), (44, 160, 44)  # matplotlib's first three line colours
 LOSS_TERMS = ("loss_classifier", "loss_mask")
@@ -70,7 +71,7 @@ def _positions(history: list[dict]) -> list[tuple]:
 
 
 def test_a_resumed_runs_records_replace_what_the_killed_run_logged_again():
-    history = curves.latest_history(_killed_and_resumed())
+    history = plots.latest_history(_killed_and_resumed())
     assert _positions(history) == [(0, 0), (0, 2), (0, 3), (0, "eval"), (1, 0), (1, 2), (1, 3), (1, "eval")]
     assert [r["loss"] for r in history if r["type"] == "train"] == [4.0, 3.0, 2.0, 1.5, 0.5, 0.4]
 
@@ -78,7 +79,7 @@ def test_a_resumed_runs_records_replace_what_the_killed_run_logged_again():
 def test_a_run_resumed_from_an_older_checkpoint_drops_everything_the_old_run_logged_after_it():
     old_run = [_train(0, 0, 4.0), _eval(0, 0.2), _train(1, 0, 3.0), _eval(1, 0.3), _train(2, 0, 2.0), _eval(2, 0.4)]
     from_model_0 = [_train(1, 0, 2.5), _eval(1, 0.35)]  # --resume model_0.pth: epoch 1 again, not yet epoch 2
-    history = curves.latest_history(old_run + from_model_0)
+    history = plots.latest_history(old_run + from_model_0)
     assert _positions(history) == [(0, 0), (0, "eval"), (1, 0), (1, "eval")]
     assert [r["bbox"]["AP"] for r in history if r["type"] == "eval"] == [0.2, 0.35]
 
@@ -87,7 +88,7 @@ def test_unreadable_lines_are_skipped_with_a_warning(tmp_path, capsys):
     path = _write(
         tmp_path / "metrics.jsonl", _killed_and_resumed(), {6: '{"type": "train", "epoch": 1, "itera', 8: "[1, 2]"}
     )
-    records = curves.read_records(path)
+    records = plots.read_records(path)
     assert records == _killed_and_resumed()
     assert capsys.readouterr().err.strip() == f"warning: {path}: skipped 2 unreadable line(s) (line 7 first)"
 
@@ -131,7 +132,7 @@ def test_without_matplotlib_it_says_how_to_get_it(tmp_path, capsys, monkeypatch)
     code, _, err = _run_cli(capsys, str(tmp_path))
     assert code == 2
     assert err == [
-        "error: curves.py needs matplotlib: pip install matplotlib (or pip install -r requirements-extras.txt)"
+        "error: drawing figures needs matplotlib: pip install matplotlib (or pip install -r requirements-extras.txt)"
     ]
     assert not list(tmp_path.glob("*.png"))
 

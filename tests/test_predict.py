@@ -18,6 +18,7 @@ from pycocotools.cocoeval import COCOeval
 from torchvision.transforms.v2 import functional as F
 
 import checkpoint as ckpt
+import pictures
 import predict
 import train
 
@@ -490,7 +491,7 @@ def test_ground_truth_alone_draws_masks_boxes_and_names_at_their_pixels(tmp_path
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "a_2.png"]  # no predictions.json
     assert "batch1/frames/a.png: 2 annotations in" in printed and re.search(r"2 images in .* images/s\)", printed)
     picture = _read_rgb(tmp_path / "out" / "a.png")
-    car, bike = predict.PALETTE[2], predict.PALETTE[3]  # labels 1..K in category id order: 0, 3, 7
+    car, bike = pictures.PALETTE[2], pictures.PALETTE[3]  # labels 1..K in category id order: 0, 3, 7
     blended = [int(g * 0.55 + c * 0.45) for g, c in zip(GREY, car)]
     assert np.abs(picture[:, 34, 30].numpy().astype(int) - blended).max() <= 1  # inside the car's mask
     assert picture[:, 36, 8].tolist() == list(car)  # its box's left edge, below the caption
@@ -499,7 +500,7 @@ def test_ground_truth_alone_draws_masks_boxes_and_names_at_their_pixels(tmp_path
     # The bike's caption lies wholly inside the picture: as many text pixels as the same caption drawn mid-image.
     bottom_half = picture[:, 44:, :]
     plain = torch.tensor(GREY, dtype=torch.uint8)[:, None, None].expand(3, 64, 64).clone()
-    middle = predict.draw_instances(plain, torch.tensor([[30.0, 20, 50, 28]]), ["bike"], [bike])
+    middle = pictures.draw_instances(plain, torch.tensor([[30.0, 20, 50, 28]]), ["bike"], [bike])
     assert _caption_pixels(bottom_half, bike) == _caption_pixels(middle, bike) > 10
     assert _read_rgb(tmp_path / "out" / "a_2.png").tolist() == plain.tolist()  # the other a.png: nothing to draw
 
@@ -517,14 +518,14 @@ def test_ground_truth_beside_the_predictions(run, tmp_path):
         alone = _read_rgb(run["pictures"] / f"{path.stem}.png")  # the predictions without --ground-truth
         both = _read_rgb(tmp_path / f"{path.stem}.png")
         width = alone.shape[-1]
-        assert both.shape[-1] == 2 * width + predict.SIDE_BY_SIDE_GAP
+        assert both.shape[-1] == 2 * width + pictures.SIDE_BY_SIDE_GAP
         assert torch.equal(both[..., -width:], alone)
-        assert (both[..., width : width + predict.SIDE_BY_SIDE_GAP] == 255).all()
+        assert (both[..., width : width + pictures.SIDE_BY_SIDE_GAP] == 255).all()
         # the left: the image's annotations, in the model's colours (its labels are the category ids)
         image = next(i for i in data["images"] if i["file_name"] == path.name)
         annotation = next(a for a in data["annotations"] if a["image_id"] == image["id"] and not a["iscrowd"])
-        gt = predict.GroundTruth(run["annotations"])
+        gt = pictures.GroundTruth(run["annotations"])
         x, y, w, h = annotation["bbox"]
         scale = both.shape[1] / image["height"]
         edge = both[:, round((y + h * 0.75) * scale), int(x * scale)]  # the box's left edge, below its caption
-        assert edge.tolist() == list(predict.PALETTE[annotation["category_id"] % len(predict.PALETTE)]), gt.names
+        assert edge.tolist() == list(pictures.PALETTE[annotation["category_id"] % len(pictures.PALETTE)]), gt.names

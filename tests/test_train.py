@@ -147,7 +147,7 @@ def test_training_writes_a_metrics_record_per_log_line_and_per_evaluation(traine
         assert record["iter_time"] >= record["data_time"] >= 0
     (evaluation,) = [r for r in records if r["type"] == "eval"]
     assert (evaluation["epoch"], evaluation["global_iteration"]) == (0, iters_per_epoch)
-    assert records[-1] == evaluation  # after the epoch's training records
+    assert [r["type"] for r in records] == ["run", *["train"] * len(training), "eval", "analysis"]
     printed = [float(line.rsplit("= ", 1)[1]) for line in _ap_table(result.stdout)]  # 12 bbox, then 12 segm
     assert [*evaluation["bbox"].values(), *evaluation["segm"].values()] == pytest.approx(printed, abs=0.00051)
 
@@ -173,10 +173,42 @@ def test_the_log_has_a_run_eta_a_per_category_table_and_a_closing_summary(traine
 @pytest.mark.slow
 def test_eval_every_evaluates_every_nth_epoch_and_the_last(quirky_root, tmp_path):
     flags = ["--data-path", quirky_root, *TINY_MODEL, *SMALL_RUN, "--output-dir", tmp_path]
-    result = processes.run([*script("train.py"), *flags, "--epochs", "4", "--eval-every", "2"])
+    result = processes.run([*script("train.py"), *flags, "--epochs", "4", "--eval-every", "2", "--no-report"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert [r["epoch"] for r in _metrics(tmp_path) if r["type"] == "eval"] == [1, 3]
     assert len(_ap_table(result.stdout)) == 2 * 24
+    # --no-report: neither the analysis nor the page
+    assert "analysis" not in {r["type"] for r in _metrics(tmp_path)} and not (tmp_path / "report.html").exists()
+
+
+def _scalar_tags(record: dict, prefix: str = "") -> list[str]:
+    """The TensorBoard tags of a record's numbers (metrics_log.TensorBoardWriter's naming)."""
+    tags = []
+    for key, value in record.items():
+        if key in metrics_log.TensorBoardWriter.BOOKKEEPING:
+            continue
+        if isinstance(value, dict):
+            tags += _scalar_tags(value, f"{prefix}{key}/")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            tags.append(f"{prefix}{key}")
+    return tags
+
+
+@pytest.mark.slow
+def test_the_run_records_its_command_and_ends_with_its_error_analysis_and_report(trained):
+    output, flags, result = trained
+    records = _metrics(output)
+    run, evaluation, analysed = records[0], records[-2], records[-1]
+    typed = ["train.py", *map(str, flags), "--epochs", "1", "--output-dir", str(output)]
+    assert run["command"][: len(typed)] == typed  # then --tensorboard, where it is installed
+    assert run["flags"]["epochs"] == 1 and run["flags"]["world_size"] == 1
+    assert (analysed["of"], analysed["epoch"]) == ("eval", 0)
+    for iou_type in ("bbox", "segm"):  # pycocotools' C75 / C50 are faster-coco-eval's AP75 / AP50
+        assert analysed[iou_type]["ap"]["C75"] == pytest.approx(evaluation[iou_type]["AP75"], abs=1e-9)
+        assert analysed[iou_type]["ap"]["C50"] == pytest.approx(evaluation[iou_type]["AP50"], abs=1e-9)
+    page = (output / "report.html").read_text()
+    assert f"Report: {output.name}" in page and "Error analysis:" in result.stdout
+    assert result.stdout.rstrip().endswith(f"Report: {output / 'report.html'}")
 
 
 @pytest.mark.slow
@@ -191,7 +223,9 @@ def test_tensorboard_gets_the_numbers_of_metrics_jsonl(trained):
     training = [r for r in records if r["type"] == "train"]
     logged = [(e.step, e.value) for e in events.Scalars("train/losses/loss_mask")]
     assert logged == [(r["global_iteration"], pytest.approx(r["losses"]["loss_mask"], rel=1e-6)) for r in training]
-    evaluation = records[-1]
+    (evaluation,) = [r for r in records if r["type"] == "eval"]
+    assert set(events.Tags()["scalars"]) == {f"{r['type']}/{tag}" for r in records if r["type"] in ("train", "eval")
+                                             for tag in _scalar_tags(r)}  # fmt: skip
     assert [(e.step, e.value) for e in events.Scalars("eval/segm/AP50")] == [
         (evaluation["global_iteration"], pytest.approx(evaluation["segm"]["AP50"], rel=1e-6))
     ]
@@ -251,6 +285,11 @@ def test_test_only_and_torchrun_give_the_same_ap_table(trained):
     table = _ap_table(single.stdout)
     assert len(table) == 24
     assert "Evaluated 4 images" in single.stdout
+    test_record, analysed = _metrics(output)[-2:]  # --test-only records its numbers and their analysis, and the page
+    assert (test_record["type"], test_record["weights"], test_record["epoch"]) == ("test", checkpoint, 0)
+    assert (analysed["type"], analysed["of"]) == ("analysis", "test")
+    assert analysed["bbox"]["ap"]["C50"] == pytest.approx(test_record["bbox"]["AP50"], abs=1e-9)
+    assert "--test-only of" in (output / "report.html").read_text()
 
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import curves
+import plots
 import processes
 import synthetic
 from conftest import TINY_MODEL, script
@@ -112,10 +112,10 @@ def test_kill_9_after_a_mid_epoch_checkpoint_loses_only_the_work_since(tiny_root
 
     # Both runs appended to metrics.jsonl: iteration 3 of epoch 1 is there twice, with the same losses (an exact
     # resume).
-    records = curves.read_records(tmp_path / "metrics.jsonl")
+    records = plots.read_records(tmp_path / "metrics.jsonl")
     killed_3, resumed_3 = [r for r in records if r["type"] == "train" and (r["epoch"], r["iteration"]) == (1, 3)]
     assert killed_3["losses"] == resumed_3["losses"] and killed_3["timestamp"] < resumed_3["timestamp"]
-    history = curves.latest_history(records)
+    history = plots.latest_history(records)
     assert [r["global_iteration"] for r in history if r["type"] == "train"] == list(range(2 * ITERS_PER_EPOCH))
     assert [r["epoch"] for r in history if r["type"] == "eval"] == [0, 1]
 
@@ -126,7 +126,7 @@ def test_a_run_killed_during_its_last_evaluation_evaluates_when_resumed(tiny_roo
     assert killed.returncode == -signal.SIGKILL
     checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert checkpoint["epoch"] == 0 and checkpoint["train_state"]["evaluated"] is False
-    assert not [r for r in curves.read_records(tmp_path / "metrics.jsonl") if r["type"] == "eval"]
+    assert not [r for r in plots.read_records(tmp_path / "metrics.jsonl") if r["type"] == "eval"]
     saved_at = (tmp_path / "checkpoint.pth").stat().st_mtime_ns
     (tmp_path / ".checkpoint.pth.tmp").write_bytes(b"a save cut off by a kill -9")
 
@@ -136,7 +136,7 @@ def test_a_run_killed_during_its_last_evaluation_evaluates_when_resumed(tiny_roo
     assert "Nothing to train" not in resumed.stdout and "Epoch: [" not in resumed.stdout
     assert f"Removed {tmp_path / '.checkpoint.pth.tmp'} (0 MiB)" in resumed.stdout
     assert not (tmp_path / ".checkpoint.pth.tmp").exists()
-    (record,) = [r for r in curves.read_records(tmp_path / "metrics.jsonl") if r["type"] == "eval"]
+    (record,) = [r for r in plots.read_records(tmp_path / "metrics.jsonl") if r["type"] == "eval"]
     assert (record["epoch"], record["global_iteration"]) == (0, ITERS_PER_EPOCH)
     assert resumed.stdout.rstrip().splitlines()[-1].startswith("Done after epoch 0: bbox AP")
     # The checkpoint is written once an epoch: the evaluation's record above marks it evaluated, not a second save.
