@@ -1,5 +1,5 @@
 # make demo: set up .venv, write the synthetic dataset, train Mask R-CNN on the CPU, print the AP tables, draw the curves
-#            and pictures of the trained model's predictions (output/demo/pictures/).
+#            and pictures of the trained model's predictions (output/demo/pictures/); ends with the path of its report.html.
 # make demo-kp: the same for Keypoint R-CNN on synthetic person keypoints (--dataset coco_kp).
 # make test: set up .venv and run the whole test suite (what CI runs).
 # make test-fast: the unit tests and quick checks only (pytest -m 'not slow'), for the edit-run loop.
@@ -56,6 +56,7 @@ demo: setup data
 	@if $(PY) -c "import matplotlib" 2>/dev/null; then $(PY) curves.py $(OUT); \
 	else echo "No curves: matplotlib is missing; pip install -r requirements-extras.txt, then python curves.py $(OUT)"; fi
 	$(DEMO_ENV) $(PY) predict.py --checkpoint $(OUT)/checkpoint.pth $(DATA)/val2017 --output-dir $(OUT)/pictures $(PICTURES)
+	@echo "The run's report page: $(OUT)/report.html"
 
 demo-kp: setup data-kp
 	rm -rf $(KP_OUT)

@@ -24,6 +24,7 @@ import torch
 import analysis
 import checkpoint as ckpt
 import distributed
+import errors
 import files
 import metrics_log
 import reporting
@@ -416,9 +417,9 @@ def train_epochs(run: Run) -> int:
             if distributed.any_rank(stop.received):
                 return _report_stop(path, stop.signum, f"after epoch {epoch}")
     print(f"Training time {time.strftime('%H:%M:%S', time.gmtime(time.time() - start_time))}")
+    write_report(args)
     if evaluated:
         print(_summary(evaluated, path, args))
-    write_report(args)
     return 0
 
 
@@ -472,8 +473,9 @@ def write_report(args: argparse.Namespace) -> None:
         return
     try:
         print(f"Report: {reporting.write_report(Path(args.output_dir))}")
-    except (reporting.RecordsError, OSError) as e:
-        print(f"Warning: report.html not written: {e}")
+    except Exception as e:  # noqa: BLE001 - the run's work is saved: a page that fails must not fail the run
+        print(f"Warning: report.html not written ({errors.short_reason(e)}); python report.py {args.output_dir} "
+              "writes it again")  # fmt: skip
 
 
 def _summary(evaluated: list[tuple[int, dict]], latest: Path | None, args: argparse.Namespace) -> str:

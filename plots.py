@@ -139,17 +139,26 @@ def plot_lr(plt, train: list[dict]):
 
 
 def scored_iou_types(record: dict) -> list[str]:
-    """The IoU types an evaluation record scores (bbox, segm, keypoints): its groups of numbers with an "AP"."""
-    return [key for key, value in record.items() if isinstance(value, dict) and "AP" in value]
+    """The groups of numbers an evaluation record holds (an IoU type for COCO's evaluator: bbox, segm, keypoints; a
+    custom evaluator's own), leaving out groups of groups (per_category)."""
+    return [key for key, value in record.items()
+            if isinstance(value, dict) and any(_is_number(v) for v in value.values())]  # fmt: skip
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def plot_ap(plt, evals: list[dict]):
-    """AP, AP50 and AP75 against the epoch, one panel per IoU type (bbox, segm)."""
+    """AP, AP50 and AP75 against the epoch, one panel per IoU type (bbox, segm); for a group without them (a custom
+    evaluator's), its first number."""
     iou_types = list(dict.fromkeys(t for r in evals for t in scored_iou_types(r)))
     figure, panels = plt.subplots(1, len(iou_types), figsize=(5 * len(iou_types), 4), squeeze=False)
     for axes, iou_type in zip(panels[0], iou_types):
         scored = [r for r in evals if iou_type in r]
-        for name in AP_NAMES:
+        group = scored[-1][iou_type]
+        names = [n for n in AP_NAMES if n in group] or [next(k for k, v in group.items() if _is_number(v))]
+        for name in names:
             axes.plot(
                 [r["epoch"] for r in scored], [_number(r[iou_type].get(name)) for r in scored], marker="o", label=name
             )
@@ -166,7 +175,7 @@ def curve_figures(plt, history: list[dict]) -> dict:
     train = [r for r in history if r["type"] == "train"]
     evals = [r for r in history if r["type"] == "eval"]
     figures = {"loss": plot_losses(plt, train), "lr": plot_lr(plt, train)} if train else {}
-    if evals:
+    if any(scored_iou_types(r) for r in evals):
         figures["ap"] = plot_ap(plt, evals)
     return figures
 

@@ -250,11 +250,13 @@ def _set_up(args: argparse.Namespace, typed: set[str]) -> Inputs:
     return Inputs(args, processes, pretrained, resumed, backbone, exported)
 
 
-def _test_only(inputs: Inputs, model: torch.nn.Module, loader: Iterable, device, make_evaluator) -> int:
+def _test_only(inputs: Inputs, model: torch.nn.Module, loader: Iterable, device, make_evaluator,
+               command: list[str] | None) -> int:  # fmt: skip
     """--test-only: evaluate the model once (its detections to predictions.json with --save-predictions)."""
     if inputs.pretrained is None and inputs.resumed is None and inputs.exported is None:
         print("Warning: --test-only without --resume or --weights evaluates an untrained model")
     torch.backends.cudnn.deterministic = True
+    engine.record_run(inputs.args, flags.as_recorded(inputs.args, inputs.processes.world_size), command)
     evaluator = evaluate(model, loader, device, evaluator=make_evaluator(model, loader))
     save_predictions(inputs.args, evaluator, "predictions.json")
     args, trained = inputs.args, inputs.resumed or inputs.pretrained
@@ -304,15 +306,15 @@ def main(args: argparse.Namespace, typed: set[str] | None = None, *, evaluators:
     loaders = build_data_loaders(args, dataset_train, dataset_test, device, _data_seed(args, inputs.resumed))
     classes = (dataset_train or dataset_test).classes  # the training split's: what the model learns
 
-    engine.record_run(args, flags.as_recorded(args, inputs.processes.world_size), command)
     if inputs.exported is not None:  # --test-only --onnx: the exported file, evaluated as weights would be
-        return _test_only(inputs, inputs.exported, loaders[3], torch.device("cpu"), make_evaluator)
+        return _test_only(inputs, inputs.exported, loaders[3], torch.device("cpu"), make_evaluator, command)
     print("Creating model")
     model, model_without_ddp = _build_model(inputs, classes, device)
     _load_whole_model(inputs, model_without_ddp)
     if args.test_only:
-        return _test_only(inputs, model_without_ddp, loaders[3], device, make_evaluator)
+        return _test_only(inputs, model_without_ddp, loaders[3], device, make_evaluator, command)
     run = _training_run(inputs, model, model_without_ddp, classes, loaders, device, make_evaluator)
+    engine.record_run(args, run.state.args, command)  # every check passed: the run starts
     ckpt.restore_random_state(inputs.resumed)
     return train_epochs(run)
 

@@ -37,8 +37,8 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import bench_output  # noqa: E402
 import detections  # noqa: E402
-import report  # noqa: E402
 
 import coco_eval  # noqa: E402
 from coco_eval import coco_index  # noqa: E402
@@ -122,11 +122,13 @@ def _finish(evaluator) -> dict[str, np.ndarray]:
 
 
 def _parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, torch.device]:
-    """The command line: report's common flags (seed, device, ...) plus the number of images and detections."""
-    parser = report.parser(__doc__, device_help="where the model's outputs are (cpu or cuda): pasting happens there")
+    """The command line: bench_output's common flags (seed, device, ...) plus the number of images and detections."""
+    parser = bench_output.parser(
+        __doc__, device_help="where the model's outputs are (cpu or cuda): pasting happens there"
+    )
     parser.add_argument("--images", type=int, default=100, help="images evaluated")
     parser.add_argument("--detections", type=int, default=100, help="detections per image")
-    return report.setup(parser, argv)
+    return bench_output.setup(parser, argv)
 
 
 def _evaluators(gt: COCO) -> dict[str, ReferenceEvaluator | coco_eval.CocoEvaluator]:
@@ -183,7 +185,7 @@ def _print_timings(args: argparse.Namespace, seconds: dict[str, float]) -> None:
         ),
     ]
     print(f"\nTotal seconds for {args.images} images x {args.detections} detections (ratio: baseline / ours):\n")
-    print(report.table(rows, unit="s"))
+    print(bench_output.table(rows, unit="s"))
     print(f"\n(torchvision's paste_masks_in_image alone: {seconds['paste']:.3g} s)")
 
 

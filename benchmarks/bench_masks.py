@@ -24,8 +24,8 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import bench_output  # noqa: E402
 import detections  # noqa: E402
-import report  # noqa: E402
 
 from masks import paste_masks_to_rles  # noqa: E402
 
@@ -88,11 +88,11 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = report.parser(__doc__, device_help="where the masks are pasted: cpu or cuda")
+    parser = bench_output.parser(__doc__, device_help="where the masks are pasted: cpu or cuda")
     parser.add_argument("--size", action="append", type=_size, help="image HEIGHTxWIDTH (repeatable); default 480x640")
     parser.add_argument("--masks", type=int, default=100, help="masks per image")
     parser.add_argument("--images", type=int, default=30, help="images (rounds) timed per size")
-    args, device = report.setup(parser, argv)
+    args, device = bench_output.setup(parser, argv)
     rows, checks = [], []
     for height, width in args.size or [(480, 640)]:
         baseline, ours, same = run((height, width), args.masks, args.images, device, args.seed)
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append((f"{args.masks} masks into {height}x{width}: paste, threshold, RLE", baseline, ours, goal))
         checks.append(f"{height}x{width}: {same}")
     print(f"\nMedian per image over {args.images} images, {args.masks} masks each (ratio: baseline / ours):\n")
-    print(report.table(rows, unit="ms"))
+    print(bench_output.table(rows, unit="ms"))
     print("\nSame masks: " + "; ".join(checks))
 
 

@@ -50,7 +50,7 @@ from pycocotools import mask as mask_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import report  # noqa: E402
+import bench_output  # noqa: E402
 
 import deployed  # noqa: E402
 import synthetic  # noqa: E402
@@ -90,8 +90,8 @@ def header() -> str:
         except metadata.PackageNotFoundError:
             versions.append(f"{package} missing")
     return (
-        f"{datetime.date.today().isoformat()}, {platform.machine()} {report._cpu_model()}, {os.cpu_count()} cores, "
-        f"no GPU used; {', '.join(versions)}"
+        f"{datetime.date.today().isoformat()}, {platform.machine()} {bench_output._cpu_model()}, "
+        f"{os.cpu_count()} cores, no GPU used; {', '.join(versions)}"
     )
 
 

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import report  # benchmarks/report.py, beside this script
+import bench_output  # benchmarks/bench_output.py, beside this script
 import torch
 from device_check import amp, environment, evaluation, frame, loader, syncs, throughput, torchrun
 from device_check.frame import DRY_RUN_MODEL, MODEL, TINY_MODEL_KWARGS, Context, Plan, SectionSpec, commit, slug
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         ctx = Context(plan, device, args.dry_run, work, deadline=started + budget, threads=threads)
         mode = "dry run on the CPU (tiny sizes)" if args.dry_run else f"full, on {device}"
-        header = {"machine": report.machine(device), "commit": commit(), "budget": budget, "seconds": 0.0,
+        header = {"machine": bench_output.machine(device), "commit": commit(), "budget": budget, "seconds": 0.0,
                   "mode": mode, "dry_run": args.dry_run}  # fmt: skip
         prepare_inputs(ctx)
         sections = frame.run_sections(ctx, SECTIONS, chosen, out, header, DISPLAY_ORDER)

@@ -157,3 +157,17 @@ def test_the_segm_confusion_matrix_matches_masks(synthetic_root):
     per_category = [sum(1 for a in gt["annotations"] if a["category_id"] == c and not a.get("iscrowd"))
                     for c in result.category_ids]  # fmt: skip
     assert list(np.diag(result.counts)[:-1]) == per_category and result.counts.sum() == sum(per_category)
+
+
+def test_the_worst_images_come_most_errors_first_with_what_to_draw_them(tmp_path):
+    gt = _ground_truth([(1, 1, BOX), (2, 1, BOX), (2, 3, ELSEWHERE), (3, 2, BOX)])
+    found = _detections([(1, 1, BOX, 0.9), (3, 2, BOX, 0.9), (3, 3, ELSEWHERE, 0.8), (3, 1, ELSEWHERE, 0.3)])
+    body = analysis.analyze_evaluation(gt, found, ["bbox"], str(tmp_path))
+    worst = body["worst_images"]
+    assert [(w["image_id"], w["missed"], w["background"], w["confused"]) for w in worst] == [(2, 2, 0, 0), (3, 0, 1, 0)]
+    assert (
+        worst[0]["path"] == str(tmp_path / "2.jpg") and len(worst[0]["objects"]) == 2 and worst[0]["detections"] == []
+    )
+    assert [d["score"] for d in worst[1]["detections"]] == [0.9, 0.8]  # the one under the score threshold left out
+    assert body["bbox"]["confusion"][-1] == [0, 0, 1, 0] and body["bbox"]["per_category"]["cat"]["objects"] == 2
+    assert "segm" not in body and body["images"] == 3

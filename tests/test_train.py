@@ -208,7 +208,7 @@ def test_the_run_records_its_command_and_ends_with_its_error_analysis_and_report
         assert analysed[iou_type]["ap"]["C50"] == pytest.approx(evaluation[iou_type]["AP50"], abs=1e-9)
     page = (output / "report.html").read_text()
     assert f"Report: {output.name}" in page and "Error analysis:" in result.stdout
-    assert result.stdout.rstrip().endswith(f"Report: {output / 'report.html'}")
+    assert f"\nReport: {output / 'report.html'}\nDone after epoch 0" in result.stdout
 
 
 @pytest.mark.slow
@@ -268,7 +268,7 @@ def test_resume_continues_at_the_next_epoch(trained, tmp_path):
     after = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
     assert after["epoch"] == 1 and (tmp_path / "model_1.pth").exists() and not (tmp_path / "model_0.pth").exists()
     iters_per_epoch = sum(r["type"] == "train" for r in _metrics(output))
-    first = _metrics(tmp_path)[0]
+    first = next(r for r in _metrics(tmp_path) if r["type"] == "train")
     assert (first["epoch"], first["iteration"], first["global_iteration"]) == (1, 0, iters_per_epoch)
     assert after["lr_scheduler"]["last_epoch"] == before["lr_scheduler"]["last_epoch"] + 1
     name = "roi_heads.box_predictor.cls_score.weight"
@@ -726,7 +726,7 @@ def test_keypoint_rcnn_trains_and_evaluates_keypoints(small_kp_root, tmp_path):
     assert all(value == -1 or 0 <= value <= 1 for value in printed)
     records = _metrics(tmp_path)
     assert all("loss_keypoint" in r["losses"] for r in records if r["type"] == "train")
-    evaluation = records[-1]
+    evaluation = [r for r in records if r["type"] == "eval"][-1]
     assert evaluation["type"] == "eval" and set(evaluation) == {
         "type",
         "epoch",
@@ -844,7 +844,7 @@ def test_saved_predictions_hold_category_ids(own_data, own_trained):
     val = json.loads((root / "val_labels.json").read_text())
     assert {p["image_id"] for p in predictions} <= {image["id"] for image in val["images"]}
     # The results file scores as the run's own evaluation did.
-    evaluation = _metrics(output)[-1]
+    evaluation = [r for r in _metrics(output) if r["type"] == "eval"][-1]
     assert _pycocotools_bbox_stats(root / "val_labels.json", predictions) == pytest.approx(
         list(evaluation["bbox"].values()), abs=1e-12
     )

@@ -266,7 +266,8 @@ def test_a_resume_without_retyped_flags_runs_the_recorded_run_and_epochs_extends
     assert (
         refused.stderr.startswith("error: --min-size: this command says 96 but") and "trained with 64" in refused.stderr
     )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth", "metrics.jsonl", "model_0.pth"]
+    kept = ["checkpoint.pth", "metrics.jsonl", "model_0.pth", "report.html"]  # the first run's, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == kept
 
     resumed = processes.run([*bare, "--epochs", "2"])  # none of TINY_RUN's flags: all of them come from the checkpoint
     assert resumed.returncode == 0, resumed.stderr[-3000:]
