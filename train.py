@@ -54,6 +54,7 @@ class Inputs:
     resumed: ckpt.Checkpoint | None  # --resume
     backbone: models.Backbone | None
     exported: deployed.OnnxModel | None  # --onnx: the exported model, which --test-only evaluates instead
+    typed: set[str]  # the flags the command line gave (by dest)
 
 
 def _read_model_files(args: argparse.Namespace) -> tuple[ckpt.Checkpoint | None, ckpt.Checkpoint | None]:
@@ -247,21 +248,25 @@ def _set_up(args: argparse.Namespace, typed: set[str]) -> Inputs:
         _seed_everything(args.seed + processes.rank)
     if args.use_deterministic_algorithms:
         torch.use_deterministic_algorithms(True)
-    return Inputs(args, processes, pretrained, resumed, backbone, exported)
+    return Inputs(args, processes, pretrained, resumed, backbone, exported, typed)
 
 
 def _test_only(inputs: Inputs, model: torch.nn.Module, loader: Iterable, device, make_evaluator,
                command: list[str] | None) -> int:  # fmt: skip
-    """--test-only: evaluate the model once (its detections to predictions.json with --save-predictions)."""
+    """--test-only: evaluate the model once (its detections to predictions.json with --save-predictions); with a
+    typed --output-dir (not the default "." a quick evaluation would litter), its records and report.html there."""
     if inputs.pretrained is None and inputs.resumed is None and inputs.exported is None:
         print("Warning: --test-only without --resume or --weights evaluates an untrained model")
     torch.backends.cudnn.deterministic = True
-    engine.record_run(inputs.args, flags.as_recorded(inputs.args, inputs.processes.world_size), command)
+    records = "output_dir" in inputs.typed
+    if records:
+        engine.record_run(inputs.args, flags.as_recorded(inputs.args, inputs.processes.world_size), command)
     evaluator = evaluate(model, loader, device, evaluator=make_evaluator(model, loader))
     save_predictions(inputs.args, evaluator, "predictions.json")
     args, trained = inputs.args, inputs.resumed or inputs.pretrained
-    engine.finish_test_only(args, evaluator, loader, args.resume or args.weights or args.onnx,
-                            trained.epoch if trained is not None else None)  # fmt: skip
+    if records:
+        weights = args.resume or args.weights or args.onnx
+        engine.finish_test_only(args, evaluator, loader, weights, trained.epoch if trained is not None else None)
     return 0
 
 
