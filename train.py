@@ -190,6 +190,8 @@ def _build_model(inputs: Inputs, classes: Classes, device: torch.device):
         whole_model_weights=models.built_as_trained(args, inputs.resumed),
     )
     model.to(device)
+    if args.channels_last:  # oneDNN keeps the activations NHWC: fewer layout conversions (benchmarks/README.md)
+        model.to(memory_format=torch.channels_last)
     if processes.distributed and args.sync_bn:
         if device.type == "cpu":
             raise errors.UsageError("--sync-bn: SyncBatchNorm runs on GPUs only; leave it out of CPU runs")

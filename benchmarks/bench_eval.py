@@ -1,6 +1,6 @@
 """Benchmark: COCO evaluation, the torchvision reference's CocoEvaluator against ours.
 
-The baseline is the reference's path, written out below (ReferenceEvaluator): per update, a results
+The baseline is the reference's path, written out in reference.py (ReferenceEvaluator): per update, a results
 dict per detection (each mask thresholded and RLE-encoded on its own), pycocotools' loadRes and
 evaluate() for those images; at the end the per-image evaluations merged, accumulated, summarized.
 For the whole way from raw outputs, torchvision's paste_masks_in_image comes first.
@@ -19,7 +19,6 @@ Every case checks that ours gives the baseline's 12 numbers exactly.
 
 import argparse
 import contextlib
-import copy
 import io
 import sys
 import time
@@ -30,82 +29,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench_output  # noqa: E402
 import detections  # noqa: E402
+from reference import ReferenceEvaluator  # noqa: E402
 
 import coco_eval  # noqa: E402
 from coco_eval import coco_index  # noqa: E402
 
 # pycocotools' encoder reads torch tensors through numpy's deprecated __array__ path: not ours to fix
 warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy keyword")
-
-
-class ReferenceEvaluator:
-    """The torchvision reference's CocoEvaluator (references/detection/evaluation.py), one process."""
-
-    def __init__(self, coco_gt: COCO, iou_types: list[str]):
-        self.coco_gt = coco_gt
-        self.coco_eval = {t: COCOeval(coco_gt, iouType=t) for t in iou_types}
-        self.img_ids: list[int] = []
-        self.eval_imgs: dict[str, list[np.ndarray]] = {t: [] for t in iou_types}
-
-    @staticmethod
-    def _results(predictions: dict, iou_type: str) -> list[dict]:
-        results = []
-        for image_id, prediction in predictions.items():
-            scores, labels = prediction["scores"].tolist(), prediction["labels"].tolist()
-            if iou_type == "bbox":
-                x0, y0, x1, y1 = prediction["boxes"].unbind(1)
-                values = [{"bbox": box} for box in torch.stack([x0, y0, x1 - x0, y1 - y0], dim=1).tolist()]
-            else:
-                binary = prediction["masks"] > 0.5
-                rles = [
-                    mask_utils.encode(np.array(mask[0, :, :, np.newaxis], dtype=np.uint8, order="F"))[0]
-                    for mask in binary
-                ]
-                for rle in rles:
-                    rle["counts"] = rle["counts"].decode("utf-8")
-                values = [{"segmentation": rle} for rle in rles]
-            results += [
-                {"image_id": image_id, "category_id": c, "score": s, **v} for c, s, v in zip(labels, scores, values)
-            ]
-        return results
-
-    def update(self, predictions: dict) -> None:
-        img_ids = list(np.unique(list(predictions.keys())))
-        self.img_ids.extend(img_ids)
-        for iou_type, evaluation in self.coco_eval.items():
-            results = self._results(predictions, iou_type)
-            with contextlib.redirect_stdout(io.StringIO()):
-                evaluation.cocoDt = self.coco_gt.loadRes(results) if results else COCO()
-                evaluation.params.imgIds = list(img_ids)
-                evaluation.evaluate()
-            shape = (-1, len(evaluation.params.areaRng), len(evaluation.params.imgIds))
-            self.eval_imgs[iou_type].append(np.asarray(evaluation.evalImgs).reshape(shape))
-
-    def synchronize_between_processes(self) -> None:
-        """One process: merge the per-update evaluations, each image once, by image id."""
-        for iou_type, evaluation in self.coco_eval.items():
-            img_ids, first = np.unique(self.img_ids, return_index=True)
-            evaluation.evalImgs = list(np.concatenate(self.eval_imgs[iou_type], axis=2)[..., first].flatten())
-            evaluation.params.imgIds = list(img_ids)
-            evaluation._paramsEval = copy.deepcopy(evaluation.params)
-
-    def accumulate(self) -> None:
-        for evaluation in self.coco_eval.values():
-            with contextlib.redirect_stdout(io.StringIO()):
-                evaluation.accumulate()
-
-    def summarize(self) -> None:
-        for evaluation in self.coco_eval.values():
-            evaluation.summarize()
 
 
 def _reference_paste(output: dict) -> torch.Tensor:

@@ -31,3 +31,23 @@ def test_bench_eval_reports_the_same_numbers(monkeypatch, capsys):
     checks = [line for line in out.splitlines() if line.startswith("- ") and ":" in line and "AP" not in line]
     assert len(checks) == 6
     assert all(line.endswith("identical") or "equal to 1e-12" in line for line in checks), checks
+
+
+@pytest.mark.slow
+def test_bench_eval_vs_upstream_finds_the_same_numbers_on_both_paths(synthetic_root, tmp_path, monkeypatch, capsys):
+    argv = ["--data-path", str(synthetic_root), "--checkpoint", str(tmp_path / "none.pth"), "--images", "2"]
+    out = run_script("bench_eval_vs_upstream.py", [*argv, "--threads", "1", "--repeats", "1"], monkeypatch, capsys)
+    rows = [line for line in out.splitlines() if line.startswith("| 1 | ")]
+    assert [row.split(" | ")[1] for row in rows] == ["upstream", "ours", "upstream without its set_num_threads(1)"]
+    assert all(float(value) > 0 for value in rows[1].split(" | ")[2:7])  # model, post, evaluator, data, total
+    checks = [line for line in out.splitlines() if line.startswith("- ") and " pass " in line]
+    assert len(checks) == 3 and all(line.endswith("identical") for line in checks), checks
+
+
+@pytest.mark.slow
+def test_bench_hardware_counts_flops_and_times_both_passes(monkeypatch, capsys):
+    out = run_script("bench_hardware.py", ["--sizes", "demo", "--threads", "1", "--repeats", "1"], monkeypatch, capsys)
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| demo 128x96 |")]
+    assert [row[1] for row in rows] == ["inference (forward)", "training (forward + backward)"]
+    inference, training = (float(row[2]) for row in rows)
+    assert 0 < inference < training  # the backward pass adds about twice the forward's FLOPs

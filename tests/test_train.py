@@ -341,6 +341,20 @@ def test_sync_bn_on_cpu_under_torchrun_is_a_usage_error(synthetic_root, tmp_path
 
 
 @pytest.mark.slow
+def test_channels_last_trains_in_that_format_and_its_checkpoint_evaluates_the_same(synthetic_root, tmp_path):
+    flags = ["--data-path", synthetic_root, *TINY_MODEL, *SMALL_RUN, "-b", "2", "--lr", "0.001", "--channels-last"]
+    code, out, err = run_train([*flags, "--epochs", "1", "--output-dir", tmp_path, "--no-report"])
+    assert code == 0, err[-3000:]
+    saved = torch.load(tmp_path / "checkpoint.pth", weights_only=True)["model"]
+    convolution = saved["backbone.body.conv1.weight"]  # a checkpoint keeps the strides the model trained with
+    assert convolution.is_contiguous(memory_format=torch.channels_last) and not convolution.is_contiguous()
+    checkpoint = str(tmp_path / "checkpoint.pth")
+    code, again, err = run_train([*flags, "--test-only", "--resume", checkpoint, "--no-report"])
+    assert code == 0, err[-3000:]
+    assert len(_ap_table(out)) == 24 and _ap_table(again) == _ap_table(out)
+
+
+@pytest.mark.slow
 def test_a_box_only_model_trains_and_evaluates_boxes(quirky_root, tmp_path):
     flags = ["--data-path", quirky_root, "--model", "fasterrcnn_tiny_fpn", "--weights-backbone", "none", *SMALL_RUN]
     code, out, err = run_train([*flags, "-b", "2", "--lr", "0.001", "--epochs", "1", "--output-dir", tmp_path])
