@@ -118,7 +118,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "ResNet50_Weights.IMAGENET1K_V1 read from torch hub's cache, or none for random")  # fmt: skip
     add("--amp", action="store_true", resume=TRAINING, help="mixed precision (autocast + GradScaler)")
     add("--channels-last", action="store_true", resume=FREE,
-        help="the model's convolutions in channels-last memory format (faster training on CPUs; benchmarks/README.md)")  # fmt: skip
+        help="convolutions in channels-last memory format (faster CPU training; benchmarks/README.md)")  # fmt: skip
     add("--min-size", default=None, type=int, help="resize the shorter image side to this (R-CNN default 800)")
     add("--max-size", default=None, type=int, help="... and the longer side to at most this (R-CNN default 1333)")
     add("--model-kwargs", default=[], nargs="*", metavar="KEY=VALUE", type=_model_kwarg,
