@@ -76,22 +76,21 @@ def _in_bf16(forward: Callable) -> Callable:
     def run(*arguments, **keywords) -> list[dict]:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             outputs = forward(*arguments, **keywords)
-        return [
-            {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in o.items()} for o in outputs
-        ]
+        return [{k: _fp32(v) for k, v in output.items()} for output in outputs]
 
     return run
 
 
+DEFAULT = "default (fp32, contiguous)"
 INFERENCE_OPTIONS = {
-    "default (fp32, contiguous)": Option(),
+    DEFAULT: Option(),
     "bf16 autocast": Option(bf16=True),
     "channels-last": Option(channels_last=True),
     "channels-last + bf16 autocast": Option(bf16=True, channels_last=True),
     "torch.compile(backbone)": Option(compile_backbone=True),
 }
 TRAINING_OPTIONS = {
-    "default (fp32, contiguous)": Option(),
+    DEFAULT: Option(),
     "--amp: bf16 autocast + GradScaler": Option(bf16=True),
     "channels-last": Option(channels_last=True),
     "torch.compile(backbone)": Option(compile_backbone=True),
@@ -106,12 +105,10 @@ def _timed_turns(runs: dict[str, Callable[[], object]], repeats: int) -> tuple[d
         start = time.perf_counter()
         results[name] = run()
         first[name] = time.perf_counter() - start
-    names = list(runs)
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            start = time.perf_counter()
-            results[name] = runs[name]()
-            times[name].append(time.perf_counter() - start)
+    for _, name in bench_output.in_turns(list(runs), repeats):
+        start = time.perf_counter()
+        results[name] = runs[name]()
+        times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}, first, results
 
 
@@ -139,11 +136,10 @@ def inference_table(model, dataset, threads: list[int], repeats: int) -> str:
             name: _evaluation_pass(o.apply(model, inference=True), dataset, 1) for name, o in INFERENCE_OPTIONS.items()
         }
         medians, first, stats = _timed_turns(runs, repeats)
-        default = "default (fp32, contiguous)"
         for name in runs:
-            change = max(np.abs(stats[name][t] - stats[default][t]).max() for t in stats[default])
+            change = max(np.abs(stats[name][t] - stats[DEFAULT][t]).max() for t in stats[DEFAULT])
             lines.append(
-                f"| {count} | {name} | {medians[name] / images:.4f} | {medians[name] / medians[default]:.2f} | "
+                f"| {count} | {name} | {medians[name] / images:.4f} | {medians[name] / medians[DEFAULT]:.2f} | "
                 f"{first[name] - medians[name]:.1f} | {stats[name]['bbox'][0]:.4f} | {stats[name]['segm'][0]:.4f} | "
                 f"{change:.4f} |"
             )
@@ -205,11 +201,10 @@ def training_table(root: Path, threads: list[int], repeats: int, iterations: int
         torch.set_num_threads(count)
         runs = {name: _training_steps(o, batches) for name, o in TRAINING_OPTIONS.items()}
         medians, first, _ = _timed_turns(runs, repeats)
-        default = "default (fp32, contiguous)"
         for name in runs:
             per_iteration = medians[name] / iterations
             lines.append(
-                f"| {count} | {name} | {per_iteration:.3f} | {medians[name] / medians[default]:.2f} | "
+                f"| {count} | {name} | {per_iteration:.3f} | {medians[name] / medians[DEFAULT]:.2f} | "
                 f"{first[name] - medians[name]:.1f} |"
             )
     return "\n".join(lines)

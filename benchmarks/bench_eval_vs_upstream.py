@@ -181,12 +181,11 @@ def _race(paths: dict[str, Callable], threads: int, repeats: int) -> tuple[dict,
     for name in names:
         _, stats[name] = paths[name]()  # warm-up: oneDNN primitives, first-call allocations
     checks = []
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            torch.set_num_threads(threads)
-            parts, numbers = paths[name]()
-            runs[name].append(parts)
-            checks.append(f"{name} pass {r + 1}: {_same_numbers(numbers, stats['upstream'])}")
+    for r, name in bench_output.in_turns(names, repeats):
+        torch.set_num_threads(threads)
+        parts, numbers = paths[name]()
+        runs[name].append(parts)
+        checks.append(f"{name} pass {r + 1}: {_same_numbers(numbers, stats['upstream'])}")
     medians = {name: {k: statistics.median(p[k] for p in runs[name]) for k in runs[name][0]} for name in names}
     return medians, stats, checks
 

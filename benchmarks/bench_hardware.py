@@ -141,8 +141,10 @@ def main(argv: list[str] | None = None) -> None:
         size, kwargs = SIZES[label]
         model = build_model(kwargs)
         image, target = image_and_target(size)
-        passes = {"inference (forward)": inference(model, image), "training (forward + backward)": None}
-        passes["training (forward + backward)"] = training_step(model, image, target)
+        passes = {
+            "inference (forward)": inference(model, image),
+            "training (forward + backward)": training_step(model, image, target),
+        }
         for name, work in passes.items():
             torch.set_num_threads(max(args.threads))
             count = flops(work)

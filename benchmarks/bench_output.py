@@ -4,6 +4,7 @@ import argparse
 import datetime
 import os
 import platform
+from collections.abc import Iterator
 from importlib import metadata
 
 import torch
@@ -70,3 +71,11 @@ def setup(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[argp
     device = torch.device(args.device)
     print(f"Machine: {machine(device)}")
     return args, device
+
+
+def in_turns(names: list, repeats: int) -> Iterator[tuple[int, object]]:
+    """(round, name) for `repeats` rounds over `names`, each round starting one name later: no path always runs
+    first (after a cold start) or last (after the others' allocations)."""
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            yield r, name

@@ -226,9 +226,8 @@ def race(paths: dict[str, Callable], images: list[torch.Tensor], repeats: int) -
     """Median images/s of each path over `repeats` passes, the paths taking turns (each pass starting one later)."""
     names = list(paths)
     rates: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            rates[name].append(images_per_second(paths[name], images))
+    for _, name in bench_output.in_turns(names, repeats):
+        rates[name].append(images_per_second(paths[name], images))
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
